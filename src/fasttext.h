@@ -1,0 +1,205 @@
+/*
+ * fasttext.h
+ *		Core (server-independent) fastText supervised model: loading of
+ *		.bin/.ftz files and prediction, bit-compatible with the fasttext tool.
+ *
+ * This header and the files that implement it (fasttext_*.c) include no
+ * PostgreSQL header: they allocate through a TriageAllocator, report errors
+ * as a TriageStatus plus a message, and can be linked into the fuzz
+ * harnesses, the benchmarks and the worker.
+ *
+ * A loaded FastTextModel is read-only; everything that changes during one
+ * prediction lives in a FastTextScratch, so one model can serve many callers.
+ */
+#ifndef TRIAGE_FASTTEXT_H
+#define TRIAGE_FASTTEXT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "triage_core.h"
+
+#define FASTTEXT_MAGIC 793712314
+#define FASTTEXT_VERSION 12
+#define FASTTEXT_LABEL_PREFIX "__label__"
+#define FASTTEXT_EOS "</s>"
+
+typedef enum FastTextLoss
+{
+	FASTTEXT_LOSS_HS = 1,
+	FASTTEXT_LOSS_NS = 2,
+	FASTTEXT_LOSS_SOFTMAX = 3,
+	FASTTEXT_LOSS_OVA = 4
+} FastTextLoss;
+
+typedef enum FastTextModelName
+{
+	FASTTEXT_MODEL_CBOW = 1,
+	FASTTEXT_MODEL_SKIPGRAM = 2,
+	FASTTEXT_MODEL_SUPERVISED = 3
+} FastTextModelName;
+
+/* The 56-byte Args block of a model file */
+typedef struct FastTextArgs
+{
+	int32_t		dim;
+	int32_t		ws;
+	int32_t		epoch;
+	int32_t		minCount;
+	int32_t		neg;
+	int32_t		wordNgrams;
+	int32_t		loss;
+	int32_t		model;
+	int32_t		bucket;
+	int32_t		minn;
+	int32_t		maxn;
+	int32_t		lrUpdateRate;
+	double		t;
+} FastTextArgs;
+
+/* fastText's ProductQuantizer: 256 centroids per sub-quantizer */
+typedef struct FastTextPQ
+{
+	int32_t		dim;
+	int32_t		nsubq;
+	int32_t		dsub;
+	int32_t		lastdsub;
+	float	   *centroids;		/* dim * 256 floats */
+} FastTextPQ;
+
+/*
+ * A matrix of m rows by n columns, dense or product-quantized.  The two
+ * operations prediction needs are row addition and row dot product.
+ */
+typedef struct FastTextMatrix
+{
+	int64_t		m;
+	int64_t		n;
+	bool		quantized;
+	float	   *dense;			/* m * n floats, when !quantized */
+	/* product-quantized form */
+	bool		qnorm;
+	uint8_t    *codes;			/* m * pq.nsubq */
+	FastTextPQ	pq;
+	uint8_t    *norm_codes;		/* m, when qnorm */
+	FastTextPQ	npq;			/* 1-dimensional norm quantizer, when qnorm */
+} FastTextMatrix;
+
+typedef struct FastTextEntry
+{
+	char	   *word;			/* NUL-terminated, points into the model's string pool */
+	int32_t		length;			/* bytes, without the terminator */
+	uint32_t	hash;			/* FastTextHash(word) */
+	int64_t		count;
+	int8_t		type;			/* 0 word, 1 label */
+} FastTextEntry;
+
+/* A node of the hierarchical-softmax Huffman tree */
+typedef struct FastTextNode
+{
+	int32_t		parent;
+	int32_t		left;
+	int32_t		right;
+	int64_t		count;
+	bool		binary;
+} FastTextNode;
+
+typedef struct FastTextPruneEntry
+{
+	int32_t		bucket;			/* n-gram bucket index before pruning */
+	int32_t		row;			/* row after pruning, relative to nwords */
+} FastTextPruneEntry;
+
+typedef struct FastTextModel
+{
+	int32_t		version;
+	FastTextArgs args;
+
+	/* dictionary */
+	int32_t		size;			/* nwords + nlabels */
+	int32_t		nwords;
+	int32_t		nlabels;
+	int64_t		ntokens;
+	int64_t		pruneidx_size;	/* -1 when not pruned */
+	FastTextEntry *entries;
+	char	   *strings;		/* pool holding every entry's word */
+	FastTextPruneEntry *pruneidx;	/* sorted by bucket */
+	int32_t    *word2int;		/* open addressing, -1 = empty */
+	int64_t		word2int_size;
+	int32_t		eos_id;			/* id of "</s>", or -1 */
+
+	/* precomputed [wid, subword rows...] of each word, as fastText's initNgrams */
+	int64_t    *subword_offsets;	/* size + 1 offsets into subwords, or NULL */
+	int32_t    *subwords;
+
+	bool		quant_input;
+	bool		qout;
+	FastTextMatrix input;
+	FastTextMatrix output;
+
+	FastTextNode *tree;			/* hs only: 2 * nlabels - 1 nodes */
+	float		sigmoid_table[513];	/* ova and ns */
+
+	TriageAllocator allocator;
+} FastTextModel;
+
+/* Per-call working memory; grows as needed and may be reused across calls */
+typedef struct FastTextScratch
+{
+	int32_t    *rows;
+	int64_t		nrows;
+	int64_t		rows_capacity;
+	int32_t    *hashes;
+	int64_t		nhashes;
+	int64_t		hashes_capacity;
+	float	   *hidden;
+	float	   *output;
+	int32_t		dim_capacity;
+	int32_t		output_capacity;
+	struct FastTextScored *heap;
+	int64_t		heap_capacity;
+	char	   *word;			/* a token wrapped in "<" and ">" */
+	size_t		word_capacity;
+	TriageAllocator allocator;
+} FastTextScratch;
+
+typedef struct FastTextScored
+{
+	float		score;			/* log(p + 1e-5), as fastText keeps it */
+	int32_t		label;			/* label index, 0 .. nlabels - 1 */
+} FastTextScored;
+
+typedef struct FastTextPrediction
+{
+	int32_t		label;			/* label index, 0 .. nlabels - 1 */
+	float		probability;
+	float		score;			/* log(p + 1e-5) */
+} FastTextPrediction;
+
+extern uint32_t FastTextHash(const char *str, size_t len);
+
+extern TriageStatus FastTextLoad(const uint8_t *data, size_t len,
+								 const TriageAllocator *allocator,
+								 FastTextModel **model, char *errbuf, size_t errlen);
+extern void FastTextFree(FastTextModel *model);
+extern const char *FastTextLabel(const FastTextModel *model, int32_t label, size_t *len);
+extern int32_t FastTextFindWord(const FastTextModel *model, const char *word, size_t len, uint32_t hash);
+
+extern void FastTextScratchInit(FastTextScratch *scratch, const TriageAllocator *allocator);
+extern void FastTextScratchFree(FastTextScratch *scratch);
+
+extern TriageStatus FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
+									const char *text, size_t len, int32_t k, float threshold,
+									FastTextPrediction *predictions, int32_t *npredictions,
+									char *errbuf, size_t errlen);
+
+/* Internal to the fasttext_*.c files */
+extern TriageStatus FastTextTokenize(const FastTextModel *model, FastTextScratch *scratch,
+									 const char *text, size_t len, char *errbuf, size_t errlen);
+extern TriageStatus FastTextAddSubwords(const FastTextModel *model, FastTextScratch *scratch,
+										const char *token, size_t len, int32_t wid,
+										char *errbuf, size_t errlen);
+extern int64_t FastTextCountSubwords(const FastTextModel *model, const char *word, size_t len);
+extern TriageStatus FastTextBuildTree(FastTextModel *model, char *errbuf, size_t errlen);
+
+#endif

@@ -1,0 +1,463 @@
+/*
+ * fasttext_predict.c
+ *		Prediction with a loaded fastText model: hidden vector, output layer
+ *		(softmax, one-vs-all, negative sampling, hierarchical softmax) and
+ *		top-k selection.
+ *
+ * Arithmetic follows fastText exactly (float accumulation in the same order,
+ * the 512-entry sigmoid table, scores kept as log(p + 1e-5)), and top-k uses
+ * a port of libstdc++'s heap algorithms, because fastText orders tied scores
+ * by them and ties are common with the sigmoid table.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "fasttext.h"
+
+/* fastText's std_log: float in, log of p + 1e-5 in double, float out */
+static inline float
+StdLog(float p)
+{
+	return (float) log((double) p + 1e-5);
+}
+
+static inline float
+TableSigmoid(const FastTextModel *model, float x)
+{
+	if (x < -8.0f)
+		return 0.0f;
+	if (x > 8.0f)
+		return 1.0f;
+	return model->sigmoid_table[(int64_t) ((x + 8.0f) * 512.0f / 8.0f / 2.0f)];
+}
+
+static inline const float *
+Centroid(const FastTextPQ *pq, int32_t m, uint8_t code)
+{
+	if (m == pq->nsubq - 1)
+		return &pq->centroids[(int64_t) m * 256 * pq->dsub + (int64_t) code * pq->lastdsub];
+	return &pq->centroids[((int64_t) m * 256 + code) * pq->dsub];
+}
+
+static inline float
+QuantNorm(const FastTextMatrix *matrix, int64_t row)
+{
+	if (!matrix->qnorm)
+		return 1.0f;
+	return Centroid(&matrix->npq, 0, matrix->norm_codes[row])[0];
+}
+
+/* x += row i of matrix (fastText's addRowToVector) */
+static void
+AddRow(const FastTextMatrix *matrix, int64_t i, float *x)
+{
+	int64_t		n = matrix->n;
+
+	if (!matrix->quantized)
+	{
+		const float *row = matrix->dense + i * n;
+
+		for (int64_t j = 0; j < n; j++)
+			x[j] += row[j];
+	}
+	else
+	{
+		const FastTextPQ *pq = &matrix->pq;
+		const uint8_t *code = matrix->codes + (int64_t) pq->nsubq * i;
+		float		alpha = QuantNorm(matrix, i);
+
+		for (int32_t m = 0; m < pq->nsubq; m++)
+		{
+			const float *c = Centroid(pq, m, code[m]);
+			int32_t		d = (m == pq->nsubq - 1) ? pq->lastdsub : pq->dsub;
+
+			for (int32_t k = 0; k < d; k++)
+				x[m * pq->dsub + k] += alpha * c[k];
+		}
+	}
+}
+
+/* row i of matrix . x, accumulated in float (fastText's dotRow and mulcode) */
+static float
+DotRow(const FastTextMatrix *matrix, int64_t i, const float *x)
+{
+	float		d = 0.0f;
+
+	if (!matrix->quantized)
+	{
+		const float *row = matrix->dense + i * matrix->n;
+
+		for (int64_t j = 0; j < matrix->n; j++)
+			d += row[j] * x[j];
+	}
+	else
+	{
+		const FastTextPQ *pq = &matrix->pq;
+		const uint8_t *code = matrix->codes + (int64_t) pq->nsubq * i;
+
+		for (int32_t m = 0; m < pq->nsubq; m++)
+		{
+			const float *c = Centroid(pq, m, code[m]);
+			int32_t		dd = (m == pq->nsubq - 1) ? pq->lastdsub : pq->dsub;
+
+			for (int32_t k = 0; k < dd; k++)
+				d += x[m * pq->dsub + k] * c[k];
+		}
+		d *= QuantNorm(matrix, i);
+	}
+	return d;
+}
+
+/*
+ * libstdc++'s heap primitives with fastText's comparator (a > b on score),
+ * which make a min-heap on score.  Ported for their tie behaviour.
+ */
+static inline bool
+HeapLess(const FastTextScored *a, const FastTextScored *b)
+{
+	return a->score > b->score;
+}
+
+static void
+HeapPushUp(FastTextScored *h, int64_t hole, int64_t top, FastTextScored value)
+{
+	int64_t		parent = (hole - 1) / 2;
+
+	while (hole > top && HeapLess(&h[parent], &value))
+	{
+		h[hole] = h[parent];
+		hole = parent;
+		parent = (hole - 1) / 2;
+	}
+	h[hole] = value;
+}
+
+static void
+HeapAdjust(FastTextScored *h, int64_t len, FastTextScored value)
+{
+	int64_t		hole = 0;
+	int64_t		child = 0;
+
+	while (child < (len - 1) / 2)
+	{
+		child = 2 * (child + 1);
+		if (HeapLess(&h[child], &h[child - 1]))
+			child--;
+		h[hole] = h[child];
+		hole = child;
+	}
+	if ((len & 1) == 0 && child == (len - 2) / 2)
+	{
+		child = 2 * (child + 1);
+		h[hole] = h[child - 1];
+		hole = child - 1;
+	}
+	HeapPushUp(h, hole, 0, value);
+}
+
+/* std::pop_heap over h[0..len): moves the top to h[len - 1] */
+static void
+HeapPop(FastTextScored *h, int64_t len)
+{
+	FastTextScored value;
+
+	if (len <= 1)
+		return;
+	value = h[len - 1];
+	h[len - 1] = h[0];
+	HeapAdjust(h, len - 1, value);
+}
+
+static void
+HeapSort(FastTextScored *h, int64_t len)
+{
+	while (len > 1)
+	{
+		FastTextScored value;
+
+		len--;
+		value = h[len];
+		h[len] = h[0];
+		HeapAdjust(h, len, value);
+	}
+}
+
+/* Push one candidate into the k-best heap, dropping the worst past k */
+static void
+HeapOffer(FastTextScored *heap, int64_t *size, int32_t k, float score, int32_t label)
+{
+	heap[*size].score = score;
+	heap[*size].label = label;
+	(*size)++;
+	HeapPushUp(heap, *size - 1, 0, heap[*size - 1]);
+	if (*size > k)
+	{
+		HeapPop(heap, *size);
+		(*size)--;
+	}
+}
+
+/* fastText's findKBest over per-label probabilities */
+static int64_t
+FindKBest(const float *output, int32_t nlabels, int32_t k, float threshold, FastTextScored *heap)
+{
+	int64_t		size = 0;
+
+	for (int32_t i = 0; i < nlabels; i++)
+	{
+		if (output[i] < threshold)
+			continue;
+		if (size == k && StdLog(output[i]) < heap[0].score)
+			continue;
+		HeapOffer(heap, &size, k, StdLog(output[i]), i);
+	}
+	return size;
+}
+
+/*
+ * fastText's hierarchical-softmax dfs, with an explicit stack so that a
+ * deep, unbalanced tree cannot overflow the C stack.  Left children are
+ * visited first, as in the recursive original, so ties resolve the same way.
+ */
+static TriageStatus
+HsSearch(const FastTextModel *model, FastTextScratch *scratch, int32_t k, float threshold,
+		 int64_t *size, char *errbuf, size_t errlen)
+{
+	typedef struct
+	{
+		int32_t		node;
+		float		score;
+	} Frame;
+	int32_t		osz = model->nlabels;
+	float		floor_score = StdLog(threshold);
+	FastTextScored *heap = scratch->heap;
+	Frame	   *stack = (Frame *) scratch->rows;	/* rows are no longer needed */
+	int64_t		depth = 0;
+
+	*size = 0;
+	/* the stack never holds more than one frame per tree level plus one */
+	if (scratch->rows_capacity * (int64_t) sizeof(int32_t) < (int64_t) (2 * osz + 1) * (int64_t) sizeof(Frame))
+	{
+		TriageFree(&scratch->allocator, scratch->rows);
+		scratch->rows = TriageAllocArray(&scratch->allocator, (size_t) (2 * osz + 1), sizeof(Frame));
+		scratch->rows_capacity = scratch->rows ? (int64_t) (2 * osz + 1) * 2 : 0;
+		scratch->nrows = 0;
+		if (scratch->rows == NULL)
+			return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory in prediction");
+		stack = (Frame *) scratch->rows;
+	}
+	stack[depth].node = 2 * osz - 2;
+	stack[depth].score = 0.0f;
+	depth++;
+	while (depth > 0)
+	{
+		Frame		frame = stack[--depth];
+		const FastTextNode *node = &model->tree[frame.node];
+		float		f;
+
+		if (frame.score < floor_score)
+			continue;
+		if (*size == k && frame.score < heap[0].score)
+			continue;
+		if (node->left == -1 && node->right == -1)
+		{
+			HeapOffer(heap, size, k, frame.score, frame.node);
+			continue;
+		}
+		f = DotRow(&model->output, frame.node - osz, scratch->hidden);
+		if (isnan(f))
+			return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "model produced NaN");
+		f = (float) (1.0 / (1 + (double) expf(-f)));
+		stack[depth].node = node->right;
+		stack[depth].score = frame.score + StdLog(f);
+		depth++;
+		stack[depth].node = node->left;
+		stack[depth].score = frame.score + StdLog((float) (1.0 - f));
+		depth++;
+	}
+	return TRIAGE_OK;
+}
+
+static bool
+EnsureScratch(const FastTextModel *model, FastTextScratch *scratch, int32_t k)
+{
+	const TriageAllocator *alloc = &scratch->allocator;
+
+	if (scratch->dim_capacity < model->args.dim)
+	{
+		TriageFree(alloc, scratch->hidden);
+		scratch->hidden = TriageAllocArray(alloc, (size_t) model->args.dim, sizeof(float));
+		scratch->dim_capacity = scratch->hidden ? model->args.dim : 0;
+	}
+	if (scratch->output_capacity < model->nlabels)
+	{
+		TriageFree(alloc, scratch->output);
+		scratch->output = TriageAllocArray(alloc, (size_t) model->nlabels, sizeof(float));
+		scratch->output_capacity = scratch->output ? model->nlabels : 0;
+	}
+	if (scratch->heap_capacity < (int64_t) k + 1)
+	{
+		TriageFree(alloc, scratch->heap);
+		scratch->heap = TriageAllocArray(alloc, (size_t) k + 1, sizeof(FastTextScored));
+		scratch->heap_capacity = scratch->heap ? (int64_t) k + 1 : 0;
+	}
+	return scratch->hidden != NULL && scratch->output != NULL && scratch->heap != NULL;
+}
+
+/*
+ * Predict the k most likely labels of text (k = -1: all labels) whose
+ * probability is at least threshold, best first, as `fasttext predict-prob`
+ * does for the same line.  predictions must have room for min(k, nlabels)
+ * entries; *npredictions may be 0 (no word of the text maps to a row, or
+ * the threshold removed everything).
+ */
+TriageStatus
+FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
+				const char *text, size_t len, int32_t k, float threshold,
+				FastTextPrediction *predictions, int32_t *npredictions,
+				char *errbuf, size_t errlen)
+{
+	TriageStatus status;
+	int32_t		nlabels = model->nlabels;
+	int32_t		dim = model->args.dim;
+	float	   *hidden;
+	float		inverse;
+	int64_t		size = 0;
+
+	*npredictions = 0;
+	if (k == -1 || k > nlabels)
+		k = nlabels;
+	if (k <= 0)
+		return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen,
+						   "k must be 1 or more, or -1 for all labels");
+	if (!EnsureScratch(model, scratch, k))
+		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory in prediction");
+
+	status = FastTextTokenize(model, scratch, text, len, errbuf, errlen);
+	if (status != TRIAGE_OK)
+		return status;
+	if (scratch->nrows == 0)
+		return TRIAGE_OK;
+
+	/* the average of the input rows: summed in order, then scaled */
+	hidden = scratch->hidden;
+	memset(hidden, 0, sizeof(float) * (size_t) dim);
+	for (int64_t r = 0; r < scratch->nrows; r++)
+		AddRow(&model->input, scratch->rows[r], hidden);
+	inverse = (float) (1.0 / (double) scratch->nrows);
+	for (int32_t j = 0; j < dim; j++)
+		hidden[j] *= inverse;
+
+	if (model->args.loss == FASTTEXT_LOSS_HS)
+	{
+		status = HsSearch(model, scratch, k, threshold, &size, errbuf, errlen);
+		if (status != TRIAGE_OK)
+			return status;
+	}
+	else
+	{
+		float	   *out = scratch->output;
+
+		for (int32_t i = 0; i < nlabels; i++)
+		{
+			out[i] = DotRow(&model->output, i, hidden);
+			if (isnan(out[i]))
+				return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "model produced NaN");
+		}
+		if (model->args.loss == FASTTEXT_LOSS_SOFTMAX)
+		{
+			float		max = out[0],
+						z = 0.0f;
+
+			for (int32_t i = 0; i < nlabels; i++)
+				max = out[i] > max ? out[i] : max;
+			for (int32_t i = 0; i < nlabels; i++)
+			{
+				out[i] = (float) exp((double) (out[i] - max));
+				z += out[i];
+			}
+			for (int32_t i = 0; i < nlabels; i++)
+				out[i] /= z;
+		}
+		else
+		{
+			for (int32_t i = 0; i < nlabels; i++)
+				out[i] = TableSigmoid(model, out[i]);
+		}
+		size = FindKBest(out, nlabels, k, threshold, scratch->heap);
+	}
+
+	HeapSort(scratch->heap, size);
+	for (int64_t i = 0; i < size; i++)
+	{
+		FastTextPrediction *p = &predictions[i];
+		float		score = scratch->heap[i].score;
+
+		p->label = scratch->heap[i].label;
+		p->score = score;
+		if (model->args.loss == FASTTEXT_LOSS_HS)
+			p->probability = fminf(1.0f, expf(score));
+		else
+			p->probability = scratch->output[p->label];
+	}
+	*npredictions = (int32_t) size;
+	return TRIAGE_OK;
+}
+
+/*
+ * The Huffman tree of hierarchical softmax, built from the label counts in
+ * dictionary order exactly as fastText's buildTree, so that internal node v
+ * uses output row v - nlabels.
+ */
+TriageStatus
+FastTextBuildTree(FastTextModel *model, char *errbuf, size_t errlen)
+{
+	int32_t		osz = model->nlabels;
+	int32_t		nnodes = 2 * osz - 1;
+	FastTextNode *tree;
+	int32_t		leaf = osz - 1;
+	int32_t		node = osz;
+
+	tree = model->tree = TriageAllocArray(&model->allocator, (size_t) nnodes, sizeof(FastTextNode));
+	if (tree == NULL)
+		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory building the label tree");
+	for (int32_t i = 0; i < nnodes; i++)
+	{
+		tree[i].parent = tree[i].left = tree[i].right = -1;
+		tree[i].count = (int64_t) 1e15;
+		tree[i].binary = false;
+	}
+	for (int32_t i = 0; i < osz; i++)
+	{
+		/* larger counts would let the build pick nodes not yet made */
+		if (model->entries[model->nwords + i].count >= (int64_t) 1e15)
+			return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
+							   "label %d has an implausible count %lld", i,
+							   (long long) model->entries[model->nwords + i].count);
+		tree[i].count = model->entries[model->nwords + i].count;
+	}
+	for (int32_t i = osz; i < nnodes; i++)
+	{
+		int32_t		mini[2];
+
+		for (int j = 0; j < 2; j++)
+		{
+			if (leaf >= 0 && tree[leaf].count < tree[node].count)
+				mini[j] = leaf--;
+			else
+				mini[j] = node++;
+		}
+		tree[i].left = mini[0];
+		tree[i].right = mini[1];
+		if (__builtin_add_overflow(tree[mini[0]].count, tree[mini[1]].count, &tree[i].count))
+			tree[i].count = INT64_MAX;
+		tree[mini[0]].parent = i;
+		tree[mini[1]].parent = i;
+		tree[mini[1]].binary = true;
+	}
+	/* the hs output matrix needs one row per internal node */
+	if (model->output.m < osz - 1)
+		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
+						   "output matrix is too small for %d labels", osz);
+	return TRIAGE_OK;
+}

@@ -1,0 +1,48 @@
+/*
+ * triage_core.h
+ *		What every core (server-independent) file shares: the status codes,
+ *		the allocator interface, and error-message formatting.
+ *
+ * Core code never calls palloc or ereport.  It allocates through a
+ * TriageAllocator (palloc in a memory context inside the server, malloc in
+ * the fuzz harness and tools) and returns a TriageStatus with a message that
+ * the glue turns into an ereport with the matching SQLSTATE.
+ */
+#ifndef TRIAGE_CORE_H
+#define TRIAGE_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum TriageStatus
+{
+	TRIAGE_OK = 0,
+	TRIAGE_INVALID_MODEL,		/* the model bytes are malformed or inconsistent */
+	TRIAGE_UNSUPPORTED,			/* well-formed but not something we can run */
+	TRIAGE_INVALID_ARGUMENT,	/* the caller passed a bad argument */
+	TRIAGE_OUT_OF_MEMORY,
+	TRIAGE_NUMERIC				/* the computation produced NaN */
+} TriageStatus;
+
+typedef struct TriageAllocator
+{
+	/* Returns NULL on failure; memory need not be zeroed */
+	void	   *(*alloc) (void *context, size_t size);
+	void		(*free) (void *context, void *pointer);
+	void	   *context;
+} TriageAllocator;
+
+/* The allocator the core uses when the caller passes NULL: malloc and free */
+extern const TriageAllocator TriageMallocAllocator;
+
+extern void *TriageAlloc(const TriageAllocator *allocator, size_t size);
+extern void *TriageAllocZero(const TriageAllocator *allocator, size_t size);
+extern void *TriageAllocArray(const TriageAllocator *allocator, size_t count, size_t size);
+extern void TriageFree(const TriageAllocator *allocator, void *pointer);
+
+extern TriageStatus TriageError(TriageStatus status, char *errbuf, size_t errlen,
+								const char *format,...)
+			__attribute__((format(printf, 4, 5)));
+
+#endif
