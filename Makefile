@@ -1,0 +1,82 @@
+# pg_triage: PGXS build, plus the project's own targets.
+#
+#   make            build the extension
+#   make install    install it into the PostgreSQL that PG_CONFIG names
+#   make demo       install what is missing, build, install, run the demo
+#   make test       install what is missing, build, install, run every test
+#   make bench      benchmarks (ratios against fastText and md5 in one run)
+#   make fuzz       libFuzzer harness of the model loader (clang-14)
+#   make models     rebuild the shipped models
+
+EXTENSION = pg_triage
+EXTVERSION = 0.1.0
+
+MODULE_big = pg_triage
+OBJS = \
+	src/pg_triage.o \
+	src/model_cache.o \
+	src/fasttext_sql.o \
+	src/fasttext_load.o \
+	src/fasttext_dict.o \
+	src/fasttext_predict.o \
+	src/triage_core.o
+
+CORE_SRCS = src/triage_core.c src/fasttext_load.c src/fasttext_dict.c src/fasttext_predict.c
+
+DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
+EXTRA_CLEAN = $(DATA_built) test/core/test_core test/fuzz/fuzz_fasttext_load \
+	test/fuzz/fuzz_fasttext_standalone
+
+REGRESS = fasttext model_store errors
+REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
+
+# fastText accumulates in float, in order: keep the compiler from fusing
+# multiply-adds so that predictions match the fasttext tool bit for bit.
+PG_CPPFLAGS = -Isrc
+PG_CFLAGS = -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
+	-Wno-missing-field-initializers -Wno-cast-function-type $(TRIAGE_CFLAGS)
+SHLIB_LINK = -lm
+
+# Debian's server headers for PostgreSQL 15 unless PG_CONFIG says otherwise
+PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(PGXS),)
+include $(PGXS)
+else
+# Before "make deps" has installed the server headers, only our own targets work
+all install:
+	@echo "PostgreSQL server headers not found: run 'make deps' (as root) first" >&2; exit 1
+endif
+
+src/sql/$(EXTENSION)--$(EXTVERSION).sql: src/sql/$(EXTENSION).sql
+	cp $< $@
+
+.PHONY: deps demo test bench fuzz models core-tests
+
+# Debian packages the build, the tests and the demo need (apt, as root)
+deps:
+	test/install-deps.sh
+
+demo: deps
+	$(MAKE) all
+	$(MAKE) install
+	test/demo.sh
+
+test: deps
+	$(MAKE) all TRIAGE_CFLAGS=-Werror
+	$(MAKE) install
+	test/run-tests.sh
+
+bench: deps
+	$(MAKE) all
+	$(MAKE) install
+	test/bench/run.sh
+
+# A coverage-guided fuzzer of the fastText loader; run it with
+#   test/fuzz/fuzz_fasttext_load test/fuzz/corpus
+fuzz: deps
+	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
+		test/fuzz/fuzz_fasttext_load.c $(CORE_SRCS) -lm -o test/fuzz/fuzz_fasttext_load
+
+models: deps
+	models/build.sh

@@ -1,0 +1,250 @@
+/*
+ * fasttext_sql.c
+ *		SQL-callable functions over fastText classifiers: inspect a model
+ *		file, predict the top k labels, classify.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/tuplestore.h"
+
+#include "triage.h"
+
+static const char *
+LossName(int32 loss)
+{
+	switch (loss)
+	{
+		case FASTTEXT_LOSS_HS:
+			return "hs";
+		case FASTTEXT_LOSS_NS:
+			return "ns";
+		case FASTTEXT_LOSS_SOFTMAX:
+			return "softmax";
+		case FASTTEXT_LOSS_OVA:
+			return "ova";
+	}
+	return "unknown";
+}
+
+/* A label as users see it: without fastText's "__label__" prefix */
+text *
+FastTextLabelText(const FastTextModel *model, int32 label)
+{
+	size_t		len;
+	const char *word = FastTextLabel(model, label, &len);
+	size_t		prefix = strlen(FASTTEXT_LABEL_PREFIX);
+
+	if (len >= prefix && memcmp(word, FASTTEXT_LABEL_PREFIX, prefix) == 0)
+	{
+		word += prefix;
+		len -= prefix;
+	}
+	return cstring_to_text_with_len(word, (int) len);
+}
+
+static Datum
+ParamsJsonb(const FastTextModel *model, size_t bytes)
+{
+	StringInfoData buf;
+	const FastTextArgs *a = &model->args;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf,
+					 "{\"format\": \"fasttext\", \"file_version\": %d, \"bytes\": %zu, "
+					 "\"dim\": %d, \"loss\": \"%s\", \"wordNgrams\": %d, \"minn\": %d, \"maxn\": %d, "
+					 "\"bucket\": %d, \"epoch\": %d, \"minCount\": %d, \"neg\": %d, \"ws\": %d, "
+					 "\"lrUpdateRate\": %d, \"t\": %.17g, \"nwords\": %d, \"nlabels\": %d, "
+					 "\"quantized\": %s, \"qout\": %s, \"pruned\": %s}",
+					 model->version, bytes, a->dim, LossName(a->loss), a->wordNgrams,
+					 a->minn, a->maxn, a->bucket, a->epoch, a->minCount, a->neg, a->ws,
+					 a->lrUpdateRate, isfinite(a->t) ? a->t : 0.0, model->nwords, model->nlabels,
+					 model->quant_input ? "true" : "false",
+					 model->quant_input && model->qout ? "true" : "false",
+					 model->pruneidx_size >= 0 ? "true" : "false");
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
+
+PG_FUNCTION_INFO_V1(triage_inspect_fasttext);
+
+/* Validate a fastText model file and describe it: its labels and parameters */
+Datum
+triage_inspect_fasttext(PG_FUNCTION_ARGS)
+{
+	bytea	   *data = PG_GETARG_BYTEA_PP(0);
+	MemoryContext context;
+	TriageAllocator allocator;
+	FastTextModel *model;
+	TriageStatus status;
+	char		errbuf[256];
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	Datum	   *labels;
+	HeapTuple	tuple;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	/* the model is thrown away: load it where one delete frees it all */
+	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage inspect", ALLOCSET_DEFAULT_SIZES);
+	allocator = ContextAllocator(context);
+	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+						  &allocator, &model, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, NULL);
+
+	labels = palloc(sizeof(Datum) * model->nlabels);
+	for (int32 i = 0; i < model->nlabels; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		labels[i] = PointerGetDatum(FastTextLabelText(model, i));
+	}
+	values[0] = PointerGetDatum(construct_array(labels, model->nlabels, TEXTOID, -1, false, TYPALIGN_INT));
+	values[1] = ParamsJsonb(model, VARSIZE_ANY_EXHDR(data));
+	MemoryContextDelete(context);
+
+	tupdesc = BlessTupleDesc(tupdesc);
+	tuple = heap_form_tuple(tupdesc, values, nulls);
+	PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
+}
+
+/* Run the model on input; returns the number of predictions */
+static int32
+Predict(CachedModel *model, text *input, int32 k, float threshold)
+{
+	int32		n;
+	char		errbuf[256];
+	TriageStatus status;
+
+	status = FastTextPredict(model->fasttext, &model->scratch,
+							 VARDATA_ANY(input), VARSIZE_ANY_EXHDR(input), k, threshold,
+							 model->predictions, &n, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf,
+						psprintf("model \"%s\" version %d", model->name, model->version));
+	return n;
+}
+
+static void
+CheckTopK(int32 k, float threshold)
+{
+	if (k == 0 || k < -1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("k must be at least 1, or -1 for every label, not %d", k)));
+	if (isnan(threshold))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("threshold must be a number, not NaN")));
+}
+
+PG_FUNCTION_INFO_V1(triage_predict);
+
+/* The k most likely labels of input with probability >= threshold, best first */
+Datum
+triage_predict(PG_FUNCTION_ARGS)
+{
+	text	   *name = PG_GETARG_TEXT_PP(0);
+	text	   *input = PG_GETARG_TEXT_PP(1);
+	int32		k = PG_GETARG_INT32(2);
+	float4		threshold = PG_GETARG_FLOAT4(3);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TupleDesc	tupdesc;
+	Tuplestorestate *store;
+	MemoryContext old;
+	CachedModel *model;
+	int32		n;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		(rsinfo->allowedModes & SFRM_Materialize) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("triage.predict() must be called where a set can be returned")));
+	CheckTopK(k, threshold);
+
+	model = ModelRefGet(fcinfo, name, 0);
+	n = Predict(model, input, k, threshold);
+
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = CreateTupleDescCopy(tupdesc);
+	store = tuplestore_begin_heap(true, false, work_mem);
+	MemoryContextSwitchTo(old);
+
+	for (int32 i = 0; i < n; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = PointerGetDatum(FastTextLabelText(model->fasttext, model->predictions[i].label));
+		values[1] = Float4GetDatum(model->predictions[i].probability);
+		tuplestore_putvalues(store, tupdesc, values, nulls);
+	}
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = store;
+	rsinfo->setDesc = tupdesc;
+	return (Datum) 0;
+}
+
+/* The top label and its probability as a triage.prediction, or NULL */
+static Datum
+Classify(FunctionCallInfo fcinfo, text *name, int32 version, text *input)
+{
+	CachedModel *model = ModelRefGet(fcinfo, name, version);
+	ModelRef   *ref = (ModelRef *) fcinfo->flinfo->fn_extra;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	if (Predict(model, input, 1, 0.0f) == 0)
+		PG_RETURN_NULL();
+	if (ref->tupdesc == NULL)
+	{
+		TupleDesc	tupdesc;
+		MemoryContext old;
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		ref->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		MemoryContextSwitchTo(old);
+	}
+	values[0] = PointerGetDatum(FastTextLabelText(model->fasttext, model->predictions[0].label));
+	values[1] = Float4GetDatum(model->predictions[0].probability);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(ref->tupdesc, values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(triage_classify);
+
+/* classify(name, input): with the deployed version */
+Datum
+triage_classify(PG_FUNCTION_ARGS)
+{
+	return Classify(fcinfo, PG_GETARG_TEXT_PP(0), 0, PG_GETARG_TEXT_PP(1));
+}
+
+PG_FUNCTION_INFO_V1(triage_classify_version);
+
+/* classify(name, version, input): a fixed version, so IMMUTABLE */
+Datum
+triage_classify_version(PG_FUNCTION_ARGS)
+{
+	int32		version = PG_GETARG_INT32(1);
+
+	if (version <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model version %d is invalid", version),
+				 errhint("Versions start at 1; omit the version to use the deployed one.")));
+	return Classify(fcinfo, PG_GETARG_TEXT_PP(0), version, PG_GETARG_TEXT_PP(2));
+}

@@ -1,0 +1,418 @@
+/*
+ * model_cache.c
+ *		The per-backend model cache and its invalidation.
+ *
+ * Design note.  Models are immutable once stored, so a loaded model keyed by
+ * (name, version) stays valid; what changes is which version a name is
+ * deployed as.  Statement-level triggers on triage.models and
+ * triage.deployments call CacheInvalidateRelcache() on the table, which
+ * PostgreSQL delivers to every backend at commit (and to our own backend
+ * at the next command).  Our relcache callback only bumps a generation
+ * counter: it may run at awkward moments, so it never frees memory.  The
+ * next call that sees a new generation forgets the deployment map (and, if
+ * the models table changed, the loaded models) and resolves again with SPI.
+ *
+ * Each SQL call site keeps a ModelRef in fn_extra, so the per-row cost of
+ * finding the model is one integer compare and one name compare.
+ *
+ * Memory: every model lives in its own context under CacheMemoryContext's
+ * child "pg_triage models", freed when the model is dropped from the cache.
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "triage.h"
+
+typedef struct ModelKey
+{
+	char		name[NAMEDATALEN];
+	int32		version;
+} ModelKey;
+
+typedef struct ModelCacheEntry
+{
+	ModelKey	key;
+	CachedModel *model;
+} ModelCacheEntry;
+
+typedef struct DeploymentEntry
+{
+	char		name[NAMEDATALEN];
+	int32		version;
+} DeploymentEntry;
+
+static MemoryContext ModelCacheContext = NULL;
+static HTAB *ModelTable = NULL;
+static HTAB *DeploymentTable = NULL;
+
+/* bumped by invalidations; ModelRefs from older generations re-resolve */
+static uint64 CacheGeneration = 1;
+static bool ModelsChanged = false;
+static bool DeploymentsChanged = false;
+static Oid	ModelsRelid = InvalidOid;
+static Oid	DeploymentsRelid = InvalidOid;
+
+static void *
+ContextAlloc(void *context, size_t size)
+{
+	return MemoryContextAllocExtended((MemoryContext) context, size == 0 ? 1 : size,
+									  MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
+}
+
+static void
+ContextFree(void *context, void *pointer)
+{
+	pfree(pointer);
+}
+
+/* A core allocator that pallocs in context and returns NULL when out of memory */
+TriageAllocator
+ContextAllocator(MemoryContext context)
+{
+	TriageAllocator allocator = {ContextAlloc, ContextFree, context};
+
+	return allocator;
+}
+
+/* Turn a core error into an ereport with a matching SQLSTATE */
+void
+ReportCoreError(TriageStatus status, const char *message, const char *context)
+{
+	switch (status)
+	{
+		case TRIAGE_OK:
+			return;
+		case TRIAGE_INVALID_MODEL:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("invalid fastText model: %s", message),
+					 context ? errcontext("%s", context) : 0,
+					 errhint("Check that the file is a complete fastText .bin or .ftz model, "
+							 "for example with \"fasttext predict\".")));
+			break;
+		case TRIAGE_UNSUPPORTED:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("unsupported fastText model: %s", message),
+					 context ? errcontext("%s", context) : 0,
+					 errhint("pg_triage runs supervised models, trained with \"fasttext supervised\".")));
+			break;
+		case TRIAGE_INVALID_ARGUMENT:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s", message)));
+			break;
+		case TRIAGE_OUT_OF_MEMORY:
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory"),
+					 errdetail("%s", message)));
+			break;
+		case TRIAGE_NUMERIC:
+			ereport(ERROR,
+					(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
+					 errmsg("%s", message),
+					 context ? errcontext("%s", context) : 0,
+					 errhint("The model's weights contain NaN or infinity; retrain or re-import it.")));
+			break;
+	}
+}
+
+static void
+ModelStoreInvalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == ModelsRelid)
+		ModelsChanged = true;
+	if (relid == InvalidOid || relid == ModelsRelid || relid == DeploymentsRelid)
+	{
+		DeploymentsChanged = true;
+		CacheGeneration++;
+	}
+}
+
+void
+ModelCacheInit(void)
+{
+	CacheRegisterRelcacheCallback(ModelStoreInvalidate, (Datum) 0);
+}
+
+static void
+CreateTables(void)
+{
+	HASHCTL		ctl;
+
+	if (ModelCacheContext == NULL)
+		ModelCacheContext = AllocSetContextCreate(CacheMemoryContext, "pg_triage models",
+												  ALLOCSET_DEFAULT_SIZES);
+	if (ModelTable == NULL)
+	{
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(ModelKey);
+		ctl.entrysize = sizeof(ModelCacheEntry);
+		ctl.hcxt = ModelCacheContext;
+		ModelTable = hash_create("pg_triage model cache", 16, &ctl,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	if (DeploymentTable == NULL)
+	{
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(DeploymentEntry);
+		ctl.hcxt = ModelCacheContext;
+		DeploymentTable = hash_create("pg_triage deployments", 16, &ctl,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+}
+
+/* Apply pending invalidations: forget deployments, and models if they changed */
+static void
+ProcessInvalidations(void)
+{
+	if (ModelsChanged && ModelTable != NULL)
+	{
+		HASH_SEQ_STATUS status;
+		ModelCacheEntry *entry;
+
+		hash_seq_init(&status, ModelTable);
+		while ((entry = hash_seq_search(&status)) != NULL)
+			MemoryContextDelete(entry->model->context);
+		hash_destroy(ModelTable);
+		ModelTable = NULL;
+		/* the tables may have been dropped and recreated */
+		ModelsRelid = DeploymentsRelid = InvalidOid;
+	}
+	if (DeploymentsChanged && DeploymentTable != NULL)
+	{
+		hash_destroy(DeploymentTable);
+		DeploymentTable = NULL;
+	}
+	ModelsChanged = DeploymentsChanged = false;
+	CreateTables();
+
+	if (!OidIsValid(ModelsRelid))
+	{
+		Oid			nsp = get_namespace_oid(TRIAGE_SCHEMA, true);
+
+		if (OidIsValid(nsp))
+		{
+			ModelsRelid = get_relname_relid("models", nsp);
+			DeploymentsRelid = get_relname_relid("deployments", nsp);
+		}
+	}
+}
+
+static void
+CopyModelName(char *dest, text *name)
+{
+	int			len = VARSIZE_ANY_EXHDR(name);
+
+	if (len >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("model name is too long (%d bytes)", len),
+				 errhint("Model names have at most %d bytes.", NAMEDATALEN - 1)));
+	memcpy(dest, VARDATA_ANY(name), len);
+	dest[len] = '\0';
+}
+
+/* The deployed version of name, via the deployment map or SPI */
+static int32
+ResolveDeployment(const char *name)
+{
+	DeploymentEntry *entry;
+	bool		found;
+	Datum		arg;
+	Oid			argtype = TEXTOID;
+	int32		version = 0;
+	bool		known = false;
+	char		key[NAMEDATALEN];
+
+	/* the map's keys are NUL-padded, so that any PostgreSQL version can hash them */
+	memset(key, 0, sizeof(key));
+	strlcpy(key, name, NAMEDATALEN);
+	entry = hash_search(DeploymentTable, key, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->version;
+
+	arg = CStringGetTextDatum(name);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT d.version, EXISTS (SELECT FROM triage.models m WHERE m.name = $1) "
+							  "FROM (SELECT) AS one LEFT JOIN triage.deployments d ON d.name = $1",
+							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read triage.deployments");
+	else
+	{
+		bool		isnull;
+		Datum		v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			version = DatumGetInt32(v);
+		known = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_finish();
+
+	if (version == 0 && !known)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", name),
+				 errhint("Import one with triage.import_fasttext(), or list models with "
+						 "SELECT name, version FROM triage.models.")));
+	if (version == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("model \"%s\" has no deployed version", name),
+				 errhint("Deploy one with SELECT triage.deploy('%s', version).", name)));
+
+	entry = hash_search(DeploymentTable, key, HASH_ENTER, &found);
+	entry->version = version;
+	return version;
+}
+
+/* Read (name, version) from triage.models and load it into its own context */
+static CachedModel *
+LoadModel(const char *name, int32 version)
+{
+	Datum		args[2];
+	Oid			argtypes[2] = {TEXTOID, INT4OID};
+	MemoryContext context;
+	CachedModel *model;
+	bytea	   *data = NULL;
+	char	   *kind = NULL;
+	TriageAllocator allocator;
+	TriageStatus status;
+	char		errbuf[256];
+
+	args[0] = CStringGetTextDatum(name);
+	args[1] = Int32GetDatum(version);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT kind, data FROM triage.models WHERE name = $1 AND version = $2",
+							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read triage.models");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		data = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		if (isnull)
+			data = NULL;
+	}
+	if (data == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" version %d does not exist", name, version),
+				 errhint("List versions with SELECT version FROM triage.models WHERE name = '%s'.", name)));
+	if (strcmp(kind, "fasttext") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("model \"%s\" version %d is of kind \"%s\", not a classifier", name, version, kind)));
+
+	context = AllocSetContextCreate(ModelCacheContext, "pg_triage model", ALLOCSET_DEFAULT_SIZES);
+	model = MemoryContextAllocZero(context, sizeof(CachedModel));
+	strlcpy(model->name, name, NAMEDATALEN);
+	model->version = version;
+	model->kind = MODEL_KIND_FASTTEXT;
+	model->context = context;
+	allocator = ContextAllocator(context);
+	PG_TRY();
+	{
+		status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+							  &allocator, &model->fasttext, errbuf, sizeof(errbuf));
+		if (status != TRIAGE_OK)
+			ReportCoreError(status, errbuf, psprintf("loading model \"%s\" version %d", name, version));
+	}
+	PG_CATCH();
+	{
+		MemoryContextDelete(context);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	SPI_finish();
+
+	FastTextScratchInit(&model->scratch, &allocator);
+	model->predictions = MemoryContextAllocExtended(context,
+													mul_size(model->fasttext->nlabels, sizeof(FastTextPrediction)),
+													MCXT_ALLOC_HUGE);
+	return model;
+}
+
+/*
+ * The model for (name, version), version 0 meaning the deployed one, cached
+ * in fcinfo's fn_extra for later calls from the same call site.
+ */
+CachedModel *
+ModelRefGet(FunctionCallInfo fcinfo, text *name, int32 version)
+{
+	ModelRef   *ref = (ModelRef *) fcinfo->flinfo->fn_extra;
+	int			len = VARSIZE_ANY_EXHDR(name);
+	ModelKey	key;
+	ModelCacheEntry *entry;
+	bool		found;
+
+	if (ref == NULL)
+	{
+		ref = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ModelRef));
+		fcinfo->flinfo->fn_extra = ref;
+		/* a new statement: see deployments committed since the last one */
+		AcceptInvalidationMessages();
+	}
+	if (ref->model != NULL && ref->generation == CacheGeneration &&
+		ref->version == version && len < NAMEDATALEN &&
+		strncmp(ref->name, VARDATA_ANY(name), len) == 0 && ref->name[len] == '\0')
+		return ref->model;
+
+	if (version < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model version %d is invalid", version),
+				 errhint("Versions start at 1.")));
+	ProcessInvalidations();
+	memset(&key, 0, sizeof(key));
+	CopyModelName(key.name, name);
+	key.version = version > 0 ? version : ResolveDeployment(key.name);
+
+	entry = hash_search(ModelTable, &key, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		CachedModel *model = LoadModel(key.name, key.version);
+
+		/* loading ran SPI, which may have processed invalidations */
+		ProcessInvalidations();
+		entry = hash_search(ModelTable, &key, HASH_ENTER, &found);
+		entry->model = model;
+	}
+	ref->generation = CacheGeneration;
+	strlcpy(ref->name, key.name, NAMEDATALEN);
+	ref->version = version;
+	ref->model = entry->model;
+	return ref->model;
+}
+
+PG_FUNCTION_INFO_V1(triage_model_store_changed);
+
+/*
+ * Statement-level trigger on triage.models and triage.deployments: make
+ * every backend forget what it resolved from them.
+ */
+Datum
+triage_model_store_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("triage.model_store_changed() must be called as a trigger")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	PG_RETURN_POINTER(NULL);
+}

@@ -1,0 +1,57 @@
+/*
+ * triage.h
+ *		Declarations shared by the server-side (glue) files of pg_triage.
+ */
+#ifndef TRIAGE_H
+#define TRIAGE_H
+
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/palloc.h"
+
+#include "fasttext.h"
+#include "triage_core.h"
+
+#define TRIAGE_SCHEMA "triage"
+
+typedef enum ModelKind
+{
+	MODEL_KIND_FASTTEXT
+} ModelKind;
+
+/* A model loaded into this backend, keyed by (name, version) */
+typedef struct CachedModel
+{
+	char		name[NAMEDATALEN];
+	int32		version;
+	ModelKind	kind;
+	MemoryContext context;		/* owns the model and its scratch */
+	FastTextModel *fasttext;
+	FastTextScratch scratch;
+	FastTextPrediction *predictions;	/* room for every label */
+} CachedModel;
+
+/*
+ * Per-call-site state kept in fn_extra: the model last resolved and the
+ * cache generation it was resolved in.
+ */
+typedef struct ModelRef
+{
+	uint64		generation;
+	char		name[NAMEDATALEN];
+	int32		version;		/* as requested: 0 means the deployed version */
+	CachedModel *model;
+	TupleDesc	tupdesc;		/* result type, for composite results */
+} ModelRef;
+
+/* model_cache.c */
+extern void ModelCacheInit(void);
+extern CachedModel *ModelRefGet(FunctionCallInfo fcinfo, text *name, int32 version);
+extern TriageAllocator ContextAllocator(MemoryContext context);
+extern void ReportCoreError(TriageStatus status, const char *message, const char *context);
+
+/* fasttext_sql.c */
+extern text *FastTextLabelText(const FastTextModel *model, int32 label);
+
+#endif
