@@ -105,7 +105,8 @@ ReportCoreError(TriageStatus status, const char *message, const char *context)
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("unsupported fastText model: %s", message),
 					 context ? errcontext("%s", context) : 0,
-					 errhint("pg_triage runs supervised models, trained with \"fasttext supervised\".")));
+					 errhint("pg_triage runs supervised classifiers (\"fasttext supervised\") "
+							 "saved in file format 11 or 12, as fastText 0.9 writes them.")));
 			break;
 		case TRIAGE_INVALID_ARGUMENT:
 			ereport(ERROR,
@@ -246,18 +247,22 @@ ResolveDeployment(const char *name)
 
 	arg = CStringGetTextDatum(name);
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT d.version, EXISTS (SELECT FROM triage.models m WHERE m.name = $1) "
-							  "FROM (SELECT) AS one LEFT JOIN triage.deployments d ON d.name = $1",
-							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+	if (SPI_execute_with_args("SELECT version FROM triage.deployments WHERE name = $1",
+							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read triage.deployments");
-	else
+	if (SPI_processed == 1)
 	{
 		bool		isnull;
-		Datum		v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
-		if (!isnull)
-			version = DatumGetInt32(v);
-		known = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	else
+	{
+		/* only to say which error it is */
+		if (SPI_execute_with_args("SELECT FROM triage.models WHERE name = $1",
+								  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read triage.models");
+		known = SPI_processed > 0;
 	}
 	SPI_finish();
 

@@ -29,6 +29,9 @@ COMMENT ON TABLE triage.deployments IS
 	'Which version of each model triage.classify(name, input) uses.';
 
 -- Dumped by pg_dump, with their data, like user tables
+-- model bytes are floats and codes that barely compress: store them as they are
+ALTER TABLE triage.models ALTER COLUMN data SET STORAGE EXTERNAL;
+
 SELECT pg_catalog.pg_extension_config_dump('triage.models', '');
 SELECT pg_catalog.pg_extension_config_dump('triage.deployments', '');
 
@@ -68,6 +71,20 @@ CREATE TRIGGER models_immutable
 CREATE TYPE triage.prediction AS (label text, confidence real);
 COMMENT ON TYPE triage.prediction IS 'A label and the model''s probability for it.';
 
+CREATE FUNCTION triage.check_model_name(name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+BEGIN
+	IF name !~ '^[A-Za-z_][A-Za-z0-9_.-]*$' OR octet_length(name) >= 64 THEN
+		RAISE EXCEPTION 'invalid model name "%"', name
+			USING ERRCODE = 'invalid_name',
+				HINT = 'A model name starts with a letter or underscore, has at most 63 bytes, '
+					   'and holds only letters, digits, "_", "." and "-".';
+	END IF;
+END;
+$$;
+COMMENT ON FUNCTION triage.check_model_name(text) IS
+	'Raises an error unless name is a valid model name.';
+
 -- fastText models -----------------------------------------------------------
 
 CREATE FUNCTION triage.inspect_fasttext(model bytea, OUT labels text[], OUT params jsonb)
@@ -84,6 +101,7 @@ DECLARE
 	info record;
 	new_version integer;
 BEGIN
+	PERFORM triage.check_model_name(import_fasttext.name);
 	SELECT * INTO info FROM triage.inspect_fasttext(model);
 	-- one importer per name at a time, so version numbers never collide
 	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('triage.models'),

@@ -1,0 +1,50 @@
+-- Errors a user can act on
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set v1 :abs_srcdir '/test/data/sentiment_v1.ftz'
+CREATE EXTENSION IF NOT EXISTS pg_triage;
+\set VERBOSITY default
+SELECT triage.import_fasttext('errs', pg_read_binary_file(:'v1'));
+
+-- unknown model
+SELECT triage.classify('no_such_model', 'text');
+SELECT * FROM triage.predict('no_such_model', 'text');
+-- a model with versions but none deployed
+SELECT triage.import_fasttext('undeployed', pg_read_binary_file(:'v1'));
+DELETE FROM triage.deployments WHERE name = 'undeployed';
+SELECT triage.classify('undeployed', 'text');
+-- unknown version
+SELECT triage.classify('errs', 7, 'text');
+SELECT triage.classify('errs', 0, 'text');
+-- a name longer than any model name
+SELECT triage.classify(repeat('x', 100), 'text');
+-- invalid names are refused when stored
+SELECT triage.import_fasttext('bad name!', pg_read_binary_file(:'v1'));
+
+-- NULL in, NULL out (STRICT)
+SELECT triage.classify('errs', NULL) IS NULL AS is_null;
+SELECT triage.classify(NULL, 'text') IS NULL AS is_null;
+SELECT count(*) FROM triage.predict('errs', NULL);
+
+-- bad k and threshold
+SELECT * FROM triage.predict('errs', 'text', 0);
+SELECT * FROM triage.predict('errs', 'text', -2);
+SELECT * FROM triage.predict('errs', 'text', 1, 'NaN');
+
+-- files that are not valid models
+SELECT triage.import_fasttext('junk', '\x00');
+SELECT triage.import_fasttext('junk', convert_to('hello, this is not a model', 'UTF8'));
+SELECT triage.import_fasttext('junk', substring(pg_read_binary_file(:'v1') FROM 1 FOR 1000));
+SELECT triage.import_fasttext('junk', pg_read_binary_file(:'v1') || '\x00'::bytea);
+-- version 13 does not exist yet
+SELECT triage.import_fasttext('junk', overlay(pg_read_binary_file(:'v1') PLACING '\x0d000000' FROM 5 FOR 4));
+-- a skipgram (word vector) model is not a classifier: the model field is at offset 36
+SELECT triage.import_fasttext('junk', overlay(pg_read_binary_file(:'v1') PLACING '\x02000000' FROM 37 FOR 4));
+SELECT triage.import_fasttext('junk', overlay(pg_read_binary_file(:'v1') PLACING '\x01000000' FROM 37 FOR 4));
+-- an unknown loss
+SELECT triage.import_fasttext('junk', overlay(pg_read_binary_file(:'v1') PLACING '\x09000000' FROM 33 FOR 4));
+-- dictionary sizes that disagree, and no labels
+SELECT triage.import_fasttext('junk', overlay(pg_read_binary_file(:'v1') PLACING '\xffffff7f' FROM 65 FOR 4));
+SELECT triage.import_fasttext('junk', overlay(overlay(pg_read_binary_file(:'v1')
+	PLACING '\xc7010000' FROM 65 FOR 4) PLACING '\x00000000' FROM 73 FOR 4));
+-- nothing was stored by the failures
+SELECT count(*) FROM triage.models WHERE name = 'junk';

@@ -1,0 +1,226 @@
+#!/bin/bash
+# The classify benchmark (make bench): in one run, on the same 100,000
+# reviews and the same quantized .ftz, times
+#   - fasttext predict-prob over a text file of the reviews (the CLI),
+#   - SELECT count(triage.classify('bench', review)) over a table of them,
+#     serial and with the default parallel workers,
+#   - SELECT count(md5(review)) over the same table, as PostgreSQL's cost of
+#     scanning, detoasting and calling one cheap function per row,
+# each the best of 3 runs, and prints the ratios; then checks on 1,000 rows
+# that triage.classify picks the label fasttext predict picks.
+#
+# Prints a table and writes it to test/bench/results.txt.  A benchmark, not
+# a test: it fails only if something does not run, never on the numbers.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/test/cluster.sh"
+
+# As root, run as postgres from a copy of the tree, then bring the results home
+if [ "$(id -u)" = 0 ]; then
+	BENCH_RESULTS=$(mktemp /tmp/pg_triage-bench-results.XXXXXX)
+	chown postgres: "$BENCH_RESULTS"
+	export BENCH_RESULTS
+	status=0
+	(drop_root test/bench/run.sh "$@") || status=$?
+	[ -s "$BENCH_RESULTS" ] && cp "$BENCH_RESULTS" "$ROOT/test/bench/results.txt"
+	rm -f "$BENCH_RESULTS"
+	exit $status
+fi
+
+ROWS=100000
+RUNS=3
+SAMPLE_EVERY=100	# agreement sample: ids divisible by this, 1,000 rows
+
+WORK=$(mktemp -d /tmp/pg_triage-bench.XXXXXX)
+cleanup() {
+	cluster_stop
+	rm -rf "$WORK"
+	# drop_root's copy of the tree is ours to remove once we are done with it
+	case "$ROOT" in
+		/tmp/pg_triage.*) [ -n "${TRIAGE_SOURCE:-}" ] && rm -rf "$ROOT" ;;
+	esac
+}
+
+log() { printf '%s\n' "$*" >&2; }
+
+# Seconds since the epoch, to the nanosecond
+now() { date +%s.%N; }
+
+psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+log "bench: starting a throwaway cluster in $WORK"
+trap cleanup EXIT
+load=$(cut -d ' ' -f 1-3 /proc/loadavg)
+cluster_start "$WORK/pg"
+trap cleanup EXIT	# cluster_start sets its own
+
+# Data ----------------------------------------------------------------------
+# The 4,000 labeled reviews, then 100,000 rows cycling through them: pass c
+# (0..24) rotates each review's sentences by c, so rows differ but keep the
+# length and vocabulary of real reviews.  Control characters become spaces
+# so that one review is exactly one line for fastText.
+log "bench: building the $ROWS-row table"
+psql_q <<SQL
+CREATE EXTENSION pg_triage;
+CREATE TABLE reviews_src (n integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+						  product text, review text, score text);
+\copy reviews_src (product, review, score) FROM '$ROOT/test/data/fine_foods_train.csv' WITH (FORMAT csv, HEADER)
+UPDATE reviews_src SET review = regexp_replace(review, '[\r\n\t\v\f]', ' ', 'g');
+
+CREATE TABLE bench_reviews (id integer PRIMARY KEY, review text NOT NULL);
+INSERT INTO bench_reviews
+SELECT i, array_to_string(s[1 + c % cardinality(s):] || s[:c % cardinality(s)], ' ')
+FROM generate_series(0, $ROWS - 1) AS i,
+	LATERAL (SELECT i / 4000 AS c) AS pass,
+	LATERAL (SELECT regexp_split_to_array(r.review, '(?<=[.!?])\s+') AS s
+			 FROM reviews_src r WHERE r.n = i % 4000 + 1) AS sentences;
+VACUUM (ANALYZE) bench_reviews;
+
+-- one line per row, nothing quoted or escaped: neither byte occurs in the data
+\copy (SELECT review FROM bench_reviews ORDER BY id) TO '$WORK/lines.txt' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+\copy (SELECT review FROM bench_reviews WHERE id % $SAMPLE_EVERY = 0 ORDER BY id) TO '$WORK/sample.txt' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+\copy (SELECT '__label__' || score || ' ' || review FROM reviews_src ORDER BY n) TO '$WORK/train.txt' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SQL
+
+lines=$(wc -l <"$WORK/lines.txt")
+[ "$lines" -eq "$ROWS" ] || { log "bench: lines.txt has $lines lines, not $ROWS"; exit 1; }
+if LC_ALL=C grep -q $'[\x01\x02]' "$WORK/lines.txt"; then
+	log "bench: lines.txt has a quote or delimiter byte"
+	exit 1
+fi
+distinct=$(psql_q -At -c "SELECT count(DISTINCT review) FROM bench_reviews")
+table_size=$(psql_q -At -c "SELECT pg_size_pretty(pg_total_relation_size('bench_reviews'))")
+
+# Model ---------------------------------------------------------------------
+log "bench: training and quantizing the fastText model"
+fasttext supervised -input "$WORK/train.txt" -output "$WORK/model" -dim 50 -wordNgrams 2 \
+	-minn 2 -maxn 4 -epoch 5 -bucket 200000 -thread 2 -verbose 0
+fasttext quantize -input "$WORK/train.txt" -output "$WORK/model" -qnorm -cutoff 50000 \
+	-retrain -thread 2 -verbose 0 >/dev/null
+model_size=$(stat -c %s "$WORK/model.ftz")
+psql_q -At -c "SELECT triage.import_fasttext('bench', pg_read_binary_file('$WORK/model.ftz'))" >/dev/null
+
+# fastText CLI --------------------------------------------------------------
+log "bench: fasttext predict-prob, $RUNS runs"
+cli_times=()
+for _ in $(seq "$RUNS"); do
+	t0=$(now)
+	fasttext predict-prob "$WORK/model.ftz" "$WORK/lines.txt" 1 >/dev/null
+	t1=$(now)
+	cli_times+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
+done
+
+# PostgreSQL ----------------------------------------------------------------
+# One session: its first classify loads the model (the cold run), the later
+# ones find it cached.  Times are the executor's, from EXPLAIN ANALYZE without
+# per-node timing.  Three settings: serial; the defaults, where the planner
+# decides (classify has the default COST 1, so it prices the query like md5);
+# and parallel, made free so that the planner uses the default workers.
+# Parallel workers are new processes, so each parallel run pays one model
+# load per worker: that is part of what it costs.
+MODES="serial default parallel"
+mode_sql() {
+	case $1 in
+		serial) echo "SET max_parallel_workers_per_gather = 0;" ;;
+		default) echo "RESET max_parallel_workers_per_gather;" ;;
+		parallel) echo "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;" ;;
+	esac
+}
+log "bench: triage.classify and md5 over the table, $RUNS runs each, in 3 settings"
+{
+	echo "SELECT count(md5(review)) FROM bench_reviews;"	# the table into shared buffers
+	mode_sql serial
+	echo "\\echo @classify_cold"
+	echo "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON) SELECT count(triage.classify('bench', review)) FROM bench_reviews;"
+	for mode in $MODES; do
+		mode_sql "$mode"
+		for q in classify md5; do
+			if [ "$q" = classify ]; then expr="triage.classify('bench', review)"; else expr="md5(review)"; fi
+			for _ in $(seq "$RUNS"); do
+				echo "\\echo @${q}_${mode}"
+				echo "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON) SELECT count($expr) FROM bench_reviews;"
+			done
+		done
+	done
+} >"$WORK/timing.sql"
+psql_q -At -f "$WORK/timing.sql" >"$WORK/timing.out"
+default_workers=$(psql_q -At -c "SHOW max_parallel_workers_per_gather")
+
+# "name ms workers" per run (workers launched, 0 for a serial plan)
+awk 'function flush() { if (name != "") print name, ms, w }
+	/^@/ { flush(); name = substr($0, 2); ms = ""; w = 0 }
+	/Execution Time:/ { ms = $3 }
+	/Workers Launched:/ { w = $3 }
+	END { flush() }' "$WORK/timing.out" >"$WORK/times.txt"
+
+# best of the runs, in seconds; and the workers the runs of a query launched
+best_pg() { awk -v n="$1" '$1 == n { s = $2 / 1000; if (b == "" || s < b) b = s } END { print b }' "$WORK/times.txt"; }
+workers() { awk -v n="$1" '$1 == n { if ($3 > w) w = $3 } END { print w + 0 }' "$WORK/times.txt"; }
+best_list() { printf '%s\n' "$@" | sort -g | head -1; }
+
+t_cli=$(best_list "${cli_times[@]}")
+t_cold=$(best_pg classify_cold)
+
+# Agreement -----------------------------------------------------------------
+log "bench: agreement on $((ROWS / SAMPLE_EVERY)) rows"
+fasttext predict "$WORK/model.ftz" "$WORK/sample.txt" 1 >"$WORK/ft_labels.txt"
+fasttext predict-prob "$WORK/model.ftz" "$WORK/sample.txt" 1 >"$WORK/ft_probs.txt"
+psql_q -At -F ' ' -c "SELECT '__label__' || p.label, p.confidence
+	FROM bench_reviews, triage.classify('bench', review) AS p
+	WHERE id % $SAMPLE_EVERY = 0 ORDER BY id" >"$WORK/pg_labels.txt"
+read -r agree total maxdiff < <(paste -d ' ' "$WORK/ft_labels.txt" "$WORK/ft_probs.txt" "$WORK/pg_labels.txt" |
+	awk '{ n++; if ($1 == $4) a++
+		   d = $3 - $5; if (d < 0) d = -d; if (d > m) m = d }
+		 END { printf "%d %d %.2g\n", a, n, m }')
+
+# Report --------------------------------------------------------------------
+row() {	# what, seconds, reference md5 seconds
+	awk -v what="$1" -v s="$2" -v cli="$t_cli" -v md5="$3" -v rows="$ROWS" 'BEGIN {
+		printf "%-52s %8.3f %10.0f %8.2fx %8.2fx\n", what, s, rows / s, cli / s, md5 / s }'
+}
+describe() {	# mode, workers launched
+	case $1 in
+		serial) echo "serial" ;;
+		default) echo "default settings, $2 workers" ;;
+		parallel) echo "parallel, $2 workers + leader" ;;
+	esac
+}
+{
+	echo "pg_triage benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average at start $load"
+	echo "fastText $(dpkg-query -W -f='${Version}' fasttext 2>/dev/null || echo '?'), $(postgres --version)"
+	echo "data: $ROWS reviews ($distinct distinct) cycled from the 4,000 in test/data/fine_foods_train.csv; table $table_size"
+	echo "model: supervised, dim 50, wordNgrams 2, minn 2, maxn 4, epoch 5, bucket 200000,"
+	echo "       quantized -qnorm -cutoff 50000 -retrain: $model_size bytes"
+	echo "times: best of $RUNS; PostgreSQL's are Execution Time of EXPLAIN (ANALYZE, TIMING OFF) in one warm session"
+	echo "ratios: reference time / this time, so > 1 means faster than the reference (md5: in the same setting)"
+	echo
+	printf "%-52s %8s %10s %9s %9s\n" "what" "seconds" "rows/s" "vs CLI" "vs md5"
+	row "fasttext predict-prob (CLI, 1 thread)" "$t_cli" "$(best_pg md5_serial)"
+	for q in classify md5; do
+		for mode in $MODES; do
+			if [ "$q" = classify ]; then what="triage.classify"; else what="md5(review)"; fi
+			row "$what, $(describe "$mode" "$(workers "${q}_$mode")")" \
+				"$(best_pg "${q}_$mode")" "$(best_pg "md5_$mode")"
+		done
+	done
+	echo
+	echo "cold triage.classify, serial (the session's first, with the model load): $(printf '%.3f' "$t_cold") s"
+	echo "settings: serial = max_parallel_workers_per_gather 0; default = $default_workers workers allowed, planner's choice;"
+	echo "          parallel = parallel_setup_cost 0, parallel_tuple_cost 0"
+	echo "all runs (s): fasttext_cli ${cli_times[*]}"
+	for q in classify md5; do
+		for mode in $MODES; do
+			echo "              ${q}_$mode $(awk -v n="${q}_$mode" '$1 == n { printf "%.3f ", $2 / 1000 }' "$WORK/times.txt")"
+		done
+	done
+	echo
+	awk -v a="$agree" -v n="$total" -v m="$maxdiff" 'BEGIN {
+		printf "agreement with fasttext predict on %d rows: %d (%.1f%%) same top label; max |probability difference| %s\n",
+			n, a, 100 * a / n, m }'
+} | tee "$WORK/results.txt"
+
+cp "$WORK/results.txt" "$ROOT/test/bench/results.txt"
+[ -n "${BENCH_RESULTS:-}" ] && cp "$WORK/results.txt" "$BENCH_RESULTS"
+[ "$agree" -eq "$total" ] || log "bench: WARNING: triage.classify and fasttext predict disagree on $((total - agree)) rows"
+exit 0

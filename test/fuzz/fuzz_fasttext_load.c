@@ -1,0 +1,252 @@
+/*
+ * fuzz_fasttext_load.c
+ *		libFuzzer harness of the fastText loader: load the input as a model
+ *		and, when it loads, predict a few fixed lines with it.
+ *
+ * Besides memory errors (ASan) and undefined behaviour (UBSan), it aborts
+ * when a loaded model breaks an invariant the SQL layer relies on (labels
+ * in range, words found again by lookup), and when loading or predicting
+ * allocates far more than the file's size: the loader promises that a
+ * model cannot make it allocate much more than its own bytes.
+ *
+ * The same entry point is linked into fuzz_fasttext_standalone.c, which
+ * replays files and mutations without libFuzzer; FuzzFastTextLoaded counts
+ * the inputs that loaded, for its summary.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fasttext.h"
+
+int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+long		FuzzFastTextLoaded = 0;
+
+/*
+ * A malloc allocator that tracks live and peak bytes.  Each block carries
+ * its size in a header padded to 16 bytes, keeping malloc's alignment.
+ */
+typedef struct TrackedHeader
+{
+	size_t		size;
+	size_t		pad;
+} TrackedHeader;
+
+typedef struct Tracker
+{
+	size_t		live;
+	size_t		peak;
+	size_t		limit;			/* abort when live would exceed it */
+	const char *phase;
+} Tracker;
+
+static void *
+TrackedAlloc(void *context, size_t size)
+{
+	Tracker    *tracker = context;
+	TrackedHeader *header;
+
+	if (size > tracker->limit || tracker->live > tracker->limit - size)
+	{
+		fprintf(stderr, "fuzz: %s allocates %zu bytes with %zu live, over the limit of %zu\n",
+				tracker->phase, size, tracker->live, tracker->limit);
+		abort();
+	}
+	header = malloc(sizeof(TrackedHeader) + (size == 0 ? 1 : size));
+	if (header == NULL)
+		return NULL;
+	header->size = size;
+	tracker->live += size;
+	if (tracker->live > tracker->peak)
+		tracker->peak = tracker->live;
+	return header + 1;
+}
+
+static void
+TrackedFree(void *context, void *pointer)
+{
+	Tracker    *tracker = context;
+	TrackedHeader *header = (TrackedHeader *) pointer - 1;
+
+	tracker->live -= header->size;
+	free(header);
+}
+
+/* The lines every loaded model predicts: tokenizer edge cases */
+static const char *FixedLines[] = {
+	"",
+	"   \t\n ",
+	"great product, would buy again",
+	"this stuff is not good at all save your money",
+	"caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e",
+	"__label__x",
+	"__label__great __label__other great",
+	"before </s> after",
+	"</s>",
+	"\xff\xfe \x80\x80 \xc3 broken utf-8",
+	"a\vb\fc\rd",
+};
+
+static char LongLine[4000];
+
+/* A long line: many words, then one long token for the char n-grams */
+static void
+InitLongLine(void)
+{
+	static const char *words[] = {"great ", "food ", "the ", "taste ", "not ", "good "};
+	size_t		pos = 0;
+
+	if (LongLine[0] != '\0')
+		return;
+	for (int i = 0; pos < 2500; i++)
+	{
+		size_t		len = strlen(words[i % 6]);
+
+		memcpy(LongLine + pos, words[i % 6], len);
+		pos += len;
+	}
+	while (pos < sizeof(LongLine) - 1)
+	{
+		LongLine[pos] = (char) ('a' + pos % 26);
+		pos++;
+	}
+	LongLine[pos] = '\0';
+}
+
+static void
+Fail(const char *what)
+{
+	fprintf(stderr, "fuzz: invariant broken: %s\n", what);
+	abort();
+}
+
+/* What the SQL layer does with a loaded model, checking what it relies on */
+static void
+CheckModel(const FastTextModel *model)
+{
+	if (model->nlabels <= 0 || model->nwords < 0 || model->nwords + model->nlabels != model->size)
+		Fail("dictionary sizes");
+	for (int32_t i = 0; i < model->size; i++)
+	{
+		const FastTextEntry *e = &model->entries[i];
+
+		if (FastTextFindWord(model, e->word, (size_t) e->length, e->hash) != i)
+			Fail("an entry is not found by its own word");
+	}
+	for (int32_t i = 0; i < model->nlabels; i++)
+	{
+		size_t		len;
+		const char *label = FastTextLabel(model, i, &len);
+
+		if (label == NULL || strlen(label) != len)
+			Fail("label text");
+	}
+}
+
+/*
+ * Predict text[0..len) with k = 1, 2 and -1.  The text is copied to a heap
+ * block of exactly len bytes, without a terminator, so that ASan catches
+ * any read past its end.
+ */
+static void
+Predict(const FastTextModel *model, FastTextScratch *scratch, FastTextPrediction *predictions,
+		const char *line, size_t len)
+{
+	static const int32_t ks[] = {1, 2, -1};
+	char		errbuf[256];
+	char	   *text = malloc(len == 0 ? 1 : len);
+
+	if (text == NULL)
+		Fail("out of memory for the text");
+	memcpy(text, line, len);
+	for (size_t i = 0; i < sizeof(ks) / sizeof(ks[0]); i++)
+	{
+		int32_t		n = -1;
+		int32_t		want = (ks[i] == -1 || ks[i] > model->nlabels) ? model->nlabels : ks[i];
+		TriageStatus status;
+
+		status = FastTextPredict(model, scratch, text, len, ks[i], i == 2 ? 0.01f : 0.0f,
+								 predictions, &n, errbuf, sizeof(errbuf));
+		if (status != TRIAGE_OK)
+		{
+			/* a bad model may yield NaN; nothing else may fail here */
+			if (status != TRIAGE_NUMERIC && status != TRIAGE_OUT_OF_MEMORY)
+				Fail("prediction failed with an unexpected status");
+			if (errbuf[0] == '\0')
+				Fail("prediction failed without a message");
+			continue;
+		}
+		if (n < 0 || n > want)
+			Fail("prediction count out of range");
+		for (int32_t j = 0; j < n; j++)
+		{
+			size_t		labellen;
+
+			if (predictions[j].label < 0 || predictions[j].label >= model->nlabels)
+				Fail("predicted label out of range");
+			(void) FastTextLabel(model, predictions[j].label, &labellen);
+		}
+	}
+	free(text);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	Tracker		tracker;
+	TriageAllocator allocator = {TrackedAlloc, TrackedFree, &tracker};
+	FastTextModel *model = NULL;
+	FastTextScratch scratch;
+	FastTextPrediction *predictions;
+	TriageStatus status;
+	char		errbuf[256];
+
+	InitLongLine();
+
+	/*
+	 * Generous: entries, hash table, Huffman tree and the capped subword
+	 * lists together stay within a few dozen times the file's size.
+	 */
+	tracker.live = tracker.peak = 0;
+	tracker.limit = size * 64 + ((size_t) 64 << 20);
+	tracker.phase = "loading";
+
+	errbuf[0] = '\0';
+	status = FastTextLoad(data, size, &allocator, &model, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+	{
+		if (model != NULL)
+			Fail("a failed load returned a model");
+		if (status != TRIAGE_INVALID_MODEL && status != TRIAGE_UNSUPPORTED &&
+			status != TRIAGE_OUT_OF_MEMORY)
+			Fail("load failed with an unexpected status");
+		if (errbuf[0] == '\0')
+			Fail("load failed without a message");
+		if (tracker.live != 0)
+			Fail("a failed load leaked memory");
+		return 0;
+	}
+	if (model == NULL)
+		Fail("a successful load returned no model");
+	FuzzFastTextLoaded++;
+	CheckModel(model);
+
+	/* as the SQL layer does: room for every label */
+	predictions = malloc(sizeof(FastTextPrediction) * (size_t) model->nlabels);
+	if (predictions == NULL)
+		Fail("out of memory for predictions");
+	tracker.phase = "prediction";
+	FastTextScratchInit(&scratch, &allocator);
+	for (size_t i = 0; i < sizeof(FixedLines) / sizeof(FixedLines[0]); i++)
+		Predict(model, &scratch, predictions, FixedLines[i], strlen(FixedLines[i]));
+	Predict(model, &scratch, predictions, LongLine, strlen(LongLine));
+	Predict(model, &scratch, predictions, LongLine, 37);
+
+	FastTextScratchFree(&scratch);
+	free(predictions);
+	FastTextFree(model);
+	if (tracker.live != 0)
+		Fail("memory left allocated after freeing the model");
+	return 0;
+}

@@ -1,0 +1,118 @@
+#!/bin/bash
+# Runs every test of pg_triage against the installed extension and ends with
+# one line "N passed, M failed"; exits non-zero if anything failed.
+#
+#   1. core: C unit tests of the server-independent code, under ASan/UBSan
+#   2. fuzz: the model loader on the corpus and random mutations of it
+#   3. pg_regress: sql/*.sql against a throwaway cluster
+#   4. TAP: test/t/*.pl, each with its own clusters (PostgreSQL::Test::Cluster)
+#
+# Called by "make test" after "make install".  As root it re-runs itself as
+# the postgres user on a copy of the tree, since PostgreSQL refuses root.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/test/cluster.sh"
+drop_root test/run-tests.sh "$@"
+cd "$ROOT"
+
+PASSED=0
+FAILED=0
+FAILURES=()
+WORK=$(mktemp -d /tmp/pg_triage-tests.XXXXXX)
+PGXS_DIR=$(dirname "$("$PG_CONFIG" --pgxs)")/../..
+SANITIZE="-g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -ffp-contract=off"
+CORE_SRCS="src/triage_core.c src/fasttext_load.c src/fasttext_dict.c src/fasttext_predict.c"
+
+record() {	# record NAME STATUS
+	if [ "$2" = 0 ]; then
+		PASSED=$((PASSED + 1))
+	else
+		FAILED=$((FAILED + 1))
+		FAILURES+=("$1")
+	fi
+}
+
+section() {
+	echo
+	echo "== $1"
+}
+
+# 1. core unit tests: each "ok"/"not ok" line counts
+section "core unit tests"
+if gcc $SANITIZE -Isrc test/core/test_core.c $CORE_SRCS -lm -o "$WORK/test_core"; then
+	"$WORK/test_core" "$ROOT/test/data" >"$WORK/core.out" 2>&1
+	status=$?
+	cat "$WORK/core.out"
+	n_ok=$(grep -c '^ok ' "$WORK/core.out")
+	n_bad=$(grep -c '^not ok ' "$WORK/core.out")
+	PASSED=$((PASSED + n_ok))
+	FAILED=$((FAILED + n_bad))
+	[ "$n_bad" -gt 0 ] && FAILURES+=("core unit tests")
+	[ "$status" != 0 ] && [ "$n_bad" = 0 ] && record "core unit tests (crashed)" 1
+else
+	record "core unit tests (build)" 1
+fi
+
+# 2. the loader under sanitizers, on the corpus and its mutations
+section "fuzz smoke (ASan/UBSan)"
+if [ -f test/fuzz/fuzz_fasttext_standalone.c ]; then
+	if gcc $SANITIZE -Isrc test/fuzz/fuzz_fasttext_standalone.c test/fuzz/fuzz_fasttext_load.c \
+		$CORE_SRCS -lm -o "$WORK/fuzz_standalone"; then
+		"$WORK/fuzz_standalone" -n 300 -seed 1 test/fuzz/corpus
+		record "fuzz smoke" $?
+	else
+		record "fuzz smoke (build)" 1
+	fi
+fi
+
+# 3. pg_regress
+section "pg_regress"
+cluster_start "$WORK/regress-cluster" || { echo "could not start a cluster"; exit 1; }
+REGRESS=$(sed -n 's/^REGRESS = //p' Makefile)
+"$PGXS_DIR/src/test/regress/pg_regress" --inputdir=. --outputdir="$WORK/regress" \
+	--bindir="$PG_BINDIR" --host="$PGHOST" --port="$PGPORT" \
+	--dbname=contrib_regression $REGRESS >"$WORK/regress.out" 2>&1
+cat "$WORK/regress.out"
+# PostgreSQL 15 prints "test NAME ... ok", 16 and later "ok N - NAME"
+while read -r name result; do
+	record "pg_regress $name" "$([ "$result" = ok ] && echo 0 || echo 1)"
+done < <(awk '/^test [a-z_0-9]+ +\.\.\. / { print $2, ($4 == "ok" ? "ok" : "failed") }
+	/^(not )?ok +[0-9]+ +[-+] / { ok = ($1 == "ok"); sub(/^(not )?ok +[0-9]+ +[-+] +/, "");
+		print $1, (ok ? "ok" : "failed") }' "$WORK/regress.out")
+if [ -f "$WORK/regress/regression.diffs" ]; then
+	echo "---- regression.diffs"
+	cat "$WORK/regress/regression.diffs"
+fi
+cluster_stop
+
+# 4. TAP tests: every top-level "ok" and "not ok" counts; a script that
+# dies after its last assertion counts as one more failure
+section "TAP"
+export PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress"
+for t in test/t/*.pl; do
+	[ -f "$t" ] || continue
+	out="$WORK/$(basename "$t" .pl).tap"
+	mkdir -p "$WORK/tap"
+	TESTDIR="$WORK/tap" perl -I "$PGXS_DIR/src/test/perl" -I "$ROOT/test" "$t" >"$out" 2>"$out.err"
+	status=$?
+	n_ok=$(grep -c '^ok ' "$out")
+	n_bad=$(grep -c '^not ok ' "$out")
+	echo "$t: $n_ok ok, $n_bad not ok (exit $status)"
+	# each failure with the diagnostics that follow it
+	awk '/^not ok/ { p = 1; print; next } /^ok/ { p = 0 } p && /^#/' "$out" | head -80
+	PASSED=$((PASSED + n_ok))
+	FAILED=$((FAILED + n_bad))
+	[ "$n_bad" -gt 0 ] && FAILURES+=("$t")
+	if [ "$status" != 0 ] && [ "$n_bad" = 0 ]; then
+		record "$t (exit $status)" 1
+		tail -30 "$out.err"
+	fi
+done
+
+echo
+if [ ${#FAILURES[@]} -gt 0 ]; then
+	echo "failed: ${FAILURES[*]}"
+fi
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]
