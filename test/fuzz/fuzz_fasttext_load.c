@@ -11,8 +11,10 @@
  *
  * The same entry point is linked into fuzz_fasttext_standalone.c, which
  * replays files and mutations without libFuzzer; FuzzFastTextLoaded counts
- * the inputs that loaded, for its summary.
+ * the inputs that loaded, for its summary, and FuzzFastTextNaN the
+ * predictions that returned a NaN probability with no error.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,10 @@
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 long		FuzzFastTextLoaded = 0;
+long		FuzzFastTextNaN = 0;
+
+/* FUZZ_FASTTEXT_STRICT set: a NaN probability aborts instead of being counted */
+static int	Strict = -1;
 
 /*
  * A malloc allocator that tracks live and peak bytes.  Each block carries
@@ -186,6 +192,13 @@ Predict(const FastTextModel *model, FastTextScratch *scratch, FastTextPrediction
 			if (predictions[j].label < 0 || predictions[j].label >= model->nlabels)
 				Fail("predicted label out of range");
 			(void) FastTextLabel(model, predictions[j].label, &labellen);
+			/* the SQL layer would return it: TRIAGE_NUMERIC is for this */
+			if (isnan(predictions[j].probability))
+			{
+				if (Strict)
+					Fail("a prediction succeeded with a NaN probability");
+				FuzzFastTextNaN++;
+			}
 		}
 	}
 	free(text);
@@ -203,6 +216,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char		errbuf[256];
 
 	InitLongLine();
+	if (Strict < 0)
+		Strict = getenv("FUZZ_FASTTEXT_STRICT") != NULL;
 
 	/*
 	 * Generous: entries, hash table, Huffman tree and the capped subword

@@ -19,6 +19,7 @@
  * first written to DIR (default $TMPDIR or /tmp) and named on stderr.
  */
 #include <dirent.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 
 extern int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 extern long FuzzFastTextLoaded;
+extern long FuzzFastTextNaN;
 
 /* Present when linked with a sanitizer runtime: run on its fatal reports */
 extern void __sanitizer_set_death_callback(void (*callback) (void)) __attribute__((weak));
@@ -123,6 +125,26 @@ AbortHandler(int signo)
 	raise(signo);
 }
 
+/*
+ * Have the sanitizers save the input before they exit.  gcc links ASan and
+ * UBSan as two libraries, each with its own copy of the callback setter.
+ */
+static void
+RegisterDeathCallback(void)
+{
+	void	   *ubsan = dlopen("libubsan.so.1", RTLD_NOLOAD | RTLD_LAZY);
+
+	__sanitizer_set_death_callback(DumpCurrent);
+	if (ubsan != NULL)
+	{
+		void		(*set) (void (*) (void));
+
+		*(void **) &set = dlsym(ubsan, "__sanitizer_set_death_callback");
+		if (set != NULL && set != __sanitizer_set_death_callback)
+			set(DumpCurrent);
+	}
+}
+
 static void
 RunOne(const uint8_t *data, size_t len, long *inputs)
 {
@@ -205,6 +227,9 @@ WalkMatrix(Seed *seed, size_t *pos, int quantized)
 		*pos += 16;
 		if (m < 0 || n < 0 || (n > 0 && (uint64_t) m > (seed->len - *pos) / 4 / (uint64_t) n))
 			return 0;
+		/* a few weights, where an infinity or a NaN can go */
+		for (int i = 0; i < 4 && m * n > 0; i++)
+			AddField(seed, *pos + 4 * RandBelow((size_t) (m * n)), 4);
 		*pos += (size_t) (m * n * 4);
 		return 1;
 	}
@@ -365,6 +390,7 @@ InterestingValue(size_t len, int width, uint64_t old)
 		0, 1, 2, 3, 4, -1, -2, 10, 11, 12, 13, 255, 256, 257, 65535, 65536,
 		INT32_MAX, INT32_MIN, (int64_t) INT32_MAX + 1, 1 << 30, 1 << 24,
 		(int64_t) 1 << 32, (int64_t) 1 << 40, (int64_t) 1 << 62, INT64_MAX, INT64_MIN,
+		0x7f800000, (int32_t) 0xff800000, 0x7f7fffff,	/* float inf, -inf, FLT_MAX */
 	};
 	size_t		r = RandBelow(sizeof(values) / sizeof(values[0]) + 6);
 
@@ -654,7 +680,7 @@ main(int argc, char **argv)
 
 	/* sanitizers handle SIGSEGV themselves and report through the callback */
 	if (__sanitizer_set_death_callback)
-		__sanitizer_set_death_callback(DumpCurrent);
+		RegisterDeathCallback();
 	else
 	{
 		signal(SIGSEGV, AbortHandler);
@@ -673,5 +699,8 @@ main(int argc, char **argv)
 	}
 	printf("fuzz: %ld inputs, %ld loaded, %ld rejected\n",
 		   inputs, FuzzFastTextLoaded, inputs - FuzzFastTextLoaded);
+	if (FuzzFastTextNaN > 0)
+		fprintf(stderr, "fuzz: %ld predictions returned a NaN probability without an error\n",
+				FuzzFastTextNaN);
 	return ok ? 0 : 2;
 }
