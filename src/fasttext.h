@@ -138,6 +138,7 @@ typedef struct FastTextModel
 	FastTextMatrix output;
 
 	FastTextNode *tree;			/* hs only: 2 * nlabels - 1 nodes */
+	float		temperature;	/* logits are divided by it; 1 reproduces fastText */
 	float		sigmoid_table[513];	/* ova and ns */
 
 	TriageAllocator allocator;
@@ -193,7 +194,14 @@ extern TriageStatus FastTextPredict(const FastTextModel *model, FastTextScratch 
 									FastTextPrediction *predictions, int32_t *npredictions,
 									char *errbuf, size_t errlen);
 
+extern TriageStatus FastTextLogits(const FastTextModel *model, FastTextScratch *scratch,
+								   const char *text, size_t len, float *logits, bool *found,
+								   char *errbuf, size_t errlen);
+
 /* Internal to the fasttext_*.c files */
+extern TriageStatus FastTextIndexDictionary(FastTextModel *model, size_t budget_bytes,
+											char *errbuf, size_t errlen);
+extern void FastTextInitSigmoidTable(FastTextModel *model);
 extern TriageStatus FastTextTokenize(const FastTextModel *model, FastTextScratch *scratch,
 									 const char *text, size_t len, char *errbuf, size_t errlen);
 extern TriageStatus FastTextAddSubwords(const FastTextModel *model, FastTextScratch *scratch,

@@ -143,6 +143,15 @@ ReadArgs(ByteReader *reader, FastTextArgs *args, char *errbuf, size_t errlen)
 	if (args->dim <= 0)
 		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
 						   "dimension %d is not positive", args->dim);
+	/*
+	 * Work per line grows with wordNgrams times the words and with maxn times
+	 * the characters of each word; fastText models use single digits, so
+	 * anything past 64 is a corrupt (or hostile) file.
+	 */
+	if (args->wordNgrams > 64 || args->maxn > 64)
+		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
+						   "wordNgrams %d or maxn %d is implausibly large (at most 64)",
+						   args->wordNgrams, args->maxn);
 	if (args->bucket < 0)
 		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
 						   "bucket count %d is negative", args->bucket);
@@ -372,7 +381,8 @@ ReadQuantMatrix(ByteReader *reader, FastTextMatrix *matrix, const TriageAllocato
 	status = ReadQuantizer(reader, &matrix->pq, alloc, what, errbuf, errlen);
 	if (status != TRIAGE_OK)
 		return status;
-	if (matrix->pq.dim != matrix->n ||
+	/* m <= codesize first, so that nsubq * m cannot overflow */
+	if (matrix->pq.dim != matrix->n || matrix->m > codesize ||
 		(int64_t) matrix->pq.nsubq * matrix->m != codesize)
 		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
 						   "%s is inconsistent: %lld x %lld with %d codes of %d sub-quantizers",
@@ -491,6 +501,29 @@ PrecomputeSubwords(FastTextModel *model, size_t file_len, char *errbuf, size_t e
 	return status;
 }
 
+/*
+ * Build the lookup structures of a dictionary whose entries are set: the
+ * word table, the EOS id and the per-word subword lists (capped in
+ * proportion to budget_bytes).  Replaces any built before, so training and
+ * pruning can call it again.
+ */
+TriageStatus
+FastTextIndexDictionary(FastTextModel *model, size_t budget_bytes, char *errbuf, size_t errlen)
+{
+	TriageStatus status;
+
+	TriageFree(&model->allocator, model->word2int);
+	TriageFree(&model->allocator, model->subword_offsets);
+	TriageFree(&model->allocator, model->subwords);
+	model->word2int = NULL;
+	model->subword_offsets = NULL;
+	model->subwords = NULL;
+	status = BuildWordTable(model, errbuf, errlen);
+	if (status != TRIAGE_OK)
+		return status;
+	return PrecomputeSubwords(model, budget_bytes, errbuf, errlen);
+}
+
 static TriageStatus
 Validate(FastTextModel *model, char *errbuf, size_t errlen)
 {
@@ -531,8 +564,8 @@ Validate(FastTextModel *model, char *errbuf, size_t errlen)
 	return TRIAGE_OK;
 }
 
-static void
-InitSigmoidTable(FastTextModel *model)
+void
+FastTextInitSigmoidTable(FastTextModel *model)
 {
 	/* As fastText's Loss constructor: float x, float exp, double division */
 	for (int i = 0; i <= 512; i++)
@@ -567,6 +600,7 @@ FastTextLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator,
 		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory loading a model");
 	model->allocator = *allocator;
 	model->eos_id = -1;
+	model->temperature = 1.0f;
 
 	if (!ReadInt32(reader, &magic) || !ReadInt32(reader, &model->version))
 	{
@@ -634,13 +668,12 @@ FastTextLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator,
 	}
 
 	if ((status = Validate(model, errbuf, errlen)) != TRIAGE_OK ||
-		(status = BuildWordTable(model, errbuf, errlen)) != TRIAGE_OK ||
-		(status = PrecomputeSubwords(model, len, errbuf, errlen)) != TRIAGE_OK)
+		(status = FastTextIndexDictionary(model, len, errbuf, errlen)) != TRIAGE_OK)
 		goto fail;
 	if (model->args.loss == FASTTEXT_LOSS_HS &&
 		(status = FastTextBuildTree(model, errbuf, errlen)) != TRIAGE_OK)
 		goto fail;
-	InitSigmoidTable(model);
+	FastTextInitSigmoidTable(model);
 
 	*result = model;
 	return TRIAGE_OK;

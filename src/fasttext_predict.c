@@ -304,6 +304,59 @@ EnsureScratch(const FastTextModel *model, FastTextScratch *scratch, int32_t k)
 	return scratch->hidden != NULL && scratch->output != NULL && scratch->heap != NULL;
 }
 
+/* The average of the input rows of text, summed in order, then scaled */
+static TriageStatus
+ComputeHidden(const FastTextModel *model, FastTextScratch *scratch, const char *text, size_t len,
+			  char *errbuf, size_t errlen)
+{
+	int32_t		dim = model->args.dim;
+	float	   *hidden = scratch->hidden;
+	float		inverse;
+	TriageStatus status;
+
+	status = FastTextTokenize(model, scratch, text, len, errbuf, errlen);
+	if (status != TRIAGE_OK || scratch->nrows == 0)
+		return status;
+	memset(hidden, 0, sizeof(float) * (size_t) dim);
+	for (int64_t r = 0; r < scratch->nrows; r++)
+		AddRow(&model->input, scratch->rows[r], hidden);
+	inverse = (float) (1.0 / (double) scratch->nrows);
+	for (int32_t j = 0; j < dim; j++)
+		hidden[j] *= inverse;
+	return TRIAGE_OK;
+}
+
+/*
+ * The output-layer scores (logits) of every label for text, before softmax
+ * or sigmoid and before temperature, into logits[0..nlabels); *found is
+ * false when no token of text maps to a row.  Not for hierarchical softmax,
+ * whose outputs are per tree node.
+ */
+TriageStatus
+FastTextLogits(const FastTextModel *model, FastTextScratch *scratch, const char *text, size_t len,
+			   float *logits, bool *found, char *errbuf, size_t errlen)
+{
+	TriageStatus status;
+
+	*found = false;
+	if (model->args.loss == FASTTEXT_LOSS_HS)
+		return TriageError(TRIAGE_UNSUPPORTED, errbuf, errlen,
+						   "hierarchical softmax models have no per-label logits");
+	if (!EnsureScratch(model, scratch, 1))
+		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory in prediction");
+	status = ComputeHidden(model, scratch, text, len, errbuf, errlen);
+	if (status != TRIAGE_OK || scratch->nrows == 0)
+		return status;
+	for (int32_t i = 0; i < model->nlabels; i++)
+	{
+		logits[i] = DotRow(&model->output, i, scratch->hidden);
+		if (isnan(logits[i]))
+			return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "model produced NaN");
+	}
+	*found = true;
+	return TRIAGE_OK;
+}
+
 /*
  * Predict the k most likely labels of text (k = -1: all labels) whose
  * probability is at least threshold, best first, as `fasttext predict-prob`
@@ -319,9 +372,7 @@ FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
 {
 	TriageStatus status;
 	int32_t		nlabels = model->nlabels;
-	int32_t		dim = model->args.dim;
 	float	   *hidden;
-	float		inverse;
 	int64_t		size = 0;
 
 	*npredictions = 0;
@@ -333,20 +384,10 @@ FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
 	if (!EnsureScratch(model, scratch, k))
 		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory in prediction");
 
-	status = FastTextTokenize(model, scratch, text, len, errbuf, errlen);
-	if (status != TRIAGE_OK)
+	status = ComputeHidden(model, scratch, text, len, errbuf, errlen);
+	if (status != TRIAGE_OK || scratch->nrows == 0)
 		return status;
-	if (scratch->nrows == 0)
-		return TRIAGE_OK;
-
-	/* the average of the input rows: summed in order, then scaled */
 	hidden = scratch->hidden;
-	memset(hidden, 0, sizeof(float) * (size_t) dim);
-	for (int64_t r = 0; r < scratch->nrows; r++)
-		AddRow(&model->input, scratch->rows[r], hidden);
-	inverse = (float) (1.0 / (double) scratch->nrows);
-	for (int32_t j = 0; j < dim; j++)
-		hidden[j] *= inverse;
 
 	if (model->args.loss == FASTTEXT_LOSS_HS)
 	{
@@ -364,6 +405,10 @@ FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
 			if (isnan(out[i]))
 				return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "model produced NaN");
 		}
+		/* temperature scaling; skipped at 1 so that results stay bit-exact */
+		if (model->temperature != 1.0f)
+			for (int32_t i = 0; i < nlabels; i++)
+				out[i] /= model->temperature;
 		if (model->args.loss == FASTTEXT_LOSS_SOFTMAX)
 		{
 			float		max = out[0],
@@ -377,7 +422,12 @@ FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
 				z += out[i];
 			}
 			for (int32_t i = 0; i < nlabels; i++)
+			{
 				out[i] /= z;
+				/* infinite weights give inf - inf above */
+				if (isnan(out[i]))
+					return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "model produced NaN");
+			}
 		}
 		else
 		{

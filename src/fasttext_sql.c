@@ -10,6 +10,7 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -34,6 +35,27 @@ LossName(int32 loss)
 			return "ova";
 	}
 	return "unknown";
+}
+
+/*
+ * Labels become text values, so they must be valid in the server encoding;
+ * the file is untrusted, so check every one once, when the model is loaded.
+ */
+void
+CheckFastTextLabels(const FastTextModel *model)
+{
+	for (int32 i = 0; i < model->nlabels; i++)
+	{
+		size_t		len;
+		const char *word = FastTextLabel(model, i, &len);
+
+		if (!pg_verifymbstr(word, (int) len, true))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("invalid fastText model: label %d is not valid in the database encoding", i),
+					 errhint("Check that the file is a complete fastText .bin or .ftz model, "
+							 "for example with \"fasttext predict\".")));
+	}
 }
 
 /* A label as users see it: without fastText's "__label__" prefix */
@@ -102,6 +124,7 @@ triage_inspect_fasttext(PG_FUNCTION_ARGS)
 						  &allocator, &model, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf, NULL);
+	CheckFastTextLabels(model);
 
 	labels = palloc(sizeof(Datum) * model->nlabels);
 	for (int32 i = 0; i < model->nlabels; i++)

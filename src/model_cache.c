@@ -20,6 +20,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -296,11 +298,14 @@ LoadModel(const char *name, int32 version)
 	TriageAllocator allocator;
 	TriageStatus status;
 	char		errbuf[256];
+	float4		temperature = 1.0f;
 
 	args[0] = CStringGetTextDatum(name);
 	args[1] = Int32GetDatum(version);
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT kind, data FROM triage.models WHERE name = $1 AND version = $2",
+	if (SPI_execute_with_args("SELECT kind, data, "
+							  "coalesce((metrics #>> '{calibration,temperature}')::real, 1) "
+							  "FROM triage.models WHERE name = $1 AND version = $2",
 							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read triage.models");
 	if (SPI_processed == 1)
@@ -308,6 +313,7 @@ LoadModel(const char *name, int32 version)
 		bool		isnull;
 
 		kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		temperature = DatumGetFloat4(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 		data = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 		if (isnull)
 			data = NULL;
@@ -335,6 +341,7 @@ LoadModel(const char *name, int32 version)
 							  &allocator, &model->fasttext, errbuf, sizeof(errbuf));
 		if (status != TRIAGE_OK)
 			ReportCoreError(status, errbuf, psprintf("loading model \"%s\" version %d", name, version));
+		CheckFastTextLabels(model->fasttext);
 	}
 	PG_CATCH();
 	{
@@ -344,6 +351,9 @@ LoadModel(const char *name, int32 version)
 	PG_END_TRY();
 	SPI_finish();
 
+	/* fitted by triage.calibrate(); 1 keeps fastText's own probabilities */
+	if (temperature > 0 && isfinite(temperature))
+		model->fasttext->temperature = temperature;
 	FastTextScratchInit(&model->scratch, &allocator);
 	model->predictions = MemoryContextAllocExtended(context,
 													mul_size(model->fasttext->nlabels, sizeof(FastTextPrediction)),

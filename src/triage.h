@@ -53,5 +53,6 @@ extern void ReportCoreError(TriageStatus status, const char *message, const char
 
 /* fasttext_sql.c */
 extern text *FastTextLabelText(const FastTextModel *model, int32 label);
+extern void CheckFastTextLabels(const FastTextModel *model);
 
 #endif

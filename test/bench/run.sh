@@ -3,11 +3,12 @@
 # reviews and the same quantized .ftz, times
 #   - fasttext predict-prob over a text file of the reviews (the CLI),
 #   - SELECT count(triage.classify('bench', review)) over a table of them,
-#     serial and with the default parallel workers,
-#   - SELECT count(md5(review)) over the same table, as PostgreSQL's cost of
-#     scanning, detoasting and calling one cheap function per row,
-# each the best of 3 runs, and prints the ratios; then checks on 1,000 rows
-# that triage.classify picks the label fasttext predict picks.
+#     serial, with the default settings, and with parallel workers,
+#   - SELECT count(md5(review)) over the same table in the same settings, as
+#     PostgreSQL's cost of scanning the rows and calling a cheap function,
+# each the best of 3 rounds (BENCH_RUNS=n for more), and prints the ratios;
+# then checks on 1,000 rows that triage.classify picks the label that
+# fasttext predict picks.
 #
 # Prints a table and writes it to test/bench/results.txt.  A benchmark, not
 # a test: it fails only if something does not run, never on the numbers.
@@ -29,7 +30,7 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 ROWS=100000
-RUNS=3
+RUNS=${BENCH_RUNS:-3}
 SAMPLE_EVERY=100	# agreement sample: ids divisible by this, 1,000 rows
 
 WORK=$(mktemp -d /tmp/pg_triage-bench.XXXXXX)
@@ -101,66 +102,70 @@ fasttext quantize -input "$WORK/train.txt" -output "$WORK/model" -qnorm -cutoff 
 model_size=$(stat -c %s "$WORK/model.ftz")
 psql_q -At -c "SELECT triage.import_fasttext('bench', pg_read_binary_file('$WORK/model.ftz'))" >/dev/null
 
-# fastText CLI --------------------------------------------------------------
-log "bench: fasttext predict-prob, $RUNS runs"
-cli_times=()
-for _ in $(seq "$RUNS"); do
-	t0=$(now)
-	fasttext predict-prob "$WORK/model.ftz" "$WORK/lines.txt" 1 >/dev/null
-	t1=$(now)
-	cli_times+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
-done
-
-# PostgreSQL ----------------------------------------------------------------
-# One session: its first classify loads the model (the cold run), the later
-# ones find it cached.  Times are the executor's, from EXPLAIN ANALYZE without
-# per-node timing.  Three settings: serial; the defaults, where the planner
-# decides (classify has the default COST 1, so it prices the query like md5);
-# and parallel, made free so that the planner uses the default workers.
-# Parallel workers are new processes, so each parallel run pays one model
-# load per worker: that is part of what it costs.
+# Timing --------------------------------------------------------------------
+# RUNS rounds, each one fasttext predict-prob run and then one psql session
+# running every query once, so that a busy neighbour slows both sides alike.
+# Session times are the executor's, from EXPLAIN ANALYZE without per-node
+# timing.  The first session's first classify loads the model: that is the
+# cold run; later sessions warm up on one row first.  Three settings: serial;
+# the defaults, where the planner decides (classify has the default COST 1,
+# so it prices the query like md5); and parallel, made free so that the
+# planner uses the default number of workers.  Parallel workers are new
+# processes, so each parallel run pays one model load per worker: that is
+# part of what it costs.
 MODES="serial default parallel"
 mode_sql() {
+	echo "RESET ALL;"
 	case $1 in
 		serial) echo "SET max_parallel_workers_per_gather = 0;" ;;
-		default) echo "RESET max_parallel_workers_per_gather;" ;;
 		parallel) echo "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;" ;;
 	esac
 }
-log "bench: triage.classify and md5 over the table, $RUNS runs each, in 3 settings"
-{
-	echo "SELECT count(md5(review)) FROM bench_reviews;"	# the table into shared buffers
-	mode_sql serial
-	echo "\\echo @classify_cold"
-	echo "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON) SELECT count(triage.classify('bench', review)) FROM bench_reviews;"
+timed() {	# name, SQL expression to count over the table
+	echo "\\echo @$1"
+	echo "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON) SELECT count($2) FROM bench_reviews;"
+}
+round_sql() {	# round number
+	if [ "$1" = 1 ]; then
+		echo "SELECT count(md5(review)) FROM bench_reviews;"	# the table into shared buffers
+		mode_sql serial
+		timed classify_cold "triage.classify('bench', review)"
+	else
+		echo "SELECT triage.classify('bench', 'warm up');"
+	fi
 	for mode in $MODES; do
 		mode_sql "$mode"
-		for q in classify md5; do
-			if [ "$q" = classify ]; then expr="triage.classify('bench', review)"; else expr="md5(review)"; fi
-			for _ in $(seq "$RUNS"); do
-				echo "\\echo @${q}_${mode}"
-				echo "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON) SELECT count($expr) FROM bench_reviews;"
-			done
-		done
+		timed "classify_$mode" "triage.classify('bench', review)"
+		timed "md5_$mode" "md5(review)"
 	done
-} >"$WORK/timing.sql"
-psql_q -At -f "$WORK/timing.sql" >"$WORK/timing.out"
+}
+
+# times.txt: "name ms workers" per run (workers launched, 0 for a serial plan)
+: >"$WORK/times.txt"
+for round in $(seq "$RUNS"); do
+	log "bench: round $round of $RUNS: fasttext predict-prob; classify and md5 in 3 settings"
+	t0=$(now)
+	fasttext predict-prob "$WORK/model.ftz" "$WORK/lines.txt" 1 >/dev/null
+	t1=$(now)
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "fasttext_cli %.3f 0\n", (b - a) * 1000 }' >>"$WORK/times.txt"
+
+	round_sql "$round" >"$WORK/round.sql"
+	psql_q -At -f "$WORK/round.sql" >"$WORK/round.out"
+	awk 'function flush() { if (name != "") print name, ms, w }
+		/^@/ { flush(); name = substr($0, 2); ms = ""; w = 0 }
+		/Execution Time:/ { ms = $3 }
+		/Workers Launched:/ { w = $3 }
+		END { flush() }' "$WORK/round.out" >>"$WORK/times.txt"
+done
 default_workers=$(psql_q -At -c "SHOW max_parallel_workers_per_gather")
 
-# "name ms workers" per run (workers launched, 0 for a serial plan)
-awk 'function flush() { if (name != "") print name, ms, w }
-	/^@/ { flush(); name = substr($0, 2); ms = ""; w = 0 }
-	/Execution Time:/ { ms = $3 }
-	/Workers Launched:/ { w = $3 }
-	END { flush() }' "$WORK/timing.out" >"$WORK/times.txt"
-
 # best of the runs, in seconds; and the workers the runs of a query launched
-best_pg() { awk -v n="$1" '$1 == n { s = $2 / 1000; if (b == "" || s < b) b = s } END { print b }' "$WORK/times.txt"; }
+best() { awk -v n="$1" '$1 == n { s = $2 / 1000; if (b == "" || s < b) b = s } END { print b }' "$WORK/times.txt"; }
 workers() { awk -v n="$1" '$1 == n { if ($3 > w) w = $3 } END { print w + 0 }' "$WORK/times.txt"; }
-best_list() { printf '%s\n' "$@" | sort -g | head -1; }
+runs() { awk -v n="$1" '$1 == n { printf " %.3f", $2 / 1000 }' "$WORK/times.txt"; }
 
-t_cli=$(best_list "${cli_times[@]}")
-t_cold=$(best_pg classify_cold)
+t_cli=$(best fasttext_cli)
+t_cold=$(best classify_cold)
 
 # Agreement -----------------------------------------------------------------
 log "bench: agreement on $((ROWS / SAMPLE_EVERY)) rows"
@@ -192,27 +197,26 @@ describe() {	# mode, workers launched
 	echo "data: $ROWS reviews ($distinct distinct) cycled from the 4,000 in test/data/fine_foods_train.csv; table $table_size"
 	echo "model: supervised, dim 50, wordNgrams 2, minn 2, maxn 4, epoch 5, bucket 200000,"
 	echo "       quantized -qnorm -cutoff 50000 -retrain: $model_size bytes"
-	echo "times: best of $RUNS; PostgreSQL's are Execution Time of EXPLAIN (ANALYZE, TIMING OFF) in one warm session"
+	echo "times: best of $RUNS rounds; PostgreSQL's are the Execution Time of EXPLAIN (ANALYZE, TIMING OFF), model cached"
 	echo "ratios: reference time / this time, so > 1 means faster than the reference (md5: in the same setting)"
 	echo
 	printf "%-52s %8s %10s %9s %9s\n" "what" "seconds" "rows/s" "vs CLI" "vs md5"
-	row "fasttext predict-prob (CLI, 1 thread)" "$t_cli" "$(best_pg md5_serial)"
+	row "fasttext predict-prob (CLI, 1 thread)" "$t_cli" "$(best md5_serial)"
 	for q in classify md5; do
 		for mode in $MODES; do
 			if [ "$q" = classify ]; then what="triage.classify"; else what="md5(review)"; fi
 			row "$what, $(describe "$mode" "$(workers "${q}_$mode")")" \
-				"$(best_pg "${q}_$mode")" "$(best_pg "md5_$mode")"
+				"$(best "${q}_$mode")" "$(best "md5_$mode")"
 		done
 	done
 	echo
 	echo "cold triage.classify, serial (the session's first, with the model load): $(printf '%.3f' "$t_cold") s"
 	echo "settings: serial = max_parallel_workers_per_gather 0; default = $default_workers workers allowed, planner's choice;"
 	echo "          parallel = parallel_setup_cost 0, parallel_tuple_cost 0"
-	echo "all runs (s): fasttext_cli ${cli_times[*]}"
-	for q in classify md5; do
-		for mode in $MODES; do
-			echo "              ${q}_$mode $(awk -v n="${q}_$mode" '$1 == n { printf "%.3f ", $2 / 1000 }' "$WORK/times.txt")"
-		done
+	echo "all runs (s), in round order:"
+	for n in fasttext_cli classify_serial classify_default classify_parallel \
+		md5_serial md5_default md5_parallel; do
+		printf '  %-18s%s\n' "$n" "$(runs "$n")"
 	done
 	echo
 	awk -v a="$agree" -v n="$total" -v m="$maxdiff" 'BEGIN {

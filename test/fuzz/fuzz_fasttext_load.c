@@ -30,7 +30,7 @@ long		FuzzFastTextNaN = 0;
 static int	Strict = -1;
 
 /*
- * A malloc allocator that tracks live and peak bytes.  Each block carries
+ * A malloc allocator that counts live bytes.  Each block carries
  * its size in a header padded to 16 bytes, keeping malloc's alignment.
  */
 typedef struct TrackedHeader
@@ -42,7 +42,6 @@ typedef struct TrackedHeader
 typedef struct Tracker
 {
 	size_t		live;
-	size_t		peak;
 	size_t		limit;			/* abort when live would exceed it */
 	const char *phase;
 } Tracker;
@@ -64,8 +63,6 @@ TrackedAlloc(void *context, size_t size)
 		return NULL;
 	header->size = size;
 	tracker->live += size;
-	if (tracker->live > tracker->peak)
-		tracker->peak = tracker->live;
 	return header + 1;
 }
 
@@ -172,6 +169,7 @@ Predict(const FastTextModel *model, FastTextScratch *scratch, FastTextPrediction
 		int32_t		want = (ks[i] == -1 || ks[i] > model->nlabels) ? model->nlabels : ks[i];
 		TriageStatus status;
 
+		errbuf[0] = '\0';
 		status = FastTextPredict(model, scratch, text, len, ks[i], i == 2 ? 0.01f : 0.0f,
 								 predictions, &n, errbuf, sizeof(errbuf));
 		if (status != TRIAGE_OK)
@@ -223,7 +221,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * Generous: entries, hash table, Huffman tree and the capped subword
 	 * lists together stay within a few dozen times the file's size.
 	 */
-	tracker.live = tracker.peak = 0;
+	tracker.live = 0;
 	tracker.limit = size * 64 + ((size_t) 64 << 20);
 	tracker.phase = "loading";
 

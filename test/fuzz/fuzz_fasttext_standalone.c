@@ -97,8 +97,10 @@ static void
 DumpCurrent(void)
 {
 	char		path[4096];
-	char		msg[4600];
+	char		what[64];
+	char		msg[4800];
 	FILE	   *f;
+	int			saved = 0;
 
 	if (Dumped || CurrentData == NULL)
 		return;
@@ -107,12 +109,15 @@ DumpCurrent(void)
 	f = fopen(path, "wb");
 	if (f != NULL)
 	{
-		fwrite(CurrentData, 1, CurrentLen, f);
-		fclose(f);
+		saved = fwrite(CurrentData, 1, CurrentLen, f) == CurrentLen;
+		saved &= fclose(f) == 0;
 	}
-	snprintf(msg, sizeof(msg),
-			 "fuzz: crashed on %s, mutation %ld (%zu bytes); input saved to %s\n",
-			 CurrentPath, CurrentMutation, CurrentLen, f != NULL ? path : "(could not write)");
+	if (CurrentMutation < 0)
+		snprintf(what, sizeof(what), "as is");
+	else
+		snprintf(what, sizeof(what), "mutation %ld", CurrentMutation);
+	snprintf(msg, sizeof(msg), "fuzz: crashed on %s, %s (%zu bytes); input saved to %s\n",
+			 CurrentPath, what, CurrentLen, saved ? path : "(could not write)");
 	if (write(STDERR_FILENO, msg, strlen(msg)) < 0)
 		return;
 }

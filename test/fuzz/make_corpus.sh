@@ -11,15 +11,17 @@
 #
 # file                      what it covers
 # softmax_ngrams.bin        softmax, word bigrams (-wordNgrams 2 -bucket 500)
-# hs.bin                    hierarchical softmax over ~100 labels (first word
+# hs.bin                    hierarchical softmax over 73 labels (first word
 #                           of each review as its label), no buckets
 # ova.bin                   one-vs-all, no buckets
 # ns.bin                    negative sampling (-neg 2), no buckets
 # charngrams.bin            char n-grams (-minn 2 -maxn 4 -bucket 500)
 # quant_qnorm_cutoff.ftz    softmax_ngrams quantized with -qnorm -cutoff 300
 #                           (pruned dictionary)
+# quant_dsub1_cutoff.ftz    softmax_ngrams quantized with -dsub 1 -cutoff 300:
+#                           pruned without qnorm, 4 sub-quantizers
 # quant_charngrams.ftz      charngrams quantized without cutoff (not pruned)
-# qout.ftz                  ~500 labels, quantized with -qout -qnorm -cutoff 300
+# qout.ftz                  541 labels, quantized with -qout -qnorm -cutoff 300
 # tiny.bin                  20 rows, dim 2, 10 buckets: about 4 KB
 # skipgram.bin              an unsupervised model, which the loader rejects
 set -euo pipefail
@@ -83,6 +85,9 @@ fasttext supervised -input "$WORK/first.txt" -output "$WORK/qout" \
 cp "$WORK/softmax_ngrams.bin" "$WORK/quant_qnorm_cutoff.bin"
 fasttext quantize -input "$WORK/score200.txt" -output "$WORK/quant_qnorm_cutoff" \
 	-qnorm -cutoff 300 -thread 1 -verbose 0
+cp "$WORK/softmax_ngrams.bin" "$WORK/quant_dsub1_cutoff.bin"
+fasttext quantize -input "$WORK/score200.txt" -output "$WORK/quant_dsub1_cutoff" \
+	-dsub 1 -cutoff 300 -thread 1 -verbose 0
 cp "$WORK/charngrams.bin" "$WORK/quant_charngrams.bin"
 fasttext quantize -input "$WORK/score200.txt" -output "$WORK/quant_charngrams" \
 	-thread 1 -verbose 0
@@ -93,7 +98,7 @@ fasttext skipgram -input "$WORK/text200.txt" -output "$WORK/skipgram" \
 	-dim 4 -minCount 10 -minn 2 -maxn 3 -bucket 100 -epoch 1 -thread 1 -seed 1 -verbose 0
 
 for f in softmax_ngrams.bin hs.bin ova.bin ns.bin charngrams.bin tiny.bin skipgram.bin \
-	quant_qnorm_cutoff.ftz quant_charngrams.ftz qout.ftz; do
+	quant_qnorm_cutoff.ftz quant_dsub1_cutoff.ftz quant_charngrams.ftz qout.ftz; do
 	cp "$WORK/$f" "$OUT/$f"
 done
 ls -l "$OUT"

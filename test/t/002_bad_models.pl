@@ -21,9 +21,10 @@ use Time::HiRes qw(time);
 # makefiles nobody sets PG_REGRESS, so find it from pg_config
 if (!$ENV{PG_REGRESS})
 {
-	my $pgxs = `$ENV{PG_CONFIG} --pgxs` if $ENV{PG_CONFIG};
-	$pgxs = `pg_config --pgxs` if !$pgxs;
-	chomp $pgxs if $pgxs;
+	my $pg_config = $ENV{PG_CONFIG} || 'pg_config';
+	my $pgxs = `$pg_config --pgxs`;
+
+	chomp $pgxs;
 	$ENV{PG_REGRESS} = dirname(dirname($pgxs)) . '/test/regress/pg_regress' if $pgxs;
 }
 
@@ -307,7 +308,7 @@ for my $base (@bases)
 $node->safe_psql('postgres',
 	"INSERT INTO fuzz.base VALUES ('skipgram.bin', pg_read_binary_file('$skipgram'))");
 
-# Each corpus model imports and predicts as it is
+# Each corpus model loads as it is
 for my $base (@bases)
 {
 	is( $node->safe_psql(
@@ -417,10 +418,11 @@ ok(defined $hwm_after, 'peak memory read from /proc');
 my $growth_mb = defined $hwm_after ? ($hwm_after - $hwm_before) / 1024 : 0;
 cmp_ok($growth_mb, '<', 256, sprintf('backend peak memory grew by %.0f MB', $growth_mb));
 
-# A mutated label may not be valid UTF-8; the loader does not check
-TODO:
+# Problems the fuzzing found and the loader now handles: invalid UTF-8
+# labels, NaN from infinite weights, implausible n-gram settings.
+
+# A mutated label may not be valid UTF-8: the loader does not check
 {
-	local $TODO = 'the loader does not validate the encoding of labels';
 	my $invalid = $node->safe_psql('postgres', q{
 		CREATE FUNCTION pg_temp.valid_utf8(t text) RETURNS boolean LANGUAGE plpgsql AS $$
 		BEGIN
@@ -431,14 +433,80 @@ TODO:
 		END;
 		$$;
 		SELECT count(*) FROM triage.models m, unnest(m.labels) l WHERE NOT pg_temp.valid_utf8(l)});
-	is($invalid, '0', 'imported labels are valid UTF-8');
+	ok($invalid eq '0', "imported labels are valid UTF-8 ($invalid are not)");
+}
+
+# Prediction with infinite weights: softmax computes inf - inf, and the
+# NaN appears after the dot products, which are the only ones checked
+{
+	my $out = $node->safe_psql('postgres', q{
+		SELECT triage.import_fasttext('inf_softmax',
+			overlay(data placing decode(repeat('0000807f', 8), 'hex')
+					from length(data) - 31 for 32))
+		FROM fuzz.base WHERE name = 'softmax_ngrams.bin';
+		CREATE FUNCTION pg_temp.probs() RETURNS text LANGUAGE plpgsql AS $$
+		DECLARE
+			st text;
+		BEGIN
+			RETURN (SELECT string_agg(probability::text, ' ')
+					FROM triage.predict('inf_softmax', 'great food', -1));
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE;
+			RETURN st;
+		END;
+		$$;
+		SELECT pg_temp.probs()});
+	my $probs = (split /\n/, $out)[-1];
+	ok(scalar($probs =~ /^(?:22P01|[0-9.e -]+)$/),
+		"a softmax model with infinite output weights gives an error, not NaN ($probs)");
+}
+
+# Models whose wordNgrams or maxn are huge make the input rows of a line
+# grow with the square of its words or of its longest word
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION fuzz.predict_growth(name text, m bytea, input text) RETURNS text
+	LANGUAGE plpgsql AS $$
+	DECLARE
+		st text;
+		before bigint;
+		n integer;
+	BEGIN
+		BEGIN
+			PERFORM triage.import_fasttext(name, m);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE;
+			RETURN 'rejected ' || st;
+		END;
+		PERFORM triage.predict(name, 'warm up', 1);
+		before := substring(pg_read_file('/proc/self/status') from 'VmHWM:\s+(\d+)');
+		SELECT count(*) INTO n FROM triage.predict(name, input, 1);
+		RETURN 'grew ' || (substring(pg_read_file('/proc/self/status') from 'VmHWM:\s+(\d+)')::bigint
+						   - before) || ' kB';
+	END;
+	$$;
+});
+{
+	for my $case (
+		[ 'wordNgrams 2^31-1, 5000 words', 'softmax_ngrams.bin', 28, "repeat('great ', 5000)" ],
+		[ 'maxn 2^31-1, one 5000-letter word', 'charngrams.bin', 48, "repeat('x', 5000)" ])
+	{
+		my ($name, $base, $off, $input) = @$case;
+		my $out = $node->safe_psql('postgres',
+			"SELECT fuzz.predict_growth('big$off', fuzz.put(data, $off, 2147483647, 4), $input) "
+			  . "FROM fuzz.base WHERE name = '$base'");
+		my ($kb) = $out =~ /^grew (\d+) kB$/;
+		ok(scalar($out =~ /^rejected 22P03$/) || (defined $kb && $kb < 32 * 1024),
+			"$name: rejected, or predicted in under 32 MB ($out)");
+	}
 }
 
 my $summary = $node->safe_psql('postgres', q{
-	SELECT format('%s mutants: %s imported (%s of them failed to predict), %s rejected',
+	SELECT format('%s mutants: %s imported (%s of them failed to predict), %s rejected; '
+				  '%s ms in imports, %s models stored',
 				  count(*), count(*) FILTER (WHERE imported),
 				  count(*) FILTER (WHERE imported AND predict_sqlstate IS NOT NULL),
-				  count(*) FILTER (WHERE NOT imported))
+				  count(*) FILTER (WHERE NOT imported), round(sum(ms)::numeric),
+				  (SELECT count(*) FROM triage.models))
 	FROM fuzz.result});
 note($summary);
 note(sprintf('mutants ran in %.1f s; backend peak RSS %s kB before, %s kB after',
@@ -454,5 +522,27 @@ my $predict_errors = $node->safe_psql('postgres', q{
 		  FROM fuzz.result WHERE predict_sqlstate IS NOT NULL GROUP BY 1, 2) s});
 note("prediction errors:\n$predict_errors") if $predict_errors ne '';
 
-$node->stop;
+# Reproducers of crashes found by fuzzing (test/fuzz/crashes/) must be
+# rejected, or import and predict, without taking the server down.  Until
+# the loader is fixed they do crash it, so they run only when asked for.
+SKIP:
+{
+	my @crashes = sort grep { -f } glob(dirname($corpus) . '/crashes/*');
+	skip 'no crash reproducers in test/fuzz/crashes', 2 if !@crashes;
+	my $id = 900000;
+	for my $file (@crashes)
+	{
+		$node->psql('postgres',
+			"SELECT fuzz.try($id, 'crashes', '" . basename($file) . "', pg_read_binary_file('$file'))");
+		$id++;
+	}
+	my ($ret, $out) = $node->psql('postgres', q{
+		SELECT string_agg(format('%s: %s %s %s %s', kind, sqlstate, message,
+								 predict_sqlstate, predict_message), E'\n')
+		FROM fuzz.result WHERE base = 'crashes' AND (sqlstate = 'XX000' OR predict_sqlstate = 'XX000')});
+	is($ret, 0, 'server survives the crash reproducers');
+	ok($ret == 0 && $out eq '', 'crash reproducers give no internal error');
+}
+
+$node->stop('fast', fail_ok => 1);
 done_testing();

@@ -1,0 +1,364 @@
+/*
+ * train_sql.c
+ *		triage.train_fasttext(query, options): train a classifier on the rows
+ *		of a query and return the model file, its labels, parameters and
+ *		training metrics.  The SQL function triage.train() stores the result
+ *		as a new version.
+ *
+ * Memory: the examples and the model live in one context, deleted at the
+ * end; an error or a cancel (CHECK_FOR_INTERRUPTS in the progress callback
+ * may not return) frees it with the transaction, and nothing is stored.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "portability/instr_time.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
+#include "fasttext_quantize.h"
+#include "fasttext_train.h"
+#include "train_options.h"
+#include "triage.h"
+
+/* The labeled rows of the query, copied out of SPI */
+typedef struct TrainingSet
+{
+	FastTextExample *examples;
+	int64		n;
+	int64		capacity;
+	char	  **labels;
+	int32		nlabels;
+	int64		skipped_null_input;
+	HTAB	   *label_index;
+} TrainingSet;
+
+typedef struct LabelEntry
+{
+	char		key[NAMEDATALEN * 4];	/* hashed prefix; label_id resolves clashes */
+	int32		label_id;
+} LabelEntry;
+
+static bool
+IsTextType(Oid type)
+{
+	return type == TEXTOID || type == VARCHAROID || type == BPCHAROID || type == NAMEOID;
+}
+
+static int32
+LabelId(TrainingSet *set, const char *label, int64 row)
+{
+	LabelEntry *entry;
+	bool		found;
+	char		key[NAMEDATALEN * 4];
+
+	if (strlen(label) >= sizeof(key))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("label of row %lld is longer than %zu bytes", (long long) row, sizeof(key) - 1)));
+	memset(key, 0, sizeof(key));
+	strlcpy(key, label, sizeof(key));
+	entry = hash_search(set->label_index, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		if (set->nlabels % 64 == 0)
+			set->labels = set->labels == NULL ? palloc(sizeof(char *) * 64)
+				: repalloc(set->labels, sizeof(char *) * (set->nlabels + 64));
+		set->labels[set->nlabels] = pstrdup(label);
+		entry->label_id = set->nlabels++;
+	}
+	return entry->label_id;
+}
+
+/*
+ * Run query and copy its (input, label) rows, in batches through a cursor
+ * so that SPI never holds more than one batch.
+ */
+static void
+ReadTrainingSet(const char *query, TrainingSet *set, MemoryContext target)
+{
+	SPIPlanPtr	plan;
+	Portal		portal;
+	HASHCTL		ctl;
+	int64		row = 0;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = NAMEDATALEN * 4;
+	ctl.entrysize = sizeof(LabelEntry);
+	ctl.hcxt = target;
+	set->label_index = hash_create("pg_triage labels", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	SPI_connect();
+	plan = SPI_prepare(query, 0, NULL);
+	if (plan == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("training query could not be prepared: %s", SPI_result_code_string(SPI_result)),
+				 errhint("Pass a query such as SELECT body, label FROM tickets.")));
+	if (!SPI_is_cursor_plan(plan))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("training query must be a single SELECT returning (input text, label text)")));
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+
+	for (;;)
+	{
+		TupleDesc	tupdesc;
+
+		CHECK_FOR_INTERRUPTS();
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		tupdesc = SPI_tuptable->tupdesc;
+		if (tupdesc->natts != 2 ||
+			!IsTextType(SPI_gettypeid(tupdesc, 1)) || !IsTextType(SPI_gettypeid(tupdesc, 2)))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("training query must return two text columns (input, label), not %d column%s of types %s",
+							tupdesc->natts, tupdesc->natts == 1 ? "" : "s",
+							tupdesc->natts >= 1 ? format_type_be(SPI_gettypeid(tupdesc, 1)) : "none"),
+					 errhint("Cast the columns: SELECT body::text, label::text FROM ...")));
+
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tuple = SPI_tuptable->vals[i];
+			bool		input_null,
+						label_null;
+			Datum		input = SPI_getbinval(tuple, tupdesc, 1, &input_null);
+			Datum		label = SPI_getbinval(tuple, tupdesc, 2, &label_null);
+			MemoryContext old;
+			char	   *label_str;
+			text	   *input_text;
+
+			row++;
+			if (label_null)
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("label of training row %lld is NULL", (long long) row),
+						 errhint("Filter unlabeled rows out: ... WHERE label IS NOT NULL.")));
+			if (input_null)
+			{
+				set->skipped_null_input++;
+				continue;
+			}
+			old = MemoryContextSwitchTo(target);
+			label_str = TextDatumGetCString(label);
+			if (SPI_gettypeid(tupdesc, 2) == BPCHAROID)
+				label_str = TextDatumGetCString(DirectFunctionCall1(rtrim1, label));
+			if (label_str[0] == '\0')
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("label of training row %lld is empty", (long long) row),
+						 errhint("Every row needs a non-empty label.")));
+			input_text = DatumGetTextPP(input);
+			if ((Pointer) input_text == DatumGetPointer(input))
+				input_text = (text *) PG_DETOAST_DATUM_COPY(input);
+			if (set->n == set->capacity)
+			{
+				set->capacity = set->capacity ? set->capacity * 2 : 1024;
+				set->examples = set->examples == NULL
+					? MemoryContextAllocHuge(target, sizeof(FastTextExample) * set->capacity)
+					: repalloc_huge(set->examples, sizeof(FastTextExample) * set->capacity);
+			}
+			set->examples[set->n].text = VARDATA_ANY(input_text);
+			set->examples[set->n].len = VARSIZE_ANY_EXHDR(input_text);
+			set->examples[set->n].label = LabelId(set, label_str, row);
+			set->n++;
+			MemoryContextSwitchTo(old);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
+
+	if (set->n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("training query returned no rows with an input"),
+				 errhint("Check the query: it must return (input text, label text) rows.")));
+	if (set->nlabels < 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("training query returned only one label (\"%s\")", set->labels[0]),
+				 errhint("A classifier needs examples of at least two labels.")));
+}
+
+typedef struct ProgressState
+{
+	instr_time	start;
+	instr_time	last;
+	int32		epochs;
+} ProgressState;
+
+/*
+ * fastText's quantize: cutoff (keep the rows of largest norm), optionally
+ * retrain the pruned dense model, then product-quantize.
+ */
+static TriageStatus
+QuantizeTrainedModel(FastTextModel *model, TriageTrainOptions *options, TrainingSet *set,
+					 const TriageAllocator *allocator, char *errbuf, size_t errlen)
+{
+	FastTextQuantizeOptions q;
+	TriageStatus status;
+
+	FastTextQuantizeDefaults(&q);
+	q.dsub = options->dsub;
+	q.qnorm = options->qnorm;
+	q.qout = options->qout;
+	q.seed = (uint32_t) options->fasttext.seed + FASTTEXT_PQ_SEED;
+	if (options->cutoff > 0 && options->cutoff < model->input.m)
+	{
+		int32_t    *keep;
+		int64_t		nkeep;
+
+		status = FastTextSelectRows(model, options->cutoff, allocator, &keep, &nkeep, errbuf, errlen);
+		if (status != TRIAGE_OK)
+			return status;
+		status = FastTextPrune(model, keep, nkeep, errbuf, errlen);
+		TriageFree(allocator, keep);
+		if (status != TRIAGE_OK)
+			return status;
+		if (options->retrain)
+		{
+			FastTextTrainStats stats;
+
+			status = FastTextRetrain(model, &options->fasttext, (const char *const *) set->labels,
+									 set->nlabels, set->examples, set->n, &stats, errbuf, errlen);
+			if (status != TRIAGE_OK)
+				return status;
+		}
+	}
+	q.cutoff = 0;
+	return FastTextQuantize(model, &q, errbuf, errlen);
+}
+
+
+/* Called by the core every few hundred examples: cancel and progress */
+static bool
+TrainProgress(void *arg, double done, double loss, int64_t examples)
+{
+	ProgressState *state = arg;
+	instr_time	now;
+	double		since_last;
+	double		elapsed;
+
+	CHECK_FOR_INTERRUPTS();
+	INSTR_TIME_SET_CURRENT(now);
+	since_last = INSTR_TIME_GET_DOUBLE(now) - INSTR_TIME_GET_DOUBLE(state->last);
+	if (since_last >= 5.0)
+	{
+		elapsed = INSTR_TIME_GET_DOUBLE(now) - INSTR_TIME_GET_DOUBLE(state->start);
+		ereport(NOTICE,
+				(errmsg("training: epoch %d of %d (%.0f%%), loss %.4f, %.0f examples/s",
+						Min((int) (done * state->epochs) + 1, state->epochs), state->epochs,
+						done * 100.0, loss, elapsed > 0 ? examples / elapsed : 0.0)));
+		state->last = now;
+	}
+	return true;
+}
+
+PG_FUNCTION_INFO_V1(triage_train_fasttext);
+
+/*
+ * train_fasttext(query text, options jsonb) returns (data bytea, labels
+ * text[], params jsonb, metrics jsonb)
+ */
+Datum
+triage_train_fasttext(PG_FUNCTION_ARGS)
+{
+	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *options_json = PG_GETARG_JSONB_P(1);
+	TriageTrainOptions options;
+	MemoryContext context;
+	MemoryContext old;
+	TriageAllocator allocator;
+	TrainingSet set;
+	FastTextModel *model;
+	FastTextTrainStats stats;
+	ProgressState progress;
+	TriageStatus status;
+	char		errbuf[256];
+	uint8_t    *bytes;
+	size_t		nbytes;
+	bytea	   *data;
+	Datum	   *labels;
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	StringInfoData metrics;
+	instr_time	start,
+				end;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	ParseTrainOptions(options_json, &options);
+
+	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage training", ALLOCSET_DEFAULT_SIZES);
+	memset(&set, 0, sizeof(set));
+	INSTR_TIME_SET_CURRENT(start);
+	old = MemoryContextSwitchTo(context);
+	ReadTrainingSet(query, &set, context);
+	MemoryContextSwitchTo(old);
+
+	progress.start = progress.last = start;
+	progress.epochs = options.fasttext.epoch;
+	options.fasttext.progress = TrainProgress;
+	options.fasttext.progress_arg = &progress;
+	options.fasttext.progress_every = 500;
+
+	allocator = ContextAllocator(context);
+	status = FastTextTrain(&options.fasttext, (const char *const *) set.labels, set.nlabels,
+						   set.examples, set.n, &allocator, &model, &stats, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, "training a fastText model");
+
+	if (options.quantize)
+	{
+		status = QuantizeTrainedModel(model, &options, &set, &allocator, errbuf, sizeof(errbuf));
+		if (status != TRIAGE_OK)
+			ReportCoreError(status, errbuf, "quantizing the trained model");
+	}
+
+	status = FastTextSave(model, &allocator, &bytes, &nbytes, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, "saving the trained model");
+	if (nbytes > MaxAllocSize - VARHDRSZ)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("trained model takes %zu bytes, more than a bytea can hold", nbytes),
+				 errhint("Lower \"dim\" or \"bucket\", or quantize the model.")));
+	data = palloc(nbytes + VARHDRSZ);
+	SET_VARSIZE(data, nbytes + VARHDRSZ);
+	memcpy(VARDATA(data), bytes, nbytes);
+	INSTR_TIME_SET_CURRENT(end);
+
+	labels = palloc(sizeof(Datum) * model->nlabels);
+	for (int32 i = 0; i < model->nlabels; i++)
+		labels[i] = PointerGetDatum(FastTextLabelText(model, i));
+
+	initStringInfo(&metrics);
+	appendStringInfo(&metrics,
+					 "{\"train\": {\"rows\": %lld, \"skipped_null_input\": %lld, \"labels\": %d, "
+					 "\"words\": %d, \"updates\": %lld, \"loss\": %.6g, \"seconds\": %.3f, \"bytes\": %zu}}",
+					 (long long) set.n, (long long) set.skipped_null_input, model->nlabels,
+					 model->nwords, (long long) stats.updates, isfinite(stats.loss) ? stats.loss : 0.0,
+					 INSTR_TIME_GET_DOUBLE(end) - INSTR_TIME_GET_DOUBLE(start), nbytes);
+
+	values[0] = PointerGetDatum(data);
+	values[1] = PointerGetDatum(construct_array(labels, model->nlabels, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = TrainOptionsJsonb(&options);
+	values[3] = DirectFunctionCall1(jsonb_in, CStringGetDatum(metrics.data));
+	MemoryContextDelete(context);
+
+	tupdesc = BlessTupleDesc(tupdesc);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
