@@ -19,6 +19,7 @@ OBJS = \
 	src/train_sql.o \
 	src/train_options.o \
 	src/calibration_sql.o \
+	src/quantize_sql.o \
 	src/triage_core.o \
 	src/fasttext_load.o \
 	src/fasttext_dict.o \
@@ -34,7 +35,7 @@ DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
 EXTRA_CLEAN = $(DATA_built) test/core/test_core test/fuzz/fuzz_fasttext_load \
 	test/fuzz/fuzz_fasttext_standalone
 
-REGRESS = fasttext model_store errors
+REGRESS = fasttext model_store errors train
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 # fastText accumulates in float, in order: keep the compiler from fusing

@@ -385,7 +385,7 @@ SizeDictionary(const FastTextModel *model, SizeCount *count, char *errbuf, size_
 		const FastTextEntry *e = &model->entries[i];
 
 		if (e->length < 0 || (e->length > 0 && e->word == NULL) ||
-			memchr(e->word, 0, (size_t) e->length) != NULL)
+			(e->length > 0 && memchr(e->word, 0, (size_t) e->length) != NULL))
 			return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen,
 							   "dictionary entry %d cannot be written (NUL in the word)", i);
 		/* the loader derives ids from this order, and so does fastText */

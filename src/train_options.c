@@ -249,6 +249,8 @@ ParseTrainOptions(Jsonb *json, TriageTrainOptions *options)
 	FastTextTrainDefaults(f);
 	options->dsub = 2;
 	options->qnorm = true;
+	options->cutoff = 100000;
+	options->retrain = true;
 
 	if (!JB_ROOT_IS_OBJECT(json))
 		ereport(ERROR,
@@ -275,6 +277,31 @@ ParseTrainOptions(Jsonb *json, TriageTrainOptions *options)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("option \"quantize.dsub\" (%d) must not exceed \"dim\" (%d)", options->dsub, f->dim)));
+}
+
+/*
+ * The options of triage.quantize(): those of "quantize" in train options,
+ * with the same defaults, but no retraining (there is no training data).
+ */
+void
+ParseQuantizeOptions(Jsonb *json, TriageTrainOptions *options)
+{
+	memset(options, 0, sizeof(*options));
+	FastTextTrainDefaults(&options->fasttext);
+	options->quantize = true;
+	options->dsub = 2;
+	options->qnorm = true;
+	options->cutoff = 100000;
+	if (!JB_ROOT_IS_OBJECT(json))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("options must be a JSON object, such as '{\"cutoff\": 50000}'")));
+	ParseObject(json, &json->root, QuantizeOptionSpecs, lengthof(QuantizeOptionSpecs), "", options);
+	if (options->retrain)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"retrain\" needs the training data"),
+				 errhint("Pass \"quantize\": {\"retrain\": true, ...} to triage.train() instead.")));
 }
 
 /* The parameters stored with the model: every effective training option */

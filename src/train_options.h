@@ -23,6 +23,7 @@ typedef struct TriageTrainOptions
 } TriageTrainOptions;
 
 extern void ParseTrainOptions(Jsonb *json, TriageTrainOptions *options);
+extern void ParseQuantizeOptions(Jsonb *json, TriageTrainOptions *options);
 extern Datum TrainOptionsJsonb(const TriageTrainOptions *options);
 
 #endif

@@ -54,6 +54,18 @@ IsTextType(Oid type)
 	return type == TEXTOID || type == VARCHAROID || type == BPCHAROID || type == NAMEOID;
 }
 
+/* "text, integer" for the error message */
+static char *
+ColumnTypes(TupleDesc tupdesc)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 1; i <= tupdesc->natts; i++)
+		appendStringInfo(&buf, "%s%s", i > 1 ? ", " : "", format_type_be(SPI_gettypeid(tupdesc, i)));
+	return buf.data;
+}
+
 static int32
 LabelId(TrainingSet *set, const char *label, int64 row)
 {
@@ -123,9 +135,8 @@ ReadTrainingSet(const char *query, TrainingSet *set, MemoryContext target)
 			!IsTextType(SPI_gettypeid(tupdesc, 1)) || !IsTextType(SPI_gettypeid(tupdesc, 2)))
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("training query must return two text columns (input, label), not %d column%s of types %s",
-							tupdesc->natts, tupdesc->natts == 1 ? "" : "s",
-							tupdesc->natts >= 1 ? format_type_be(SPI_gettypeid(tupdesc, 1)) : "none"),
+					 errmsg("training query must return two text columns (input, label), not (%s)",
+							ColumnTypes(tupdesc)),
 					 errhint("Cast the columns: SELECT body::text, label::text FROM ...")));
 
 		for (uint64 i = 0; i < SPI_processed; i++)

@@ -1,0 +1,120 @@
+-- Training, evaluation, quantization, calibration and versions, in SQL
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set csv :abs_srcdir '/test/data/fine_foods_train.csv'
+CREATE EXTENSION IF NOT EXISTS pg_triage;
+
+CREATE TABLE food (product text, review text, score text);
+COPY food FROM :'csv' WITH (FORMAT csv, HEADER);
+-- every 5th review is held out
+CREATE TABLE food_split AS
+  SELECT row_number() OVER () AS n, review, score FROM food;
+CREATE VIEW food_train AS SELECT review, score FROM food_split WHERE n % 5 <> 0;
+CREATE VIEW food_test AS SELECT review, score FROM food_split WHERE n % 5 = 0;
+\set small '{"dim": 10, "epoch": 20, "lr": 0.5, "wordNgrams": 2, "bucket": 20000, "seed": 7}'
+
+-- train: a new version from a query of (input, label)
+SELECT triage.train('food', 'SELECT review, score FROM food_train', :'small');
+SELECT version, kind, labels, params->>'loss' AS loss, params->>'dim' AS dim,
+       metrics->'train'->>'rows' AS rows, metrics->'train'->>'labels' AS nlabels
+  FROM triage.models WHERE name = 'food';
+-- the first version is deployed
+SELECT version FROM triage.deployments WHERE name = 'food';
+
+-- deterministic for a seed: the same bytes again; another seed differs
+SELECT triage.train('food', 'SELECT review, score FROM food_train', :'small');
+SELECT triage.train('food', 'SELECT review, score FROM food_train',
+                    jsonb_set(:'small', '{seed}', '8'));
+SELECT version, md5(data) = (SELECT md5(data) FROM triage.models WHERE name = 'food' AND version = 1)
+       AS same_as_v1
+  FROM triage.models WHERE name = 'food' ORDER BY version;
+
+-- evaluate: the held-out rows, scored by the deployed version
+SELECT e->'n' AS n, (e->>'accuracy')::float > 0.72 AS beats_majority,
+       (e->>'macro_f1')::float > 0.6 AS macro_f1_ok,
+       (SELECT sum(v::int) FROM jsonb_each(e->'confusion') c, jsonb_each_text(c.value) x(k, v)) AS confusion_total,
+       jsonb_object_keys(e->'labels') AS label,
+       (e->>'ece')::float BETWEEN 0 AND 1 AS ece_ok,
+       jsonb_array_length(e->'reliability') > 0 AS has_reliability
+  FROM triage.evaluate('food', 'SELECT review, score FROM food_test') e;
+-- a given version
+SELECT (triage.evaluate('food', 'SELECT review, score FROM food_test', 3))->'version' AS version;
+
+-- every loss learns
+SELECT loss, triage.train('food_' || loss, 'SELECT review, score FROM food_train',
+                          jsonb_set(:'small', '{loss}', to_jsonb(loss)))
+  FROM unnest(ARRAY['hs', 'ns', 'ova']) AS loss;
+SELECT loss, (triage.evaluate('food_' || loss, 'SELECT review, score FROM food_test')->>'accuracy')::float > 0.72
+       AS beats_majority
+  FROM unnest(ARRAY['hs', 'ns', 'ova']) AS loss;
+
+-- quantized at training time: much smaller, about as accurate
+SELECT triage.train('food_q', 'SELECT review, score FROM food_train',
+                    :'small'::jsonb || '{"minn": 3, "maxn": 4, "quantize": {"cutoff": 5000}}');
+SELECT triage.train('food_q', 'SELECT review, score FROM food_train',
+                    :'small'::jsonb || '{"minn": 3, "maxn": 4}');
+SELECT (SELECT octet_length(data) FROM triage.models WHERE name = 'food_q' AND version = 2)
+       / (SELECT octet_length(data) FROM triage.models WHERE name = 'food_q' AND version = 1) >= 10
+       AS ten_times_smaller,
+       (SELECT params->>'quantized' FROM triage.models WHERE name = 'food_q' AND version = 1) AS quantized,
+       abs((triage.evaluate('food_q', 'SELECT review, score FROM food_test', 1)->>'accuracy')::float
+           - (triage.evaluate('food_q', 'SELECT review, score FROM food_test', 2)->>'accuracy')::float) <= 0.02
+       AS similar_accuracy;
+-- quantizing a stored dense version
+SELECT triage.quantize('food_q', 2, '{"cutoff": 5000, "dsub": 2}');
+SELECT version, params->>'quantized' AS quantized, params->>'quantized_from' AS parent,
+       octet_length(data) < 200000 AS small
+  FROM triage.models WHERE name = 'food_q' AND version = 3;
+SELECT triage.quantize('food_q', 1);
+SELECT triage.quantize('food_q', 2, '{"retrain": true}');
+
+-- export: the stored bytes, which the fasttext tool reads
+SELECT md5(triage.export_fasttext('food', 1)) = md5(data) AS exported_as_stored
+  FROM triage.models WHERE name = 'food' AND version = 1;
+SELECT triage.import_fasttext('food_copy', triage.export_fasttext('food', 1));
+SELECT bool_and((triage.classify('food_copy', review)).confidence = (triage.classify('food', 1, review)).confidence)
+       AS same_predictions
+  FROM food_test;
+
+-- deploy and roll back
+SELECT triage.deploy('food', 3);
+SELECT triage.rollback('food');
+SELECT triage.rollback('food');
+SELECT triage.rollback('food');
+SELECT version FROM triage.deployments WHERE name = 'food';
+
+-- temperature scaling: fitted on held-out rows, stored with the version
+SELECT (c->>'temperature')::float > 0 AS fitted, c->'rows' AS rows,
+       (c->>'nll_after')::float <= (c->>'nll_before')::float AS nll_not_worse
+  FROM triage.calibrate_temperature('food', 'SELECT review, score FROM food_test') c;
+SELECT metrics->'calibration' ? 'temperature' AS stored
+  FROM triage.models WHERE name = 'food' AND version = 1;
+SELECT triage.calibrate_temperature('food_hs', 'SELECT review, score FROM food_test');
+
+-- bad training data and options fail clearly, naming what is wrong
+SELECT triage.train('bad', 'SELECT review, score FROM food_train WHERE false');
+SELECT triage.train('bad', 'SELECT review, NULL::text FROM food_train');
+SELECT triage.train('bad', 'SELECT review, '''' FROM food_train');
+SELECT triage.train('bad', 'SELECT review, ''same'' FROM food_train');
+SELECT triage.train('bad', 'INSERT INTO food VALUES (''a'', ''b'', ''c'')');
+SELECT triage.train('bad', 'SELECT review, score, product FROM food');
+SELECT triage.train('bad', 'SELECT 1, 2');
+SELECT triage.train('bad', 'SELECT nonsense FROM');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"epochs": 5}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"epoch": 0}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"lr": "fast"}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"loss": "hinge"}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"dim": 2.5}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '[1, 2]');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"minn": 5, "maxn": 3}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"wordNgrams": 2, "bucket": 0}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"bucket": 10000000, "dim": 100}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"quantize": {"dsub": 200}}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"quantize": {"bits": 4}}');
+SELECT triage.train('bad name', 'SELECT review, score FROM food_train');
+SELECT count(*) FROM triage.models WHERE name = 'bad';
+
+-- a cancelled or timed-out training leaves no version behind
+SET statement_timeout = '300ms';
+SELECT triage.train('slow', 'SELECT review, score FROM food_train', '{"epoch": 1000, "dim": 50}');
+RESET statement_timeout;
+SELECT count(*) FROM triage.models WHERE name = 'slow';

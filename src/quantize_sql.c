@@ -1,0 +1,73 @@
+/*
+ * quantize_sql.c
+ *		triage.quantize_fasttext(model bytea, options jsonb): fastText's
+ *		quantize (cutoff by norm, product quantization of the input, and of
+ *		the output with qout) on a stored dense model.  triage.quantize()
+ *		stores the result as a new version.
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
+#include "fasttext_quantize.h"
+#include "train_options.h"
+#include "triage.h"
+
+PG_FUNCTION_INFO_V1(triage_quantize_fasttext);
+
+Datum
+triage_quantize_fasttext(PG_FUNCTION_ARGS)
+{
+	bytea	   *data = PG_GETARG_BYTEA_PP(0);
+	Jsonb	   *options_json = PG_GETARG_JSONB_P(1);
+	TriageTrainOptions options;
+	FastTextQuantizeOptions q;
+	MemoryContext context;
+	TriageAllocator allocator;
+	FastTextModel *model;
+	TriageStatus status;
+	char		errbuf[256];
+	uint8_t    *bytes;
+	size_t		nbytes;
+	bytea	   *result;
+
+	ParseQuantizeOptions(options_json, &options);
+	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage quantize", ALLOCSET_DEFAULT_SIZES);
+	allocator = ContextAllocator(context);
+	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+						  &allocator, &model, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, NULL);
+	if (model->quant_input)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("model is already quantized"),
+				 errhint("Quantize a dense version (params->>'quantized' = 'false').")));
+
+	FastTextQuantizeDefaults(&q);
+	q.dsub = options.dsub;
+	q.qnorm = options.qnorm;
+	q.qout = options.qout;
+	q.cutoff = options.cutoff;
+	if (q.dsub > model->args.dim)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"dsub\" (%d) must not exceed the model's dimension (%d)",
+						q.dsub, model->args.dim)));
+	CHECK_FOR_INTERRUPTS();
+	status = FastTextQuantize(model, &q, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, "quantizing a model");
+	status = FastTextSave(model, &allocator, &bytes, &nbytes, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, "saving a quantized model");
+
+	result = palloc(nbytes + VARHDRSZ);
+	SET_VARSIZE(result, nbytes + VARHDRSZ);
+	memcpy(VARDATA(result), bytes, nbytes);
+	MemoryContextDelete(context);
+	PG_RETURN_BYTEA_P(result);
+}
