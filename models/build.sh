@@ -1,35 +1,59 @@
 #!/bin/bash
-# Rebuilds the shipped models from test/data/fine_foods_train.csv.
+# Rebuilds the shipped models with pg_triage itself, in a throwaway cluster
+# (make models installs the extension first).
 #
-#   fine_foods_sentiment.ftz: fastText supervised (the fasttext tool, Debian's
-#   0.9.2), quantized; every 5th review is held out for the model card.
-#
-# Deterministic: one thread and a fixed seed.
+#   fine_foods_sentiment.ftz: trained by triage.train() on 3,200 of the 4,000
+#   reviews of test/data/fine_foods_train.csv (every 5th held out), quantized
+#   the fastText way; exported with triage.export_fasttext(), so the fasttext
+#   tool reads it too.  Deterministic: one thread, a fixed seed.
 set -euo pipefail
-cd "$(dirname "$0")"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
 
-python3 - "$WORK" <<'PY'
-import csv, sys
-work = sys.argv[1]
-rows = list(csv.DictReader(open('../test/data/fine_foods_train.csv', encoding='utf-8')))
-with open(f'{work}/train.txt', 'w', encoding='utf-8') as train, \
-     open(f'{work}/heldout.txt', 'w', encoding='utf-8') as heldout:
-    for i, row in enumerate(rows):
-        text = ' '.join(row['review'].split())
-        (heldout if i % 5 == 4 else train).write(f"__label__{row['score']} {text}\n")
-PY
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/test/cluster.sh"
+COPY_BACK="models/fine_foods_sentiment.ftz models/fine_foods_sentiment.metrics.json" \
+	drop_root models/build.sh "$@"
+cd "$ROOT"
 
-fasttext supervised -input "$WORK/train.txt" -output "$WORK/sentiment" \
-	-dim 50 -epoch 25 -lr 0.1 -wordNgrams 2 -minn 2 -maxn 4 -bucket 200000 \
-	-thread 1 -seed 1 -verbose 0
-fasttext quantize -input "$WORK/train.txt" -output "$WORK/sentiment" \
-	-qnorm -cutoff 20000 -retrain -epoch 5 -thread 1 -verbose 0
-cp "$WORK/sentiment.ftz" fine_foods_sentiment.ftz
+WORK=$(mktemp -d /tmp/pg_triage-models.XXXXXX)
+cluster_start "$WORK"
+OUT=$ROOT/models
 
-echo "fine_foods_sentiment.ftz: $(stat -c %s fine_foods_sentiment.ftz) bytes"
-echo "held-out (every 5th review, $(wc -l < "$WORK/heldout.txt") rows):"
-fasttext test fine_foods_sentiment.ftz "$WORK/heldout.txt"
-echo "dense parent on the same rows:"
-fasttext test "$WORK/sentiment.bin" "$WORK/heldout.txt"
+psql -X -q -v ON_ERROR_STOP=1 <<SQL
+CREATE EXTENSION pg_triage;
+CREATE TABLE food (product text, review text, score text);
+COPY food FROM '$ROOT/test/data/fine_foods_train.csv' WITH (FORMAT csv, HEADER);
+CREATE TABLE split AS SELECT row_number() OVER () AS n, review, score FROM food;
+
+SELECT triage.train('sentiment', 'SELECT review, score FROM split WHERE n % 5 <> 0',
+  '{"dim": 50, "epoch": 25, "lr": 0.1, "wordNgrams": 2, "minn": 2, "maxn": 4,
+    "bucket": 200000, "seed": 1,
+    "quantize": {"cutoff": 20000, "retrain": true, "dsub": 2, "qnorm": true}}') AS version \gset
+-- calibrate on one half of the held-out reviews, report on the other
+SELECT triage.calibrate_temperature('sentiment', 'SELECT review, score FROM split WHERE n % 10 = 0')
+  AS calibration \gset
+\pset tuples_only on
+\pset format unaligned
+\o $WORK/card.txt
+SELECT jsonb_pretty(jsonb_build_object(
+  'bytes', octet_length(data),
+  'params', params,
+  'train', metrics->'train',
+  'calibration', metrics->'calibration',
+  'heldout_800', triage.evaluate('sentiment', 'SELECT review, score FROM split WHERE n % 5 = 0')
+                   - 'reliability' - 'model' - 'version',
+  'heldout_400_not_used_for_calibration',
+                 triage.evaluate('sentiment', 'SELECT review, score FROM split WHERE n % 10 = 5')
+                   - 'labels' - 'confusion' - 'model' - 'version'))
+  FROM triage.models WHERE name = 'sentiment';
+\o
+COPY (SELECT encode(triage.export_fasttext('sentiment', 1), 'base64')) TO '$WORK/model.b64';
+SQL
+
+# COPY's text format writes the base64 line breaks as \n
+sed 's/\\n//g' "$WORK/model.b64" | base64 -d > "$WORK/fine_foods_sentiment.ftz"
+cp "$WORK/fine_foods_sentiment.ftz" "$OUT/fine_foods_sentiment.ftz"
+cp "$WORK/card.txt" "$OUT/fine_foods_sentiment.metrics.json"
+echo "models/fine_foods_sentiment.ftz: $(stat -c %s "$OUT/fine_foods_sentiment.ftz") bytes"
+cat "$OUT/fine_foods_sentiment.metrics.json"
+cluster_stop
+rm -rf "$WORK"

@@ -28,6 +28,7 @@ cluster_stop() {
 
 # Re-run the calling script as the postgres user when we are root, since
 # PostgreSQL will not run as root: the tree is copied where postgres can write.
+# Files named in COPY_BACK (relative to the tree) are copied back afterwards.
 drop_root() {
 	local script=$1; shift
 	if [ "$(id -u)" = 0 ]; then
@@ -35,7 +36,16 @@ drop_root() {
 		copy=$(mktemp -d /tmp/pg_triage.XXXXXX)
 		cp -a "$ROOT/." "$copy/"
 		chown -R postgres: "$copy"
-		exec runuser -u postgres -- env PG_CONFIG="$PG_CONFIG" CI="${CI:-}" \
-			TRIAGE_SOURCE="$ROOT" "$copy/$script" "$@"
+		if [ -z "${COPY_BACK:-}" ]; then
+			exec runuser -u postgres -- env PG_CONFIG="$PG_CONFIG" CI="${CI:-}" \
+				TRIAGE_SOURCE="$ROOT" "$copy/$script" "$@"
+		fi
+		# the script writes files of the tree: bring them back as root
+		runuser -u postgres -- env PG_CONFIG="$PG_CONFIG" CI="${CI:-}" "$copy/$script" "$@"
+		for f in $COPY_BACK; do
+			cp "$copy/$f" "$ROOT/$f"
+		done
+		rm -rf "$copy"
+		exit 0
 	fi
 }

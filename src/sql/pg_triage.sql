@@ -317,7 +317,7 @@ BEGIN
 			'ece', (SELECT round((sum(n * abs(accuracy - confidence)) / sum(n))::numeric, 4)
 					  FROM bins),
 			'reliability', (SELECT jsonb_agg(jsonb_build_object(
-								'bin', format('%%s-%%s', bin / 10.0, (bin + 1) / 10.0),
+								'bin', format('%%s-%%s', round(bin / 10.0, 1), round((bin + 1) / 10.0, 1)),
 								'n', n,
 								'confidence', round(confidence::numeric, 4),
 								'accuracy', round(accuracy::numeric, 4)) ORDER BY bin)

