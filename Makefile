@@ -89,4 +89,6 @@ fuzz: deps
 		test/fuzz/fuzz_fasttext_load.c $(CORE_SRCS) -lm -o test/fuzz/fuzz_fasttext_load
 
 models: deps
+	$(MAKE) all
+	$(MAKE) install
 	models/build.sh
