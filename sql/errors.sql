@@ -1,6 +1,7 @@
 -- Errors a user can act on
 \getenv abs_srcdir PG_ABS_SRCDIR
 \set v1 :abs_srcdir '/test/data/sentiment_v1.ftz'
+\set SHOW_CONTEXT never
 CREATE EXTENSION IF NOT EXISTS pg_triage;
 \set VERBOSITY default
 SELECT triage.import_fasttext('errs', pg_read_binary_file(:'v1'));

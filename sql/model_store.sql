@@ -2,6 +2,7 @@
 \getenv abs_srcdir PG_ABS_SRCDIR
 \set v1 :abs_srcdir '/test/data/sentiment_v1.ftz'
 \set v2 :abs_srcdir '/test/data/sentiment_v2.ftz'
+\set SHOW_CONTEXT never
 CREATE EXTENSION IF NOT EXISTS pg_triage;
 \set stale 'the coffee was stale and bitter, never again'
 

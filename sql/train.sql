@@ -1,6 +1,7 @@
 -- Training, evaluation, quantization, calibration and versions, in SQL
 \getenv abs_srcdir PG_ABS_SRCDIR
 \set csv :abs_srcdir '/test/data/fine_foods_train.csv'
+\set SHOW_CONTEXT never
 CREATE EXTENSION IF NOT EXISTS pg_triage;
 
 CREATE TABLE food (product text, review text, score text);

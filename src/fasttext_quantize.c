@@ -242,6 +242,7 @@ KMeans(const float *x, float *c, int32_t n, int32_t d, int32_t *perm, uint8_t *c
 		memcpy(c + (int64_t) i * d, x + (int64_t) perm[i] * d, sizeof(float) * (size_t) d);
 	for (int32_t iter = 0; iter < FASTTEXT_PQ_NITER; iter++)
 	{
+		TRIAGE_CHECK_INTERRUPTS();
 		for (int32_t i = 0; i < n; i++)
 			codes[i] = AssignCentroid(x + (int64_t) i * d, c, d);
 		MStep(x, c, codes, d, n, rng);
@@ -367,6 +368,8 @@ FastTextPQEncode(const FastTextPQ *pq, const float *x, int64_t n, uint8_t *codes
 		const float *row = x + i * pq->dim;
 		uint8_t    *code = codes + i * pq->nsubq;
 
+		if (i % 4096 == 0)
+			TRIAGE_CHECK_INTERRUPTS();
 		for (int32_t m = 0; m < pq->nsubq; m++)
 		{
 			int32_t		d = (m == pq->nsubq - 1) ? pq->lastdsub : pq->dsub;

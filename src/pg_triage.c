@@ -5,6 +5,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "triage.h"
@@ -13,9 +14,17 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
+/* Lets long loops in the core honour cancel and statement_timeout */
+static void
+CoreCheckForInterrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+}
+
 void
 _PG_init(void)
 {
+	TriageInterruptHook = CoreCheckForInterrupts;
 	ModelCacheInit();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("triage");

@@ -23,6 +23,8 @@ MallocFree(void *context, void *pointer)
 	free(pointer);
 }
 
+void		(*TriageInterruptHook) (void) = NULL;
+
 const TriageAllocator TriageMallocAllocator = {MallocAlloc, MallocFree, NULL};
 
 void *

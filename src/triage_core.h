@@ -36,6 +36,19 @@ typedef struct TriageAllocator
 /* The allocator the core uses when the caller passes NULL: malloc and free */
 extern const TriageAllocator TriageMallocAllocator;
 
+/*
+ * Long core loops call TRIAGE_CHECK_INTERRUPTS().  The server sets the hook
+ * to CHECK_FOR_INTERRUPTS, which may not return (it longjmps); that is safe
+ * because inside the server the core allocates only through palloc.
+ */
+extern void (*TriageInterruptHook) (void);
+
+#define TRIAGE_CHECK_INTERRUPTS() \
+	do { \
+		if (TriageInterruptHook != NULL) \
+			TriageInterruptHook(); \
+	} while (0)
+
 extern void *TriageAlloc(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocZero(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocArray(const TriageAllocator *allocator, size_t count, size_t size);

@@ -22,7 +22,8 @@ FAILURES=()
 WORK=$(mktemp -d /tmp/pg_triage-tests.XXXXXX)
 PGXS_DIR=$(dirname "$("$PG_CONFIG" --pgxs)")/../..
 SANITIZE="-g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -ffp-contract=off"
-CORE_SRCS="src/triage_core.c src/fasttext_load.c src/fasttext_dict.c src/fasttext_predict.c"
+CORE_SRCS="src/triage_core.c src/fasttext_load.c src/fasttext_dict.c src/fasttext_predict.c
+	src/fasttext_train.c src/fasttext_quantize.c src/fasttext_save.c"
 
 record() {	# record NAME STATUS
 	if [ "$2" = 0 ]; then
@@ -52,6 +53,22 @@ if gcc $SANITIZE -Isrc test/core/test_core.c $CORE_SRCS -lm -o "$WORK/test_core"
 	[ "$status" != 0 ] && [ "$n_bad" = 0 ] && record "core unit tests (crashed)" 1
 else
 	record "core unit tests (build)" 1
+fi
+
+# quantization and saving: round trips, PQ, pruning, allocation failures
+if gcc $SANITIZE -Isrc test/core/test_quantize.c $CORE_SRCS -lm -o "$WORK/test_quantize"; then
+	"$WORK/test_quantize" "$ROOT/test/data" >"$WORK/quantize.out" 2>&1
+	status=$?
+	grep -E '^(not ok|# )' "$WORK/quantize.out" | head -40
+	n_ok=$(grep -c '^ok ' "$WORK/quantize.out")
+	n_bad=$(grep -c '^not ok ' "$WORK/quantize.out")
+	echo "test_quantize: $n_ok ok, $n_bad not ok"
+	PASSED=$((PASSED + n_ok))
+	FAILED=$((FAILED + n_bad))
+	[ "$n_bad" -gt 0 ] && FAILURES+=("quantize unit tests")
+	[ "$status" != 0 ] && [ "$n_bad" = 0 ] && record "quantize unit tests (crashed)" 1
+else
+	record "quantize unit tests (build)" 1
 fi
 
 # 2. the loader under sanitizers, on the corpus and its mutations
