@@ -58,6 +58,9 @@ all install:
 	@echo "PostgreSQL server headers not found: run 'make deps' (as root) first" >&2; exit 1
 endif
 
+# PGXS does not track headers: rebuild everything when one changes
+$(OBJS): $(wildcard src/*.h)
+
 src/sql/$(EXTENSION)--$(EXTVERSION).sql: src/sql/$(EXTENSION).sql
 	cp $< $@
 

@@ -68,6 +68,27 @@ SELECT version, params->>'quantized' AS quantized, params->>'quantized_from' AS 
 SELECT triage.quantize('food_q', 1);
 SELECT triage.quantize('food_q', 2, '{"retrain": true}');
 
+-- int8 rows with a scale each: smaller without a cutoff, much smaller with one
+SELECT triage.quantize('food_q', 2, '{"method": "int8", "cutoff": 0}');
+SELECT triage.train('food_q', 'SELECT review, score FROM food_train',
+                    :'small'::jsonb || '{"minn": 3, "maxn": 4, "quantize": {"method": "int8", "cutoff": 5000}}');
+SELECT version, params->>'quantization' AS quantization,
+       round(octet_length(data)::numeric / (SELECT octet_length(data) FROM triage.models
+                                             WHERE name = 'food_q' AND version = 2), 2) AS size_ratio,
+       abs((triage.evaluate('food_q', 'SELECT review, score FROM food_test', version)->>'accuracy')::float
+           - (triage.evaluate('food_q', 'SELECT review, score FROM food_test', 2)->>'accuracy')::float) <= 0.01
+       AS within_one_point
+  FROM triage.models WHERE name = 'food_q' AND version IN (4, 5) ORDER BY version;
+-- exported dequantized, it predicts exactly as the int8 version
+SELECT triage.import_fasttext('food_int8_copy', triage.export_fasttext('food_q', 4));
+SELECT (SELECT params->>'quantization' FROM triage.models WHERE name = 'food_int8_copy') AS exported_as,
+       bool_and((triage.classify('food_int8_copy', review)).confidence
+                = (triage.classify('food_q', 4, review)).confidence) AS same_predictions
+  FROM food_test;
+-- a pruned int8 model has no fastText form
+SELECT triage.export_fasttext('food_q', 5);
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"quantize": {"method": "int4"}}');
+
 -- export: the stored bytes, which the fasttext tool reads
 SELECT md5(triage.export_fasttext('food', 1)) = md5(data) AS exported_as_stored
   FROM triage.models WHERE name = 'food' AND version = 1;

@@ -24,6 +24,15 @@
 #define FASTTEXT_LABEL_PREFIX "__label__"
 #define FASTTEXT_EOS "</s>"
 
+/*
+ * The byte after the dictionary: 0 dense input, 1 product-quantized (both
+ * fastText's), 2 int8 rows with a float scale each (pg_triage only; such a
+ * file is exported to fastText dequantized).
+ */
+#define FASTTEXT_INPUT_DENSE 0
+#define FASTTEXT_INPUT_PQ 1
+#define FASTTEXT_INPUT_INT8 2
+
 typedef enum FastTextLoss
 {
 	FASTTEXT_LOSS_HS = 1,
@@ -83,6 +92,10 @@ typedef struct FastTextMatrix
 	FastTextPQ	pq;
 	uint8_t    *norm_codes;		/* m, when qnorm */
 	FastTextPQ	npq;			/* 1-dimensional norm quantizer, when qnorm */
+	/* int8 form (a pg_triage extension of the format): row i is scales[i] * q8[i] */
+	bool		int8;
+	int8_t	   *q8;				/* m * n */
+	float	   *scales;			/* m */
 } FastTextMatrix;
 
 typedef struct FastTextEntry
@@ -132,7 +145,8 @@ typedef struct FastTextModel
 	int64_t    *subword_offsets;	/* size + 1 offsets into subwords, or NULL */
 	int32_t    *subwords;
 
-	bool		quant_input;
+	bool		quant_input;	/* input is product-quantized */
+	bool		int8_input;		/* input is int8 with per-row scales */
 	bool		qout;
 	FastTextMatrix input;
 	FastTextMatrix output;

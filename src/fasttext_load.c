@@ -403,6 +403,31 @@ ReadQuantMatrix(ByteReader *reader, FastTextMatrix *matrix, const TriageAllocato
 	return TRIAGE_OK;
 }
 
+/* int64 m, int64 n, m float scales, m * n int8 values */
+static TriageStatus
+ReadInt8Matrix(ByteReader *reader, FastTextMatrix *matrix, const TriageAllocator *alloc,
+			   const char *what, char *errbuf, size_t errlen)
+{
+	matrix->int8 = true;
+	if (!ReadInt64(reader, &matrix->m) || !ReadInt64(reader, &matrix->n))
+		return TRUNCATED(what);
+	if (matrix->m < 0 || matrix->n <= 0)
+		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
+						   "%s has invalid size %lld x %lld", what,
+						   (long long) matrix->m, (long long) matrix->n);
+	if ((uint64_t) matrix->m > Remaining(reader) / (sizeof(float) + (uint64_t) matrix->n))
+		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
+						   "%s claims %lld x %lld int8 values but only %zu bytes remain", what,
+						   (long long) matrix->m, (long long) matrix->n, Remaining(reader));
+	matrix->scales = TriageAllocArray(alloc, (size_t) matrix->m + 1, sizeof(float));
+	matrix->q8 = TriageAlloc(alloc, (size_t) (matrix->m * matrix->n) + 1);
+	if (matrix->scales == NULL || matrix->q8 == NULL)
+		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory reading %s", what);
+	(void) ReadFloats(reader, matrix->scales, (size_t) matrix->m);
+	(void) ReadBytes(reader, matrix->q8, (size_t) (matrix->m * matrix->n));
+	return TRIAGE_OK;
+}
+
 static TriageStatus
 ReadMatrix(ByteReader *reader, FastTextMatrix *matrix, bool quantized,
 		   const TriageAllocator *alloc, const char *what, char *errbuf, size_t errlen)
@@ -529,7 +554,10 @@ Validate(FastTextModel *model, char *errbuf, size_t errlen)
 {
 	int64_t		expected_rows;
 
-	if (model->pruneidx_size >= 0 && !model->quant_input)
+	if (model->int8_input && model->qout)
+		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
+						   "an int8 model cannot have a product-quantized output");
+	if (model->pruneidx_size >= 0 && !model->quant_input && !model->int8_input)
 		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
 						   "model has a pruned dictionary but an unquantized input matrix");
 	if (model->input.n != model->args.dim || model->output.n != model->args.dim)
@@ -590,6 +618,7 @@ FastTextLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator,
 	FastTextModel *model;
 	int32_t		magic;
 	bool		valid;
+	uint8_t		input_format;
 	TriageStatus status;
 
 	*result = NULL;
@@ -632,18 +661,24 @@ FastTextLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator,
 	if (status != TRIAGE_OK)
 		goto fail;
 
-	if (!ReadBool(reader, &model->quant_input, &valid))
+	if (!ReadBytes(reader, &input_format, 1))
 	{
 		status = TRUNCATED("the quantization flag");
 		goto fail;
 	}
-	if (!valid)
+	if (input_format > FASTTEXT_INPUT_INT8)
 	{
-		status = TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen, "quantization flag is not 0 or 1");
+		status = TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
+							 "quantization flag %u is not 0, 1 or 2", input_format);
 		goto fail;
 	}
-	status = ReadMatrix(reader, &model->input, model->quant_input, allocator,
-						"the input matrix", errbuf, errlen);
+	model->quant_input = (input_format == FASTTEXT_INPUT_PQ);
+	model->int8_input = (input_format == FASTTEXT_INPUT_INT8);
+	if (model->int8_input)
+		status = ReadInt8Matrix(reader, &model->input, allocator, "the input matrix", errbuf, errlen);
+	else
+		status = ReadMatrix(reader, &model->input, model->quant_input, allocator,
+							"the input matrix", errbuf, errlen);
 	if (status != TRIAGE_OK)
 		goto fail;
 	if (!ReadBool(reader, &model->qout, &valid))
@@ -691,6 +726,8 @@ FreeMatrix(const TriageAllocator *alloc, FastTextMatrix *matrix)
 	TriageFree(alloc, matrix->pq.centroids);
 	TriageFree(alloc, matrix->norm_codes);
 	TriageFree(alloc, matrix->npq.centroids);
+	TriageFree(alloc, matrix->q8);
+	TriageFree(alloc, matrix->scales);
 }
 
 void

@@ -53,7 +53,15 @@ AddRow(const FastTextMatrix *matrix, int64_t i, float *x)
 {
 	int64_t		n = matrix->n;
 
-	if (!matrix->quantized)
+	if (matrix->int8)
+	{
+		const int8_t *row = matrix->q8 + i * n;
+		float		scale = matrix->scales[i];
+
+		for (int64_t j = 0; j < n; j++)
+			x[j] += scale * (float) row[j];
+	}
+	else if (!matrix->quantized)
 	{
 		const float *row = matrix->dense + i * n;
 
@@ -83,7 +91,14 @@ DotRow(const FastTextMatrix *matrix, int64_t i, const float *x)
 {
 	float		d = 0.0f;
 
-	if (!matrix->quantized)
+	if (matrix->int8)
+	{
+		const int8_t *row = matrix->q8 + i * matrix->n;
+
+		for (int64_t j = 0; j < matrix->n; j++)
+			d += (matrix->scales[i] * (float) row[j]) * x[j];
+	}
+	else if (!matrix->quantized)
 	{
 		const float *row = matrix->dense + i * matrix->n;
 

@@ -783,7 +783,7 @@ FastTextQuantize(FastTextModel *model, const FastTextQuantizeOptions *options,
 	if (model->args.model != FASTTEXT_MODEL_SUPERVISED)
 		return TriageError(TRIAGE_UNSUPPORTED, errbuf, errlen,
 						   "only supervised models can be quantized");
-	if (model->quant_input || model->input.quantized || model->output.quantized)
+	if (model->quant_input || model->int8_input || model->input.quantized || model->output.quantized)
 		return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen, "model is already quantized");
 	if (options->dsub <= 0)
 		return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen,
@@ -841,5 +841,90 @@ FastTextQuantize(FastTextModel *model, const FastTextQuantizeOptions *options,
 		model->output = qoutput;
 	}
 	model->qout = options->qout;
+	return TRIAGE_OK;
+}
+
+/*
+ * Int8 quantization of the input matrix, in place: each row becomes 127
+ * steps of max |x| / 127, with its scale kept as a float.  Four times
+ * smaller than dense, and closer to it than product quantization; prune
+ * first (FastTextSelectRows, FastTextPrune) for more.
+ */
+TriageStatus
+FastTextQuantizeInt8(FastTextModel *model, char *errbuf, size_t errlen)
+{
+	const TriageAllocator *alloc = &model->allocator;
+	FastTextMatrix *input = &model->input;
+	int8_t	   *q8;
+	float	   *scales;
+
+	if (model->quant_input || model->int8_input || input->quantized || input->dense == NULL)
+		return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen, "model is already quantized");
+	q8 = TriageAlloc(alloc, (size_t) (input->m * input->n) + 1);
+	scales = TriageAllocArray(alloc, (size_t) input->m + 1, sizeof(float));
+	if (q8 == NULL || scales == NULL)
+	{
+		TriageFree(alloc, q8);
+		TriageFree(alloc, scales);
+		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory quantizing to int8");
+	}
+	for (int64_t i = 0; i < input->m; i++)
+	{
+		const float *row = input->dense + i * input->n;
+		float		max = 0.0f;
+
+		if (i % 4096 == 0)
+			TRIAGE_CHECK_INTERRUPTS();
+		for (int64_t j = 0; j < input->n; j++)
+			max = fabsf(row[j]) > max ? fabsf(row[j]) : max;
+		if (!isfinite(max))
+		{
+			TriageFree(alloc, q8);
+			TriageFree(alloc, scales);
+			return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "input row %lld is not finite", (long long) i);
+		}
+		scales[i] = max / 127.0f;
+		for (int64_t j = 0; j < input->n; j++)
+			q8[i * input->n + j] = max > 0.0f ? (int8_t) lrintf(row[j] / scales[i]) : 0;
+	}
+	TriageFree(alloc, input->dense);
+	input->dense = NULL;
+	input->q8 = q8;
+	input->scales = scales;
+	input->int8 = true;
+	model->int8_input = true;
+	return TRIAGE_OK;
+}
+
+/*
+ * The inverse, for export to fastText, which has no int8 matrices: the
+ * dense values are exactly scale * q, so predictions do not change.  A
+ * pruned model cannot be dense in fastText's format.
+ */
+TriageStatus
+FastTextDequantizeInt8(FastTextModel *model, char *errbuf, size_t errlen)
+{
+	const TriageAllocator *alloc = &model->allocator;
+	FastTextMatrix *input = &model->input;
+	float	   *dense;
+
+	if (!model->int8_input)
+		return TRIAGE_OK;
+	if (model->pruneidx_size >= 0)
+		return TriageError(TRIAGE_UNSUPPORTED, errbuf, errlen,
+						   "an int8 model with a vocabulary cutoff has no fastText equivalent");
+	dense = TriageAllocArray(alloc, (size_t) (input->m * input->n) + 1, sizeof(float));
+	if (dense == NULL)
+		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory");
+	for (int64_t i = 0; i < input->m; i++)
+		for (int64_t j = 0; j < input->n; j++)
+			dense[i * input->n + j] = input->scales[i] * (float) input->q8[i * input->n + j];
+	TriageFree(alloc, input->q8);
+	TriageFree(alloc, input->scales);
+	input->q8 = NULL;
+	input->scales = NULL;
+	input->int8 = false;
+	input->dense = dense;
+	model->int8_input = false;
 	return TRIAGE_OK;
 }

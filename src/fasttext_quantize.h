@@ -67,6 +67,10 @@ extern TriageStatus FastTextQuantize(FastTextModel *model,
 									 const FastTextQuantizeOptions *options,
 									 char *errbuf, size_t errlen);
 
+/* fasttext_quantize.c: int8 rows with a scale each (a pg_triage format extension) */
+extern TriageStatus FastTextQuantizeInt8(FastTextModel *model, char *errbuf, size_t errlen);
+extern TriageStatus FastTextDequantizeInt8(FastTextModel *model, char *errbuf, size_t errlen);
+
 /* fasttext_save.c */
 extern TriageStatus FastTextSave(const FastTextModel *model, const TriageAllocator *alloc,
 								 uint8_t **out, size_t *outlen,

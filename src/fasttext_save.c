@@ -297,6 +297,19 @@ SizeMatrix(const FastTextMatrix *matrix, SizeCount *count, const char *what,
 		return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen,
 						   "%s has negative size %lld x %lld", what,
 						   (long long) matrix->m, (long long) matrix->n);
+	if (matrix->int8)
+	{
+		uint64_t	values;
+
+		if (__builtin_mul_overflow((uint64_t) matrix->m, (uint64_t) matrix->n, &values))
+			count->overflow = true;
+		else if (values > 0 && (matrix->q8 == NULL || matrix->scales == NULL))
+			return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen, "%s has no values", what);
+		AddSize(count, 16, 1);
+		AddSize(count, (uint64_t) matrix->m, sizeof(float));
+		AddSize(count, values, 1);
+		return TRIAGE_OK;
+	}
 	if (!matrix->quantized)
 	{
 		uint64_t	floats;
@@ -349,6 +362,14 @@ WriteQuantizer(ByteWriter *writer, const FastTextPQ *pq)
 static void
 WriteMatrix(ByteWriter *writer, const FastTextMatrix *matrix)
 {
+	if (matrix->int8)
+	{
+		WriteInt64(writer, matrix->m);
+		WriteInt64(writer, matrix->n);
+		WriteFloats(writer, matrix->scales, (size_t) matrix->m);
+		WriteBytes(writer, (const uint8_t *) matrix->q8, (size_t) (matrix->m * matrix->n));
+		return;
+	}
 	if (!matrix->quantized)
 	{
 		WriteInt64(writer, matrix->m);
@@ -442,7 +463,10 @@ FastTextSave(const FastTextModel *model, const TriageAllocator *alloc,
 						   "output matrix is %s but the model's flags make it %s",
 						   model->output.quantized ? "quantized" : "dense",
 						   (model->quant_input && model->qout) ? "quantized" : "dense");
-	if (model->pruneidx_size >= 0 && !model->quant_input)
+	if (model->input.int8 != model->int8_input || model->output.int8)
+		return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen,
+						   "int8 matrices disagree with the model's flags");
+	if (model->pruneidx_size >= 0 && !model->quant_input && !model->int8_input)
 		return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen,
 						   "a pruned model can only be saved with a quantized input matrix");
 
@@ -511,7 +535,8 @@ FastTextSave(const FastTextModel *model, const TriageAllocator *alloc,
 	}
 	TriageFree(alloc, pairs);
 
-	WriteUInt8(&writer, model->quant_input ? 1 : 0);
+	WriteUInt8(&writer, model->quant_input ? FASTTEXT_INPUT_PQ :
+			   model->int8_input ? FASTTEXT_INPUT_INT8 : FASTTEXT_INPUT_DENSE);
 	WriteMatrix(&writer, &model->input);
 	WriteUInt8(&writer, model->qout ? 1 : 0);
 	WriteMatrix(&writer, &model->output);

@@ -86,11 +86,12 @@ ParamsJsonb(const FastTextModel *model, size_t bytes)
 					 "\"dim\": %d, \"loss\": \"%s\", \"wordNgrams\": %d, \"minn\": %d, \"maxn\": %d, "
 					 "\"bucket\": %d, \"epoch\": %d, \"minCount\": %d, \"neg\": %d, \"ws\": %d, "
 					 "\"lrUpdateRate\": %d, \"t\": %.17g, \"nwords\": %d, \"nlabels\": %d, "
-					 "\"quantized\": %s, \"qout\": %s, \"pruned\": %s}",
+					 "\"quantized\": %s, \"quantization\": \"%s\", \"qout\": %s, \"pruned\": %s}",
 					 model->version, bytes, a->dim, LossName(a->loss), a->wordNgrams,
 					 a->minn, a->maxn, a->bucket, a->epoch, a->minCount, a->neg, a->ws,
 					 a->lrUpdateRate, isfinite(a->t) ? a->t : 0.0, model->nwords, model->nlabels,
-					 model->quant_input ? "true" : "false",
+					 model->quant_input || model->int8_input ? "true" : "false",
+					 model->quant_input ? "pq" : model->int8_input ? "int8" : "none",
 					 model->quant_input && model->qout ? "true" : "false",
 					 model->pruneidx_size >= 0 ? "true" : "false");
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));

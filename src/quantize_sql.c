@@ -41,7 +41,7 @@ triage_quantize_fasttext(PG_FUNCTION_ARGS)
 						  &allocator, &model, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf, NULL);
-	if (model->quant_input)
+	if (model->quant_input || model->int8_input)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("model is already quantized"),
@@ -58,13 +58,80 @@ triage_quantize_fasttext(PG_FUNCTION_ARGS)
 				 errmsg("option \"dsub\" (%d) must not exceed the model's dimension (%d)",
 						q.dsub, model->args.dim)));
 	CHECK_FOR_INTERRUPTS();
-	status = FastTextQuantize(model, &q, errbuf, sizeof(errbuf));
+	if (options.int8)
+	{
+		/* the cutoff the PQ path does inside FastTextQuantize */
+		if (q.cutoff > 0 && q.cutoff < model->input.m)
+		{
+			int32_t    *keep;
+			int64_t		nkeep;
+
+			status = FastTextSelectRows(model, q.cutoff, &allocator, &keep, &nkeep, errbuf, sizeof(errbuf));
+			if (status == TRIAGE_OK)
+				status = FastTextPrune(model, keep, nkeep, errbuf, sizeof(errbuf));
+			if (status != TRIAGE_OK)
+				ReportCoreError(status, errbuf, "pruning a model");
+		}
+		status = FastTextQuantizeInt8(model, errbuf, sizeof(errbuf));
+	}
+	else
+		status = FastTextQuantize(model, &q, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf, "quantizing a model");
 	status = FastTextSave(model, &allocator, &bytes, &nbytes, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf, "saving a quantized model");
 
+	result = palloc(nbytes + VARHDRSZ);
+	SET_VARSIZE(result, nbytes + VARHDRSZ);
+	memcpy(VARDATA(result), bytes, nbytes);
+	MemoryContextDelete(context);
+	PG_RETURN_BYTEA_P(result);
+}
+
+PG_FUNCTION_INFO_V1(triage_fasttext_file);
+
+/*
+ * fasttext_file(model bytea): the model as a file the fasttext tool reads.
+ * fastText files pass through unchanged; int8 models are dequantized.
+ */
+Datum
+triage_fasttext_file(PG_FUNCTION_ARGS)
+{
+	bytea	   *data = PG_GETARG_BYTEA_PP(0);
+	MemoryContext context;
+	TriageAllocator allocator;
+	FastTextModel *model;
+	TriageStatus status;
+	char		errbuf[256];
+	uint8_t    *bytes;
+	size_t		nbytes;
+	bytea	   *result;
+
+	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage export", ALLOCSET_DEFAULT_SIZES);
+	allocator = ContextAllocator(context);
+	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+						  &allocator, &model, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, NULL);
+	if (!model->int8_input)
+	{
+		MemoryContextDelete(context);
+		PG_RETURN_BYTEA_P(data);
+	}
+	status = FastTextDequantizeInt8(model, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot export this model to fastText: %s", errbuf),
+				 errhint("Quantize with method \"pq\" for a model the fasttext tool can read, or int8 without a cutoff.")));
+	status = FastTextSave(model, &allocator, &bytes, &nbytes, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, "saving a model");
+	if (nbytes > MaxAllocSize - VARHDRSZ)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the dense model would take %zu bytes, more than a bytea can hold", nbytes)));
 	result = palloc(nbytes + VARHDRSZ);
 	SET_VARSIZE(result, nbytes + VARHDRSZ);
 	memcpy(VARDATA(result), bytes, nbytes);

@@ -54,6 +54,7 @@ static const OptionSpec QuantizeOptionSpecs[] = {
 	{"qout", OPTION_BOOL, 0, 0},
 	{"cutoff", OPTION_INT, 0, 100000000},
 	{"retrain", OPTION_BOOL, 0, 0},
+	{"method", OPTION_LOSS, 0, 0},
 };
 
 static const char *
@@ -79,6 +80,8 @@ RangeText(const OptionSpec *spec)
 		case OPTION_BOOL:
 			return "true or false";
 		case OPTION_LOSS:
+			if (strcmp(spec->name, "method") == 0)
+				return "\"pq\" (product quantization) or \"int8\"";
 			return "one of \"softmax\", \"ns\", \"hs\", \"ova\"";
 		case OPTION_OBJECT:
 			return "an object";
@@ -206,6 +209,15 @@ SetOption(TriageTrainOptions *o, const char *prefix, const OptionSpec *spec, Jso
 		f->seed = (uint64) NumericValue(v, prefix, spec);
 	else if (strcmp(name, "thread") == 0)
 		 /* training is single-threaded and so reproducible */ ;
+	else if (strcmp(name, "method") == 0)
+	{
+		char	   *method = pnstrdup(v->val.string.val, v->val.string.len);
+
+		if (strcmp(method, "int8") == 0)
+			o->int8 = true;
+		else if (strcmp(method, "pq") != 0)
+			BadValue(prefix, spec);
+	}
 	else if (strcmp(name, "loss") == 0)
 	{
 		char	   *loss = pnstrdup(v->val.string.val, v->val.string.len);
@@ -317,13 +329,18 @@ TrainOptionsJsonb(const TriageTrainOptions *o)
 					 "{\"format\": \"fasttext\", \"source\": \"train\", \"loss\": \"%s\", \"dim\": %d, "
 					 "\"epoch\": %d, \"lr\": %g, \"wordNgrams\": %d, \"minn\": %d, \"maxn\": %d, "
 					 "\"bucket\": %d, \"minCount\": %d, \"neg\": %d, \"lrUpdateRate\": %d, "
-					 "\"seed\": %llu, \"quantized\": %s",
+					 "\"seed\": %llu, \"quantized\": %s, \"quantization\": \"%s\"",
 					 losses[f->loss], f->dim, f->epoch, f->lr, f->wordNgrams, f->minn, f->maxn,
 					 f->bucket, f->minCount, f->neg, f->lrUpdateRate,
-					 (unsigned long long) f->seed, o->quantize ? "true" : "false");
-	if (o->quantize)
+					 (unsigned long long) f->seed, o->quantize ? "true" : "false",
+					 !o->quantize ? "none" : o->int8 ? "int8" : "pq");
+	if (o->quantize && o->int8)
 		appendStringInfo(&buf,
-						 ", \"quantize\": {\"dsub\": %d, \"qnorm\": %s, \"qout\": %s, \"cutoff\": %lld, \"retrain\": %s}",
+						 ", \"quantize\": {\"method\": \"int8\", \"cutoff\": %lld, \"retrain\": %s}",
+						 (long long) o->cutoff, o->retrain ? "true" : "false");
+	else if (o->quantize)
+		appendStringInfo(&buf,
+						 ", \"quantize\": {\"method\": \"pq\", \"dsub\": %d, \"qnorm\": %s, \"qout\": %s, \"cutoff\": %lld, \"retrain\": %s}",
 						 o->dsub, o->qnorm ? "true" : "false", o->qout ? "true" : "false",
 						 (long long) o->cutoff, o->retrain ? "true" : "false");
 	appendStringInfoChar(&buf, '}');

@@ -20,6 +20,7 @@ typedef struct TriageTrainOptions
 	bool		qout;			/* quantize the output matrix too */
 	int64		cutoff;			/* keep this many input rows (0: all) */
 	bool		retrain;		/* fine-tune after the cutoff */
+	bool		int8;			/* method "int8" instead of product quantization */
 } TriageTrainOptions;
 
 extern void ParseTrainOptions(Jsonb *json, TriageTrainOptions *options);

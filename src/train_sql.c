@@ -248,6 +248,8 @@ QuantizeTrainedModel(FastTextModel *model, TriageTrainOptions *options, Training
 				return status;
 		}
 	}
+	if (options->int8)
+		return FastTextQuantizeInt8(model, errbuf, errlen);
 	q.cutoff = 0;
 	return FastTextQuantize(model, &q, errbuf, errlen);
 }

@@ -179,6 +179,42 @@ read -r agree total maxdiff < <(paste -d ' ' "$WORK/ft_labels.txt" "$WORK/ft_pro
 		   d = $3 - $5; if (d < 0) d = -d; if (d > m) m = d }
 		 END { printf "%d %d %.2g\n", a, n, m }')
 
+# Training ------------------------------------------------------------------
+# fasttext supervised (2 threads, as the tool runs here) against triage.train
+# (1 thread, reproducible) on the same 4,000 labeled reviews and the same
+# hyperparameters (those of the data's documented baseline), best of RUNS;
+# then the held-out accuracy of each on every 5th review when trained on the rest.
+log "bench: training"
+TRAIN_OPTS='-dim 50 -epoch 25 -lr 0.1 -wordNgrams 2 -minn 2 -maxn 4 -bucket 200000'
+TRAIN_JSON='{"dim": 50, "epoch": 25, "lr": 0.1, "wordNgrams": 2, "minn": 2, "maxn": 4, "bucket": 200000}'
+: >"$WORK/train_times.txt"
+for round in $(seq "$RUNS"); do
+	t0=$(now)
+	fasttext supervised -input "$WORK/train.txt" -output "$WORK/trained" $TRAIN_OPTS -thread 2 -verbose 0
+	t1=$(now)
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "fasttext_train %.3f\n", b - a }' >>"$WORK/train_times.txt"
+	ms=$(psql_q -At <<SQL | sed -n 's/^Execution Time: \([0-9.]*\) ms$/\1/p'
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF)
+SELECT triage.train_fasttext('SELECT review, score FROM reviews_src', '$TRAIN_JSON');
+SQL
+)
+	awk -v ms="$ms" 'BEGIN { printf "triage_train %.3f\n", ms / 1000 }' >>"$WORK/train_times.txt"
+done
+best_train() { awk -v n="$1" '$1 == n && (b == "" || $2 < b) { b = $2 } END { print b }' "$WORK/train_times.txt"; }
+t_ft_train=$(best_train fasttext_train)
+t_pg_train=$(best_train triage_train)
+# held-out accuracy, the same split for both
+cp "$WORK/train.txt" "$WORK/train_all.txt"
+awk 'NR % 5 != 0' "$WORK/train_all.txt" >"$WORK/train80.txt"
+awk 'NR % 5 == 0' "$WORK/train_all.txt" >"$WORK/test20.txt"
+fasttext supervised -input "$WORK/train80.txt" -output "$WORK/heldout" $TRAIN_OPTS -thread 2 -verbose 0
+ft_acc=$(fasttext test "$WORK/heldout.bin" "$WORK/test20.txt" | sed -n 's/^P@1\t//p')
+pg_acc=$(psql_q -At <<SQL
+SELECT triage.train('heldout', 'SELECT review, score FROM reviews_src WHERE n % 5 <> 0', '$TRAIN_JSON') \\g /dev/null
+SELECT triage.evaluate('heldout', 'SELECT review, score FROM reviews_src WHERE n % 5 = 0')->>'accuracy';
+SQL
+)
+
 # Report --------------------------------------------------------------------
 row() {	# what, seconds, reference md5 seconds
 	awk -v what="$1" -v s="$2" -v cli="$t_cli" -v md5="$3" -v rows="$ROWS" 'BEGIN {
@@ -218,6 +254,12 @@ describe() {	# mode, workers launched
 		md5_serial md5_default md5_parallel; do
 		printf '  %-18s%s\n' "$n" "$(runs "$n")"
 	done
+	echo
+	echo "training on the 4,000 labeled reviews, $TRAIN_OPTS, best of $RUNS:"
+	awk -v f="$t_ft_train" -v p="$t_pg_train" 'BEGIN {
+		printf "  %-50s %8.3f s\n", "fasttext supervised (2 threads)", f
+		printf "  %-50s %8.3f s   %.2fx the time of fastText\n", "triage.train_fasttext (1 thread)", p, p / f }'
+	echo "  held-out accuracy (every 5th review, trained on the rest): pg_triage $pg_acc, fasttext $ft_acc"
 	echo
 	awk -v a="$agree" -v n="$total" -v m="$maxdiff" 'BEGIN {
 		printf "agreement with fasttext predict on %d rows: %d (%.1f%%) same top label; max |probability difference| %s\n",
