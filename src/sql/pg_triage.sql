@@ -785,3 +785,185 @@ ALTER FUNCTION triage.heartbeat(text, text, integer, bigint, bigint) SECURITY DE
 REVOKE ALL ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) FROM PUBLIC;
+
+-- Routing -----------------------------------------------------------------------
+
+CREATE TYPE triage.decision AS (label text, confidence real, fields jsonb, escalate boolean, reason text);
+COMMENT ON TYPE triage.decision IS
+	'A routing decision: the small model''s answer, whether to escalate it, and the rule or threshold that decided.';
+
+CREATE FUNCTION triage.route(policy text, input text) RETURNS triage.decision
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE AS $$
+#variable_conflict use_column
+DECLARE
+	p triage.policies;
+	pred triage.prediction;
+	d triage.decision;
+	threshold real;
+	len integer := char_length(input);
+BEGIN
+	SELECT * INTO p FROM triage.policies x WHERE x.name = route.policy;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy
+			USING ERRCODE = 'undefined_object',
+				HINT = 'Create one with triage.create_policy().';
+	END IF;
+	pred := triage.classify(p.model, input);
+	d.label := pred.label;
+	d.confidence := pred.confidence;
+	d.escalate := true;
+	-- rules first, then the model's confidence, then the audit sample
+	IF (p.rules ? 'max_length') AND len > (p.rules->>'max_length')::integer THEN
+		d.reason := format('rule max_length: %s characters > %s', len, p.rules->>'max_length');
+	ELSIF (p.rules ? 'min_length') AND len < (p.rules->>'min_length')::integer THEN
+		d.reason := format('rule min_length: %s characters < %s', len, p.rules->>'min_length');
+	ELSIF (p.rules ? 'escalate_if_matches') AND input ~* (p.rules->>'escalate_if_matches') THEN
+		d.reason := format('rule escalate_if_matches: %s', p.rules->>'escalate_if_matches');
+	ELSIF (p.rules ? 'escalate_unless_matches') AND input !~* (p.rules->>'escalate_unless_matches') THEN
+		d.reason := format('rule escalate_unless_matches: %s', p.rules->>'escalate_unless_matches');
+	ELSIF pred.label IS NULL THEN
+		d.reason := 'no prediction: no token of the input is known to the model';
+	ELSE
+		threshold := coalesce((p.thresholds->'labels'->>pred.label)::real,
+							  (p.thresholds->>'default')::real, 0);
+		IF pred.confidence < threshold THEN
+			d.reason := format('confidence %s < threshold %s%s', round(pred.confidence::numeric, 3),
+							   threshold, CASE WHEN p.thresholds->'labels' ? pred.label
+											   THEN ' for ' || pred.label ELSE '' END);
+		-- a deterministic sample, so that a row is audited or not whoever routes it
+		ELSIF p.audit_rate > 0 AND (hashtext(input)::bigint & 1048575) < p.audit_rate * 1048576 THEN
+			d.reason := format('audit sample (%s of confident rows)', p.audit_rate);
+		ELSE
+			d.escalate := false;
+			d.reason := format('confidence %s >= threshold %s', round(pred.confidence::numeric, 3), threshold);
+		END IF;
+	END IF;
+	RETURN d;
+END;
+$$;
+COMMENT ON FUNCTION triage.route(text, text) IS
+	'Routes one input under a policy: the small model''s label and confidence, and whether to escalate, with the reason (rule, threshold or audit sample).';
+
+CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL,
+								 max_escalation real DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	p triage.policies;
+	rows jsonb;
+	n integer;
+	chosen record;
+	curve jsonb;
+	per_label jsonb := '{}';
+	per_label_escalated integer;
+	result jsonb;
+BEGIN
+	IF policy IS NULL OR query IS NULL THEN
+		RAISE EXCEPTION 'policy and query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF target_accuracy IS NULL AND max_escalation IS NULL THEN
+		RAISE EXCEPTION 'give target_accuracy, max_escalation or both'
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'For example triage.calibrate(''p'', ''SELECT body, label FROM heldout'', target_accuracy => 0.9).';
+	END IF;
+	IF target_accuracy NOT BETWEEN 0 AND 1 OR max_escalation NOT BETWEEN 0 AND 1 THEN
+		RAISE EXCEPTION 'target_accuracy and max_escalation are shares between 0 and 1'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO p FROM triage.policies x WHERE x.name = calibrate.policy FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy USING ERRCODE = 'undefined_object';
+	END IF;
+
+	-- the model's answer and confidence on every labeled row
+	EXECUTE format($q$
+		SELECT jsonb_agg(jsonb_build_object('l', (c).label, 'c', coalesce((c).confidence, 0),
+											'ok', (c).label IS NOT DISTINCT FROM gold))
+		  FROM (SELECT q.label::text AS gold, triage.classify($1, q.input::text) AS c
+				  FROM (%s) AS q(input, label)
+				 WHERE q.input IS NOT NULL AND q.label IS NOT NULL) s
+	$q$, query) INTO rows USING p.model;
+	n := coalesce(jsonb_array_length(rows), 0);
+	IF n = 0 THEN
+		RAISE EXCEPTION 'calibration query returned no labeled rows'
+			USING ERRCODE = 'no_data_found', HINT = 'It must return (input text, label text) rows.';
+	END IF;
+
+	-- every threshold worth trying: each distinct confidence, and above them all
+	CREATE TEMP TABLE IF NOT EXISTS triage_calibration_rows (l text, c real, ok boolean) ON COMMIT DROP;
+	TRUNCATE triage_calibration_rows;
+	INSERT INTO triage_calibration_rows SELECT * FROM jsonb_to_recordset(rows) AS r(l text, c real, ok boolean);
+	CREATE TEMP TABLE IF NOT EXISTS triage_calibration_curve
+		(threshold real, kept integer, correct integer) ON COMMIT DROP;
+	TRUNCATE triage_calibration_curve;
+	INSERT INTO triage_calibration_curve
+	SELECT t, count(*) FILTER (WHERE c >= t), count(*) FILTER (WHERE c >= t AND ok)
+	  FROM (SELECT DISTINCT c AS t FROM triage_calibration_rows UNION SELECT 1.000001) ts,
+		   triage_calibration_rows
+	 GROUP BY t;
+
+	SELECT threshold, kept, correct INTO chosen FROM triage_calibration_curve
+	 WHERE (target_accuracy IS NULL OR (kept > 0 AND correct::float8 / kept >= target_accuracy) OR kept = 0)
+	   AND (max_escalation IS NULL OR 1 - kept::float8 / n <= max_escalation + 1e-9)
+	 ORDER BY CASE WHEN target_accuracy IS NULL
+				   THEN -(CASE WHEN kept > 0 THEN correct::float8 / kept ELSE 0 END) ELSE 0 END,
+			  kept DESC, threshold
+	 LIMIT 1;
+	IF chosen IS NULL THEN
+		-- the target is out of reach within the budget: the best accuracy it allows
+		SELECT threshold, kept, correct INTO chosen FROM triage_calibration_curve
+		 WHERE 1 - kept::float8 / n <= max_escalation + 1e-9
+		 ORDER BY CASE WHEN kept > 0 THEN correct::float8 / kept ELSE 0 END DESC, kept DESC
+		 LIMIT 1;
+	END IF;
+
+	-- per label, for a target accuracy: each label's own least threshold
+	IF target_accuracy IS NOT NULL THEN
+		SELECT jsonb_object_agg(l, t), sum(escalated) INTO per_label, per_label_escalated
+		  FROM (SELECT DISTINCT ON (r.l) r.l, ts.t,
+					   (SELECT count(*) FROM triage_calibration_rows x WHERE x.l = r.l AND x.c < ts.t) AS escalated
+				  FROM (SELECT DISTINCT l FROM triage_calibration_rows WHERE l IS NOT NULL) r
+				  CROSS JOIN LATERAL (
+					SELECT t FROM (SELECT DISTINCT c AS t FROM triage_calibration_rows x WHERE x.l = r.l
+								   UNION SELECT 1.000001) u
+					 WHERE (SELECT avg(ok::int) FROM triage_calibration_rows x WHERE x.l = r.l AND x.c >= u.t)
+						   >= target_accuracy
+						OR NOT EXISTS (SELECT FROM triage_calibration_rows x WHERE x.l = r.l AND x.c >= u.t)
+					 ORDER BY t LIMIT 1) ts
+				 ORDER BY r.l, ts.t) per;
+		per_label_escalated := per_label_escalated
+			+ (SELECT count(*) FROM triage_calibration_rows WHERE l IS NULL);
+		IF per_label_escalated >= n - chosen.kept OR max_escalation IS NOT NULL THEN
+			per_label := '{}';
+		END IF;
+	END IF;
+
+	SELECT jsonb_agg(jsonb_build_object('threshold', round(threshold::numeric, 4),
+										'escalation_rate', round(1 - kept::numeric / n, 4),
+										'kept_accuracy', CASE WHEN kept > 0 THEN round(correct::numeric / kept, 4) END)
+					 ORDER BY threshold)
+	  INTO curve
+	  FROM (SELECT *, row_number() OVER (ORDER BY threshold) AS r, count(*) OVER () AS total
+			  FROM triage_calibration_curve) c
+	 -- about 20 points of the curve, and the chosen one
+	 WHERE (r - 1) % greatest(1, total / 20) = 0 OR r = total OR threshold = chosen.threshold;
+
+	result := jsonb_build_object(
+		'rows', n,
+		'threshold', round(chosen.threshold::numeric, 4),
+		'label_thresholds', per_label,
+		'escalation_rate', round(1 - coalesce(
+			CASE WHEN per_label <> '{}' THEN n - per_label_escalated END, chosen.kept)::numeric / n, 4),
+		'kept_accuracy', CASE WHEN chosen.kept > 0 THEN round(chosen.correct::numeric / chosen.kept, 4) END,
+		'target_accuracy', target_accuracy,
+		'max_escalation', max_escalation,
+		'curve', curve);
+	UPDATE triage.policies x
+	   SET thresholds = jsonb_build_object('default', chosen.threshold, 'labels', per_label),
+		   calibration = result, updated_at = now()
+	 WHERE x.name = calibrate.policy;
+	RETURN result;
+END;
+$$;
+COMMENT ON FUNCTION triage.calibrate(text, text, real, real) IS
+	'Chooses the policy''s confidence threshold (per label when that escalates fewer rows) from labeled held-out rows: the fewest escalations reaching target_accuracy on kept rows, or the best kept accuracy within max_escalation; stores it and returns the curve.';
