@@ -24,6 +24,7 @@ OBJS = \
 	src/fasttext_load.o \
 	src/fasttext_dict.o \
 	src/fasttext_predict.o \
+	src/fasttext_batch.o \
 	src/fasttext_train.o \
 	src/fasttext_quantize.o \
 	src/fasttext_save.o
@@ -35,7 +36,7 @@ DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
 EXTRA_CLEAN = $(DATA_built) test/core/test_core test/fuzz/fuzz_fasttext_load \
 	test/fuzz/fuzz_fasttext_standalone
 
-REGRESS = fasttext model_store errors train
+REGRESS = fasttext model_store errors train route
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 # fastText accumulates in float, in order: keep the compiler from fusing
@@ -45,7 +46,7 @@ REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 PG_CPPFLAGS = -Isrc
 PG_CFLAGS = -O3 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 	-Wno-missing-field-initializers -Wno-cast-function-type $(TRIAGE_CFLAGS)
-SHLIB_LINK = -lm
+SHLIB_LINK = -lopenblas -lm
 
 # Debian's server headers for PostgreSQL 15 unless PG_CONFIG says otherwise
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)

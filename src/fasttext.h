@@ -208,6 +208,12 @@ extern TriageStatus FastTextPredict(const FastTextModel *model, FastTextScratch 
 									FastTextPrediction *predictions, int32_t *npredictions,
 									char *errbuf, size_t errlen);
 
+extern TriageStatus FastTextHidden(const FastTextModel *model, FastTextScratch *scratch,
+								   const char *text, size_t len, char *errbuf, size_t errlen);
+extern TriageStatus FastTextPredictFromScores(const FastTextModel *model, FastTextScratch *scratch,
+											  const float *scores, int32_t k, float threshold,
+											  FastTextPrediction *predictions, int32_t *npredictions,
+											  char *errbuf, size_t errlen);
 extern TriageStatus FastTextLogits(const FastTextModel *model, FastTextScratch *scratch,
 								   const char *text, size_t len, float *logits, bool *found,
 								   char *errbuf, size_t errlen);

@@ -14,6 +14,11 @@
 
 #include "fasttext.h"
 
+static bool EnsureScratch(const FastTextModel *model, FastTextScratch *scratch, int32_t k);
+static TriageStatus FinishPredictions(const FastTextModel *model, FastTextScratch *scratch,
+									  int64_t size, FastTextPrediction *predictions,
+									  int32_t *npredictions);
+
 /* fastText's std_log: float in, log of p + 1e-5 in double, float out */
 static inline float
 StdLog(float p)
@@ -320,15 +325,18 @@ EnsureScratch(const FastTextModel *model, FastTextScratch *scratch, int32_t k)
 }
 
 /* The average of the input rows of text, summed in order, then scaled */
-static TriageStatus
-ComputeHidden(const FastTextModel *model, FastTextScratch *scratch, const char *text, size_t len,
+TriageStatus
+FastTextHidden(const FastTextModel *model, FastTextScratch *scratch, const char *text, size_t len,
 			  char *errbuf, size_t errlen)
 {
 	int32_t		dim = model->args.dim;
-	float	   *hidden = scratch->hidden;
+	float	   *hidden;
 	float		inverse;
 	TriageStatus status;
 
+	if (!EnsureScratch(model, scratch, 1))
+		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory in prediction");
+	hidden = scratch->hidden;
 	status = FastTextTokenize(model, scratch, text, len, errbuf, errlen);
 	if (status != TRIAGE_OK || scratch->nrows == 0)
 		return status;
@@ -359,7 +367,7 @@ FastTextLogits(const FastTextModel *model, FastTextScratch *scratch, const char 
 						   "hierarchical softmax models have no per-label logits");
 	if (!EnsureScratch(model, scratch, 1))
 		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory in prediction");
-	status = ComputeHidden(model, scratch, text, len, errbuf, errlen);
+	status = FastTextHidden(model, scratch, text, len, errbuf, errlen);
 	if (status != TRIAGE_OK || scratch->nrows == 0)
 		return status;
 	for (int32_t i = 0; i < model->nlabels; i++)
@@ -399,7 +407,7 @@ FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
 	if (!EnsureScratch(model, scratch, k))
 		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory in prediction");
 
-	status = ComputeHidden(model, scratch, text, len, errbuf, errlen);
+	status = FastTextHidden(model, scratch, text, len, errbuf, errlen);
 	if (status != TRIAGE_OK || scratch->nrows == 0)
 		return status;
 	hidden = scratch->hidden;
@@ -420,38 +428,18 @@ FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
 			if (isnan(out[i]))
 				return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "model produced NaN");
 		}
-		/* temperature scaling; skipped at 1 so that results stay bit-exact */
-		if (model->temperature != 1.0f)
-			for (int32_t i = 0; i < nlabels; i++)
-				out[i] /= model->temperature;
-		if (model->args.loss == FASTTEXT_LOSS_SOFTMAX)
-		{
-			float		max = out[0],
-						z = 0.0f;
-
-			for (int32_t i = 0; i < nlabels; i++)
-				max = out[i] > max ? out[i] : max;
-			for (int32_t i = 0; i < nlabels; i++)
-			{
-				out[i] = (float) exp((double) (out[i] - max));
-				z += out[i];
-			}
-			for (int32_t i = 0; i < nlabels; i++)
-			{
-				out[i] /= z;
-				/* infinite weights give inf - inf above */
-				if (isnan(out[i]))
-					return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "model produced NaN");
-			}
-		}
-		else
-		{
-			for (int32_t i = 0; i < nlabels; i++)
-				out[i] = TableSigmoid(model, out[i]);
-		}
-		size = FindKBest(out, nlabels, k, threshold, scratch->heap);
+		return FastTextPredictFromScores(model, scratch, out, k, threshold, predictions,
+										 npredictions, errbuf, errlen);
 	}
 
+	return FinishPredictions(model, scratch, size, predictions, npredictions);
+}
+
+/* Sort the k-best heap and turn it into predictions, best first */
+static TriageStatus
+FinishPredictions(const FastTextModel *model, FastTextScratch *scratch, int64_t size,
+				  FastTextPrediction *predictions, int32_t *npredictions)
+{
 	HeapSort(scratch->heap, size);
 	for (int64_t i = 0; i < size; i++)
 	{
@@ -467,6 +455,61 @@ FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
 	}
 	*npredictions = (int32_t) size;
 	return TRIAGE_OK;
+}
+
+/*
+ * The predictions from output-layer scores (logits) of every label, for the
+ * losses with per-label outputs: temperature, softmax or sigmoid, top k.
+ * scores may be scratch->output; the probabilities end up there.
+ */
+TriageStatus
+FastTextPredictFromScores(const FastTextModel *model, FastTextScratch *scratch, const float *scores,
+						  int32_t k, float threshold, FastTextPrediction *predictions,
+						  int32_t *npredictions, char *errbuf, size_t errlen)
+{
+	int32_t		nlabels = model->nlabels;
+	float	   *out = scratch->output;
+	int64_t		size;
+
+	*npredictions = 0;
+	if (k == -1 || k > nlabels)
+		k = nlabels;
+	if (out != scores)
+		memcpy(out, scores, sizeof(float) * (size_t) nlabels);
+	for (int32_t i = 0; i < nlabels; i++)
+		if (isnan(out[i]))
+			return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "model produced NaN");
+	/* temperature scaling; skipped at 1 so that results stay bit-exact */
+	if (model->temperature != 1.0f)
+		for (int32_t i = 0; i < nlabels; i++)
+			out[i] /= model->temperature;
+	if (model->args.loss == FASTTEXT_LOSS_SOFTMAX)
+	{
+		float		max = out[0],
+					z = 0.0f;
+
+		for (int32_t i = 0; i < nlabels; i++)
+			max = out[i] > max ? out[i] : max;
+		for (int32_t i = 0; i < nlabels; i++)
+		{
+			out[i] = (float) exp((double) (out[i] - max));
+			z += out[i];
+		}
+		for (int32_t i = 0; i < nlabels; i++)
+		{
+			out[i] /= z;
+			/* infinite weights give inf - inf above */
+			if (isnan(out[i]))
+				return TriageError(TRIAGE_NUMERIC, errbuf, errlen, "model produced NaN");
+		}
+	}
+	else
+	{
+		for (int32_t i = 0; i < nlabels; i++)
+			out[i] = TableSigmoid(model, out[i]);
+	}
+	size = FindKBest(out, nlabels, k, threshold, scratch->heap);
+	return FinishPredictions(model, scratch, size, predictions, npredictions);
 }
 
 /*

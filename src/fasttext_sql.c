@@ -18,6 +18,7 @@
 #include "utils/memutils.h"
 #include "utils/tuplestore.h"
 
+#include "fasttext_batch.h"
 #include "triage.h"
 
 static const char *
@@ -271,4 +272,94 @@ triage_classify_version(PG_FUNCTION_ARGS)
 				 errmsg("model version %d is invalid", version),
 				 errhint("Versions start at 1; omit the version to use the deployed one.")));
 	return Classify(fcinfo, PG_GETARG_TEXT_PP(0), version, PG_GETARG_TEXT_PP(2));
+}
+
+PG_FUNCTION_INFO_V1(triage_classify_batch);
+
+/*
+ * classify_batch(name, inputs text[]) returns table(ord, label, confidence):
+ * the top label of every input, the output layer computed for all of them
+ * at once with OpenBLAS (fasttext_batch.c).  NULL inputs give NULL labels.
+ */
+Datum
+triage_classify_batch(PG_FUNCTION_ARGS)
+{
+	text	   *name = PG_GETARG_TEXT_PP(0);
+	ArrayType  *inputs = PG_GETARG_ARRAYTYPE_P(1);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CachedModel *model;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			n;
+	const char **texts;
+	size_t	   *lens;
+	float	   *hidden;
+	float	   *scores;
+	FastTextPrediction *predictions;
+	bool	   *found;
+	TupleDesc	tupdesc;
+	Tuplestorestate *store;
+	MemoryContext old;
+	char		errbuf[256];
+	TriageStatus status;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		(rsinfo->allowedModes & SFRM_Materialize) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("triage.classify_batch() must be called where a set can be returned")));
+	if (ARR_NDIM(inputs) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("inputs must be a one-dimensional array")));
+	deconstruct_array(inputs, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &n);
+
+	model = ModelRefGet(fcinfo, name, 0);
+	texts = palloc(sizeof(char *) * Max(n, 1));
+	lens = palloc(sizeof(size_t) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		text	   *t;
+
+		if (elem_nulls[i])
+		{
+			texts[i] = NULL;
+			lens[i] = 0;
+			continue;
+		}
+		t = DatumGetTextPP(elems[i]);
+		texts[i] = VARDATA_ANY(t);
+		lens[i] = VARSIZE_ANY_EXHDR(t);
+	}
+	hidden = palloc_extended(mul_size(Max(n, 1), mul_size(model->fasttext->args.dim, sizeof(float))),
+							 MCXT_ALLOC_HUGE);
+	scores = palloc_extended(mul_size(Max(n, 1), mul_size(model->fasttext->nlabels, sizeof(float))),
+							 MCXT_ALLOC_HUGE);
+	predictions = palloc(sizeof(FastTextPrediction) * Max(n, 1));
+	found = palloc(sizeof(bool) * Max(n, 1));
+	status = FastTextPredictBatch(model->fasttext, &model->scratch, texts, lens, n,
+								  hidden, scores, predictions, found, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, psprintf("model \"%s\" version %d", model->name, model->version));
+
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = CreateTupleDescCopy(tupdesc);
+	store = tuplestore_begin_heap(true, false, work_mem);
+	MemoryContextSwitchTo(old);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, !found[i], !found[i]};
+
+		values[0] = Int32GetDatum(i + 1);
+		values[1] = found[i] ? PointerGetDatum(FastTextLabelText(model->fasttext, predictions[i].label)) : (Datum) 0;
+		values[2] = found[i] ? Float4GetDatum(predictions[i].probability) : (Datum) 0;
+		tuplestore_putvalues(store, tupdesc, values, nulls);
+	}
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = store;
+	rsinfo->setDesc = tupdesc;
+	return (Datum) 0;
 }

@@ -8,6 +8,7 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 
+#include "fasttext_batch.h"
 #include "triage.h"
 
 PG_MODULE_MAGIC;
@@ -25,6 +26,7 @@ void
 _PG_init(void)
 {
 	TriageInterruptHook = CoreCheckForInterrupts;
+	FastTextBatchInit();
 	ModelCacheInit();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("triage");

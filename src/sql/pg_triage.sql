@@ -967,3 +967,12 @@ END;
 $$;
 COMMENT ON FUNCTION triage.calibrate(text, text, real, real) IS
 	'Chooses the policy''s confidence threshold (per label when that escalates fewer rows) from labeled held-out rows: the fewest escalations reaching target_accuracy on kept rows, or the best kept accuracy within max_escalation; stores it and returns the curve.';
+
+-- Batch classification ------------------------------------------------------------
+
+CREATE FUNCTION triage.classify_batch(name text, inputs text[])
+	RETURNS TABLE (ord integer, label text, confidence real)
+	AS 'MODULE_PATHNAME', 'triage_classify_batch'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 1000 ROWS 1000;
+COMMENT ON FUNCTION triage.classify_batch(text, text[]) IS
+	'The top label of every input of an array (ord is the 1-based position), the output layer computed for all at once with OpenBLAS; for models with many labels.';

@@ -215,6 +215,39 @@ SELECT triage.evaluate('heldout', 'SELECT review, score FROM reviews_src WHERE n
 SQL
 )
 
+# OpenBLAS ------------------------------------------------------------------
+# Where it can pay: the output layer of a model with many labels, computed
+# for a batch of rows with one sgemm (triage.classify_batch) instead of row by
+# row (triage.classify).  A 600-label softmax model (the first word of each
+# review as its label), dim 50, and the 2-label model above for contrast; and
+# the kernel alone, loops against OpenBLAS (test/bench/blas_output_layer.c).
+log "bench: OpenBLAS"
+psql_q <<SQL
+\copy (SELECT '__label__' || lower((regexp_split_to_array(btrim(review), '\s+'))[1]) || ' ' || review FROM reviews_src ORDER BY n) TO '$WORK/train_many.txt' WITH (FORMAT csv, QUOTE E'\x01', DELIMITER E'\x02')
+SQL
+fasttext supervised -input "$WORK/train_many.txt" -output "$WORK/many" -dim 50 -wordNgrams 2 \
+	-epoch 5 -bucket 200000 -thread 2 -verbose 0
+psql_q -At -c "SELECT triage.import_fasttext('many', pg_read_binary_file('$WORK/many.bin'))" >/dev/null
+: >"$WORK/blas_times.txt"
+for round in $(seq "$RUNS"); do
+	psql_q -At <<SQL | awk '/^Execution Time/ { print $3 }' | paste -sd ' ' >>"$WORK/blas_times.txt"
+SET max_parallel_workers_per_gather = 0;
+SELECT count(triage.classify('many', 'warm up'));
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF) SELECT count(triage.classify('many', review)) FROM bench_reviews;
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF)
+SELECT count(b.label) FROM (SELECT id / 1000 AS g, array_agg(review) AS a FROM bench_reviews GROUP BY 1) x,
+	   triage.classify_batch('many', x.a) b;
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF) SELECT count(triage.classify('bench', review)) FROM bench_reviews;
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF)
+SELECT count(b.label) FROM (SELECT id / 1000 AS g, array_agg(review) AS a FROM bench_reviews GROUP BY 1) x,
+	   triage.classify_batch('bench', x.a) b;
+SQL
+done
+blas_best() { awk -v c="$1" '{ if (b == "" || $c < b) b = $c } END { printf "%.3f", b / 1000 }' "$WORK/blas_times.txt"; }
+t_many_row=$(blas_best 1); t_many_batch=$(blas_best 2); t_two_row=$(blas_best 3); t_two_batch=$(blas_best 4)
+gcc -O3 -ffp-contract=off "$ROOT/test/bench/blas_output_layer.c" -lopenblas -o "$WORK/blas_output_layer"
+OPENBLAS_NUM_THREADS=1 "$WORK/blas_output_layer" >"$WORK/blas_kernel.txt"
+
 # Report --------------------------------------------------------------------
 row() {	# what, seconds, reference md5 seconds
 	awk -v what="$1" -v s="$2" -v cli="$t_cli" -v md5="$3" -v rows="$ROWS" 'BEGIN {
@@ -260,6 +293,15 @@ describe() {	# mode, workers launched
 		printf "  %-50s %8.3f s\n", "fasttext supervised (2 threads)", f
 		printf "  %-50s %8.3f s   %.2fx the time of fastText\n", "triage.train_fasttext (1 thread)", p, p / f }'
 	echo "  held-out accuracy (every 5th review, trained on the rest): pg_triage $pg_acc, fasttext $ft_acc"
+	echo
+	echo "OpenBLAS: 100,000 rows, serial, best of $RUNS; classify_batch takes arrays of 1,000 rows:"
+	awk -v mr="$t_many_row" -v mb="$t_many_batch" -v tr="$t_two_row" -v tb="$t_two_batch" 'BEGIN {
+		printf "  %-50s %8.3f s\n", "600 labels: triage.classify (row by row)", mr
+		printf "  %-50s %8.3f s   %.2fx faster\n", "600 labels: triage.classify_batch (sgemm)", mb, mr / mb
+		printf "  %-50s %8.3f s\n", "2 labels: triage.classify", tr
+		printf "  %-50s %8.3f s   %.2fx (falls back to row by row)\n", "2 labels: triage.classify_batch", tb, tr / tb }'
+	echo "  the output-layer kernel alone, dim 50 (loops as in training and classify, against OpenBLAS):"
+	sed 's/^/    /' "$WORK/blas_kernel.txt"
 	echo
 	awk -v a="$agree" -v n="$total" -v m="$maxdiff" 'BEGIN {
 		printf "agreement with fasttext predict on %d rows: %d (%.1f%%) same top label; max |probability difference| %s\n",

@@ -1,0 +1,103 @@
+-- Routing policies and the escalation queue
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set v1 :abs_srcdir '/test/data/sentiment_v1.ftz'
+\set csv :abs_srcdir '/test/data/fine_foods_train.csv'
+\set SHOW_CONTEXT never
+CREATE EXTENSION IF NOT EXISTS pg_triage;
+SELECT triage.import_fasttext('router', pg_read_binary_file(:'v1')) AS version;
+
+-- a policy: the model, a threshold, rules
+SELECT triage.create_policy('reviews', 'router', threshold => 0.9,
+       rules => '{"max_length": 200, "escalate_if_matches": "refund|lawyer"}');
+SELECT name, model, labels, thresholds, max_attempts FROM triage.policies;
+
+-- route: the small model's answer and why it is kept or escalated
+SELECT (triage.route('reviews', 'the coffee was stale and bitter, never again')).*;
+SELECT (triage.route('reviews', 'I want a refund for this')).reason;
+SELECT (triage.route('reviews', repeat('tasty ', 50))).reason;
+UPDATE triage.policies SET thresholds = '{"default": 0.5}' WHERE name = 'reviews';
+SELECT (triage.route('reviews', 'the coffee was stale and bitter, never again')).escalate;
+-- the audit sample escalates some confident rows, the same ones every time
+UPDATE triage.policies SET audit_rate = 0.5 WHERE name = 'reviews';
+SELECT count(*) FILTER (WHERE (triage.route('reviews', 'great tea number ' || g)).reason LIKE 'audit%')
+       BETWEEN 5 AND 35 AS some_audited,
+       bool_and((triage.route('reviews', 'great tea number ' || g)).escalate
+                = (triage.route('reviews', 'great tea number ' || g)).escalate) AS deterministic
+  FROM generate_series(1, 40) g;
+UPDATE triage.policies SET audit_rate = 0 WHERE name = 'reviews';
+
+-- calibrate on labeled rows
+CREATE TABLE food (product text, review text, score text);
+COPY food FROM :'csv' WITH (FORMAT csv, HEADER);
+CREATE TABLE heldout AS SELECT row_number() OVER () AS n, review, score FROM food;
+UPDATE triage.policies SET rules = '{}' WHERE name = 'reviews';
+SELECT (c->>'kept_accuracy')::float >= 0.9 AS reaches_target,
+       (c->>'escalation_rate')::float < 1 AS keeps_some,
+       jsonb_array_length(c->'curve') > 5 AS has_curve
+  FROM triage.calibrate('reviews', 'SELECT review, score FROM heldout WHERE n % 4 = 0',
+                        target_accuracy => 0.9) c;
+SELECT (thresholds->>'default')::real > 0.5 AS stored FROM triage.policies WHERE name = 'reviews';
+SELECT (c->>'escalation_rate')::float <= 0.2 AS within_budget
+  FROM triage.calibrate('reviews', 'SELECT review, score FROM heldout WHERE n % 4 = 0',
+                        max_escalation => 0.2) c;
+SELECT triage.calibrate('reviews', 'SELECT review, score FROM heldout');
+SELECT triage.calibrate('reviews', 'SELECT review, score FROM heldout', target_accuracy => 1.5);
+SELECT triage.calibrate('nope', 'SELECT review, score FROM heldout', target_accuracy => 0.9);
+
+-- the queue: enqueue, claim (a lease), complete, fail, release
+CREATE TABLE tickets (id int PRIMARY KEY, body text, label text);
+INSERT INTO tickets VALUES (1, 'stale and bitter', 'other'), (2, 'lovely tea', 'great'),
+                           (3, 'so so', 'great');
+SELECT triage.enqueue('reviews', body, jsonb_build_object('label', label), 'tickets',
+                      jsonb_build_object('id', id), 'test', 'body', 'label')
+  FROM tickets ORDER BY id;
+SELECT id, status, attempts FROM triage.escalations ORDER BY id;
+SELECT id, request->'messages'->1->>'content' LIKE '%Input:' || E'\n' || 'stale and bitter' AS has_input
+  FROM triage.claim('w1', 2, '1 minute') ORDER BY id;
+-- claimed rows are invisible to other claims while the lease lasts: only the third is left
+SELECT count(*) FROM triage.claim('w2', 10, '1 minute');
+-- a valid answer is written to the unchanged source row and becomes an example
+SELECT triage.complete(1, '{"model": "big", "choices": [{"message": {"content": "{\"label\": \"other\"}"}}],
+                            "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55}}');
+-- a second answer for the same row is not applied twice
+SELECT triage.complete(1, '{"choices": [{"message": {"content": "great"}}]}');
+-- an answer that is not one of the labels is a failed attempt, retried later
+SELECT triage.complete(2, '{"choices": [{"message": {"content": "{\"label\": \"banana\"}"}}]}');
+SELECT id, status, attempts, outcome, answer->>'label' AS answer, error FROM triage.escalations ORDER BY id;
+SELECT id, label FROM tickets ORDER BY id;
+SELECT model, input, label, source FROM triage.examples;
+-- a bare label is accepted; the source row changed meanwhile is left alone
+UPDATE triage.escalations SET visible_at = now() WHERE id IN (2, 3);
+SELECT count(*) FROM triage.claim('w1', 10, '1 minute');
+UPDATE tickets SET body = 'edited by a person' WHERE id = 3;
+SELECT triage.complete(3, '{"choices": [{"message": {"content": "great"}}]}');
+SELECT triage.complete(2, '{"choices": [{"message": {"content": "\"great\""}}]}');
+SELECT id, status, outcome FROM triage.escalations ORDER BY id;
+SELECT id, body, label FROM tickets ORDER BY id;
+-- failures back off and end in the dead letter state after max_attempts
+UPDATE triage.policies SET max_attempts = 2 WHERE name = 'reviews';
+SELECT triage.enqueue('reviews', 'doomed') AS doomed \gset
+SELECT count(*) FROM triage.claim('w1', 10, '1 minute');
+SELECT triage.fail(:doomed, 'HTTP 500', '0 seconds');
+SELECT count(*) FROM triage.claim('w1', 10, '1 minute');
+SELECT triage.fail(:doomed, 'HTTP 500');
+SELECT status, attempts, error FROM triage.escalations WHERE id = :doomed;
+-- release gives a lease back without counting an attempt
+SELECT triage.enqueue('reviews', 'released') AS rel \gset
+SELECT count(*) FROM triage.claim('w1', 10, '1 minute');
+SELECT triage.release(:rel);
+SELECT status, attempts FROM triage.escalations WHERE id = :rel;
+-- an expired lease comes back, counted as an attempt
+SELECT count(*) FROM triage.claim('w1', 10, '1 millisecond');
+SELECT pg_sleep(0.01);
+SELECT count(*) FROM triage.claim('w2', 10, '1 minute');
+SELECT status, attempts, claimed_by FROM triage.escalations WHERE id = :rel;
+
+-- bad input
+SELECT triage.enqueue('nope', 'x');
+SELECT triage.route('nope', 'x');
+SELECT triage.claim('w1', 0);
+SELECT triage.complete(999999, '{}');
+SELECT triage.create_policy('p2', 'no_such_model');
+SELECT triage.heartbeat('w1', 'host', 42, 3, 1);
+SELECT name, host, pid, jobs_done, jobs_failed FROM triage.workers;

@@ -1,0 +1,524 @@
+/*-------------------------------------------------------------------------
+ *
+ * config.c
+ *	  triage-worker's options: command line, environment, the help text and
+ *	  the API key.
+ *
+ * Every option can also come from a TRIAGE_* environment variable; a flag
+ * wins over its variable.  The API key itself is never an option, so that it
+ * cannot show in ps: it is read from a named environment variable or a file.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "triage_worker.h"
+
+#define MAX_API_KEY 4096
+
+static const char *help_text =
+"NAME\n"
+"    triage-worker - answer pg_triage escalations with a large language model\n"
+"\n"
+"SYNOPSIS\n"
+"    triage-worker --dsn CONNSTR --base-url URL --model NAME\n"
+"                  [--api-key-env VAR | --api-key-file PATH]\n"
+"                  [--concurrency N] [--rps R] [--tpm N] [--timeout SECONDS]\n"
+"                  [--max-attempts N] [--policy NAME] [--name WORKER_NAME]\n"
+"                  [--batch N] [--visibility SECONDS] [--log-file PATH]\n"
+"                  [--once] [--help] [--version]\n"
+"\n"
+"DESCRIPTION\n"
+"    triage-worker takes escalated rows from the pg_triage queue with\n"
+"    triage.claim(), posts each row's request to the OpenAI-compatible\n"
+"    endpoint URL/chat/completions with \"model\" set to NAME, and hands the\n"
+"    reply, unparsed, to triage.complete(), which validates the answer,\n"
+"    writes it to the source row and records a training example.  Failed\n"
+"    tries go to triage.fail(), which retries with backoff and dead-letters\n"
+"    a job after its policy's max_attempts.\n"
+"\n"
+"    Requests run in parallel, up to --concurrency at a time, within the\n"
+"    --rps and --tpm limits.  A 429 or 5xx reply, a timeout or a broken\n"
+"    reply counts as a failed try, retried after the Retry-After the\n"
+"    endpoint sent.  Failures that are not a job's fault (connection\n"
+"    refused, unknown host, 401, 403, 404, or five 5xx replies or timeouts\n"
+"    in a row) open a circuit breaker: the worker gives its unstarted jobs\n"
+"    back without counting an attempt, stops claiming, waits (1 s doubling\n"
+"    to 60 s, with jitter) and sends one request before resuming.\n"
+"\n"
+"    When nothing is claimable the worker sleeps until NOTIFY\n"
+"    triage_escalations or a few seconds pass.  It reconnects, with backoff,\n"
+"    when the database restarts.  It reports itself in triage.workers\n"
+"    through triage.heartbeat() every 10 seconds.\n"
+"\n"
+"    SIGTERM or SIGINT: stop claiming, let requests in flight finish (up to\n"
+"    --timeout), give the rest back, exit 0; a second signal gives\n"
+"    everything back at once.  SIGHUP: reopen the log file and re-read the\n"
+"    API key file.\n"
+"\n"
+"    Each job's outcome is one line of the log, in logfmt:\n"
+"        ts=... level=info job=123 outcome=done http=200 ms=532 tokens=81\n"
+"    outcome is done, invalid (the server rejected the answer and counted a\n"
+"    failed try), retry, dead, stale (the lease was lost) or released.\n"
+"\n"
+"OPTIONS\n"
+"    --dsn CONNSTR\n"
+"        libpq connection string or URI of the database with pg_triage.\n"
+"        Prefer a password file (PGPASSFILE) to a password in CONNSTR,\n"
+"        which ps would show.\n"
+"    --base-url URL\n"
+"        The endpoint's base URL, e.g. https://api.openai.com/v1.\n"
+"    --model NAME\n"
+"        The \"model\" of every request.\n"
+"    --api-key-env VAR\n"
+"        Read the API key from the environment variable VAR.\n"
+"    --api-key-file PATH\n"
+"        Read the API key from PATH (surrounding white space is ignored);\n"
+"        re-read on SIGHUP.  Without either option no Authorization header\n"
+"        is sent.  The key is never logged.\n"
+"    --concurrency N\n"
+"        Requests in flight at most (default 4).\n"
+"    --rps R\n"
+"        Requests per second at most, R may be fractional (default:\n"
+"        unlimited).\n"
+"    --tpm N\n"
+"        Tokens per minute at most, estimated from the usage the endpoint\n"
+"        reported for earlier requests, at first from a request's length / 4\n"
+"        (default: unlimited).\n"
+"    --timeout SECONDS\n"
+"        Time limit of one request (default 60).\n"
+"    --max-attempts N\n"
+"        Accepted for compatibility and logged; the policy's max_attempts\n"
+"        decides when a job is dead-lettered.\n"
+"    --policy NAME\n"
+"        Claim only this policy's jobs (default: every policy's).\n"
+"    --name WORKER_NAME\n"
+"        The name in triage.workers and in the leases (default HOST:PID).\n"
+"    --batch N\n"
+"        Jobs claimed at most per call of triage.claim() (default: the\n"
+"        concurrency).\n"
+"    --visibility SECONDS\n"
+"        How long a claimed job stays leased to this worker (default 300);\n"
+"        if the worker dies, another one may take the job after that.  Keep\n"
+"        it well above --timeout.\n"
+"    --log-file PATH\n"
+"        Append the log to PATH instead of standard error; reopened on\n"
+"        SIGHUP.\n"
+"    --once\n"
+"        Drain the jobs claimable now, then exit.  A job to be retried later is\n"
+"        left to the next run.\n"
+"    --help\n"
+"        Print this text and exit.\n"
+"    --version\n"
+"        Print the version and exit.\n"
+"\n"
+"ENVIRONMENT\n"
+"    TRIAGE_DSN, TRIAGE_BASE_URL, TRIAGE_MODEL, TRIAGE_API_KEY_ENV,\n"
+"    TRIAGE_API_KEY_FILE, TRIAGE_CONCURRENCY, TRIAGE_RPS, TRIAGE_TPM,\n"
+"    TRIAGE_TIMEOUT, TRIAGE_MAX_ATTEMPTS, TRIAGE_POLICY, TRIAGE_NAME,\n"
+"    TRIAGE_BATCH, TRIAGE_VISIBILITY, TRIAGE_LOG_FILE, TRIAGE_ONCE (1, true\n"
+"    or yes)\n"
+"        Defaults of the options of the same names; a flag wins.\n"
+"    PGHOST, PGPORT, PGUSER, PGPASSFILE, ...\n"
+"        As for every libpq client.\n"
+"\n"
+"EXIT STATUS\n"
+"    0   --once found nothing more to claim, or a signal stopped the worker\n"
+"    1   a fatal error: the API key cannot be read, pg_triage is missing or\n"
+"        not allowed, the log cannot be opened, or with --once the endpoint\n"
+"        refused the key (401, 403)\n"
+"    2   bad usage\n"
+"\n"
+"EXAMPLES\n"
+"    OPENAI_API_KEY=... triage-worker --dsn 'dbname=shop' \\\n"
+"        --base-url https://api.openai.com/v1 --model gpt-4o-mini \\\n"
+"        --api-key-env OPENAI_API_KEY --concurrency 8 --rps 5 --tpm 200000\n"
+"\n"
+"    triage-worker --dsn postgresql://triage@db/shop \\\n"
+"        --base-url http://127.0.0.1:8000/v1 --model llama3 --once\n";
+
+static void usage_error(const char *fmt,...)
+			__attribute__((format(printf, 1, 2), noreturn));
+
+static void
+usage_error(const char *fmt,...)
+{
+	va_list		ap;
+
+	fprintf(stderr, "triage-worker: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry \"triage-worker --help\" for more information.\n");
+	exit(EXIT_USAGE);
+}
+
+/* what: the option or variable, for the message */
+static long
+parse_long(const char *value, const char *what, long min, long max)
+{
+	char	   *end;
+	long		v;
+
+	errno = 0;
+	v = strtol(value, &end, 10);
+	if (errno != 0 || end == value || *end != '\0' || v < min || v > max)
+		usage_error("invalid value \"%s\" for %s (an integer from %ld to %ld)",
+					value, what, min, max);
+	return v;
+}
+
+static double
+parse_double(const char *value, const char *what, double min, double max)
+{
+	char	   *end;
+	double		v;
+
+	errno = 0;
+	v = strtod(value, &end);
+	if (errno != 0 || end == value || *end != '\0' || !isfinite(v) || v < min || v > max)
+		usage_error("invalid value \"%s\" for %s (a number from %g to %g)",
+					value, what, min, max);
+	return v;
+}
+
+static bool
+parse_bool(const char *value, const char *what)
+{
+	if (strcmp(value, "1") == 0 || strcasecmp(value, "true") == 0 ||
+		strcasecmp(value, "yes") == 0 || strcasecmp(value, "on") == 0)
+		return true;
+	if (strcmp(value, "0") == 0 || strcasecmp(value, "false") == 0 ||
+		strcasecmp(value, "no") == 0 || strcasecmp(value, "off") == 0 || value[0] == '\0')
+		return false;
+	usage_error("invalid value \"%s\" for %s (1, true, yes, 0, false or no)", value, what);
+}
+
+enum
+{
+	OPT_DSN = 256,
+	OPT_BASE_URL,
+	OPT_MODEL,
+	OPT_API_KEY_ENV,
+	OPT_API_KEY_FILE,
+	OPT_CONCURRENCY,
+	OPT_RPS,
+	OPT_TPM,
+	OPT_TIMEOUT,
+	OPT_MAX_ATTEMPTS,
+	OPT_POLICY,
+	OPT_NAME,
+	OPT_BATCH,
+	OPT_VISIBILITY,
+	OPT_LOG_FILE,
+	OPT_ONCE,
+	OPT_HELP,
+	OPT_VERSION
+};
+
+/* Each option, its environment variable and the flag, in one table */
+static const struct
+{
+	int			code;
+	const char *env;
+	const char *flag;
+}			option_names[] =
+{
+	{OPT_DSN, "TRIAGE_DSN", "--dsn"},
+	{OPT_BASE_URL, "TRIAGE_BASE_URL", "--base-url"},
+	{OPT_MODEL, "TRIAGE_MODEL", "--model"},
+	{OPT_API_KEY_ENV, "TRIAGE_API_KEY_ENV", "--api-key-env"},
+	{OPT_API_KEY_FILE, "TRIAGE_API_KEY_FILE", "--api-key-file"},
+	{OPT_CONCURRENCY, "TRIAGE_CONCURRENCY", "--concurrency"},
+	{OPT_RPS, "TRIAGE_RPS", "--rps"},
+	{OPT_TPM, "TRIAGE_TPM", "--tpm"},
+	{OPT_TIMEOUT, "TRIAGE_TIMEOUT", "--timeout"},
+	{OPT_MAX_ATTEMPTS, "TRIAGE_MAX_ATTEMPTS", "--max-attempts"},
+	{OPT_POLICY, "TRIAGE_POLICY", "--policy"},
+	{OPT_NAME, "TRIAGE_NAME", "--name"},
+	{OPT_BATCH, "TRIAGE_BATCH", "--batch"},
+	{OPT_VISIBILITY, "TRIAGE_VISIBILITY", "--visibility"},
+	{OPT_LOG_FILE, "TRIAGE_LOG_FILE", "--log-file"},
+	{OPT_ONCE, "TRIAGE_ONCE", "--once"},
+};
+
+/* Applies one option; what names its source for error messages */
+static void
+set_option(WorkerConfig *cfg, int code, const char *value, const char *what)
+{
+	switch (code)
+	{
+		case OPT_DSN:
+			cfg->dsn = strdup(value);
+			break;
+		case OPT_BASE_URL:
+			cfg->base_url = strdup(value);
+			break;
+		case OPT_MODEL:
+			cfg->model = strdup(value);
+			break;
+		case OPT_API_KEY_ENV:
+			cfg->api_key_env = value[0] ? strdup(value) : NULL;
+			break;
+		case OPT_API_KEY_FILE:
+			cfg->api_key_file = value[0] ? strdup(value) : NULL;
+			break;
+		case OPT_CONCURRENCY:
+			cfg->concurrency = (int) parse_long(value, what, 1, 1000);
+			break;
+		case OPT_RPS:
+			cfg->rps = parse_double(value, what, 0, 1e6);
+			break;
+		case OPT_TPM:
+			cfg->tpm = parse_long(value, what, 0, LONG_MAX / 2);
+			break;
+		case OPT_TIMEOUT:
+			cfg->timeout = parse_double(value, what, 0.1, 86400);
+			break;
+		case OPT_MAX_ATTEMPTS:
+			cfg->max_attempts = (int) parse_long(value, what, 1, 100);
+			break;
+		case OPT_POLICY:
+			cfg->policy = value[0] ? strdup(value) : NULL;
+			break;
+		case OPT_NAME:
+			cfg->name = value[0] ? strdup(value) : NULL;
+			break;
+		case OPT_BATCH:
+			cfg->batch = (int) parse_long(value, what, 1, 10000);
+			break;
+		case OPT_VISIBILITY:
+			cfg->visibility = parse_double(value, what, 1, 7 * 86400);
+			break;
+		case OPT_LOG_FILE:
+			cfg->log_file = value[0] ? strdup(value) : NULL;
+			break;
+		case OPT_ONCE:
+			cfg->once = parse_bool(value, what);
+			break;
+	}
+}
+
+/*
+ * Fills cfg from the environment, then the command line; exits 0 after
+ * --help or --version and 2 on bad usage.
+ */
+void
+config_parse(WorkerConfig *cfg, int argc, char **argv)
+{
+	static const struct option long_options[] = {
+		{"dsn", required_argument, NULL, OPT_DSN},
+		{"base-url", required_argument, NULL, OPT_BASE_URL},
+		{"model", required_argument, NULL, OPT_MODEL},
+		{"api-key-env", required_argument, NULL, OPT_API_KEY_ENV},
+		{"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
+		{"concurrency", required_argument, NULL, OPT_CONCURRENCY},
+		{"rps", required_argument, NULL, OPT_RPS},
+		{"tpm", required_argument, NULL, OPT_TPM},
+		{"timeout", required_argument, NULL, OPT_TIMEOUT},
+		{"max-attempts", required_argument, NULL, OPT_MAX_ATTEMPTS},
+		{"policy", required_argument, NULL, OPT_POLICY},
+		{"name", required_argument, NULL, OPT_NAME},
+		{"batch", required_argument, NULL, OPT_BATCH},
+		{"visibility", required_argument, NULL, OPT_VISIBILITY},
+		{"log-file", required_argument, NULL, OPT_LOG_FILE},
+		{"once", no_argument, NULL, OPT_ONCE},
+		{"help", no_argument, NULL, OPT_HELP},
+		{"version", no_argument, NULL, OPT_VERSION},
+		{NULL, 0, NULL, 0}
+	};
+	bool		key_env_flag = false;
+	bool		key_file_flag = false;
+	size_t		i;
+	int			c;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->concurrency = 4;
+	cfg->timeout = 60;
+	cfg->visibility = 300;
+
+	for (i = 0; i < sizeof(option_names) / sizeof(option_names[0]); i++)
+	{
+		const char *value = getenv(option_names[i].env);
+
+		if (value != NULL)
+			set_option(cfg, option_names[i].code, value, option_names[i].env);
+	}
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "", long_options, NULL)) != -1)
+	{
+		switch (c)
+		{
+			case OPT_HELP:
+				fputs(help_text, stdout);
+				exit(0);
+			case OPT_VERSION:
+				printf("triage-worker %s (%s)\n", WORKER_VERSION, curl_version());
+				exit(0);
+			case OPT_ONCE:
+				cfg->once = true;
+				break;
+			case '?':
+				if (optopt != 0)
+					usage_error("option \"%s\" needs a value", argv[optind - 1]);
+				usage_error("unknown option \"%s\"", argv[optind - 1]);
+			default:
+				for (i = 0; i < sizeof(option_names) / sizeof(option_names[0]); i++)
+					if (option_names[i].code == c)
+						set_option(cfg, c, optarg, option_names[i].flag);
+				if (c == OPT_API_KEY_ENV)
+					key_env_flag = true;
+				if (c == OPT_API_KEY_FILE)
+					key_file_flag = true;
+				break;
+		}
+	}
+	if (optind < argc)
+		usage_error("unexpected argument \"%s\"", argv[optind]);
+
+	/* a flag for one source of the key overrides the variable of the other */
+	if (key_env_flag && !key_file_flag)
+		cfg->api_key_file = NULL;
+	if (key_file_flag && !key_env_flag)
+		cfg->api_key_env = NULL;
+	if (cfg->api_key_env && cfg->api_key_file)
+		usage_error("%s", "--api-key-env and --api-key-file cannot be used together");
+
+	if (cfg->dsn == NULL)
+		usage_error("%s", "--dsn (or TRIAGE_DSN) is required");
+	if (cfg->base_url == NULL || cfg->base_url[0] == '\0')
+		usage_error("%s", "--base-url (or TRIAGE_BASE_URL) is required");
+	if (cfg->model == NULL || cfg->model[0] == '\0')
+		usage_error("%s", "--model (or TRIAGE_MODEL) is required");
+	if (strncmp(cfg->base_url, "http://", 7) != 0 && strncmp(cfg->base_url, "https://", 8) != 0)
+		usage_error("--base-url must start with http:// or https://, not \"%s\"", cfg->base_url);
+
+	/* accept both ".../v1" and ".../v1/" */
+	{
+		size_t		len = strlen(cfg->base_url);
+
+		while (len > 0 && cfg->base_url[len - 1] == '/')
+			cfg->base_url[--len] = '\0';
+		cfg->url = malloc(len + sizeof("/chat/completions"));
+		if (cfg->url == NULL)
+			usage_error("%s", "out of memory");
+		memcpy(cfg->url, cfg->base_url, len);
+		strcpy(cfg->url + len, "/chat/completions");
+	}
+	cfg->model_json = json_string(cfg->model);
+
+	if (cfg->batch == 0)
+		cfg->batch = cfg->concurrency;
+	if (cfg->name == NULL)
+	{
+		char		host[200];
+		char		name[256];
+
+		if (gethostname(host, sizeof(host)) != 0)
+			strcpy(host, "localhost");
+		host[sizeof(host) - 1] = '\0';
+		snprintf(name, sizeof(name), "%s:%d", host, (int) getpid());
+		cfg->name = strdup(name);
+	}
+}
+
+/*
+ * Reads the API key named by the configuration into *key (malloc'd; NULL
+ * when no source is configured).  Returns false with a message in err when
+ * the source is configured but unusable.  The key is never part of err.
+ */
+bool
+load_api_key(const WorkerConfig *cfg, char **key, char *err, size_t errlen)
+{
+	char		buf[MAX_API_KEY + 2];
+	size_t		len;
+	size_t		start;
+
+	*key = NULL;
+	if (cfg->api_key_env)
+	{
+		const char *value = getenv(cfg->api_key_env);
+
+		if (value == NULL || value[0] == '\0')
+		{
+			snprintf(err, errlen, "environment variable %s (from --api-key-env) is not set",
+					 cfg->api_key_env);
+			return false;
+		}
+		len = strlen(value);
+		if (len > MAX_API_KEY)
+		{
+			snprintf(err, errlen, "the API key in %s is longer than %d bytes",
+					 cfg->api_key_env, MAX_API_KEY);
+			return false;
+		}
+		memcpy(buf, value, len);
+	}
+	else if (cfg->api_key_file)
+	{
+		FILE	   *f = fopen(cfg->api_key_file, "r");
+
+		if (f == NULL)
+		{
+			snprintf(err, errlen, "could not open API key file \"%s\": %s",
+					 cfg->api_key_file, strerror(errno));
+			return false;
+		}
+		len = fread(buf, 1, sizeof(buf) - 1, f);
+		if (ferror(f))
+		{
+			snprintf(err, errlen, "could not read API key file \"%s\": %s",
+					 cfg->api_key_file, strerror(errno));
+			fclose(f);
+			return false;
+		}
+		fclose(f);
+		if (len > MAX_API_KEY)
+		{
+			snprintf(err, errlen, "API key file \"%s\" is longer than %d bytes",
+					 cfg->api_key_file, MAX_API_KEY);
+			return false;
+		}
+	}
+	else
+		return true;
+
+	/* a key file usually ends in a newline, and a header must not */
+	while (len > 0 && isspace((unsigned char) buf[len - 1]))
+		len--;
+	for (start = 0; start < len && isspace((unsigned char) buf[start]); start++)
+		;
+	buf[len] = '\0';
+	if (start == len)
+	{
+		snprintf(err, errlen, "the API key is empty");
+		return false;
+	}
+	for (size_t i = start; i < len; i++)
+	{
+		if ((unsigned char) buf[i] < 0x21 || (unsigned char) buf[i] == 0x7f)
+		{
+			memset(buf, 0, sizeof(buf));
+			snprintf(err, errlen, "the API key contains white space or control characters");
+			return false;
+		}
+	}
+	*key = strdup(buf + start);
+	memset(buf, 0, sizeof(buf));
+	if (*key == NULL)
+	{
+		snprintf(err, errlen, "out of memory");
+		return false;
+	}
+	return true;
+}
