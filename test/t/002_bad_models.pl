@@ -29,7 +29,9 @@ if (!$ENV{PG_REGRESS})
 }
 
 my $corpus = abs_path(dirname(abs_path(__FILE__)) . '/../fuzz/corpus');
-my @bases = sort map { basename($_) } grep { !/skipgram/ } glob("$corpus/*.bin $corpus/*.ftz");
+# int8.bin uses pg_triage's own matrix layout, which the structure walker
+# below does not know; the standalone fuzzer mutates it (test/run-tests.sh)
+my @bases = sort map { basename($_) } grep { !/skipgram|int8/ } glob("$corpus/*.bin $corpus/*.ftz");
 my $skipgram = "$corpus/skipgram.bin";
 plan skip_all => "no models in $corpus (run test/fuzz/make_corpus.sh)" if !@bases;
 

@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""A stub OpenAI-compatible chat-completions server for pg_triage's tests.
+
+It answers from a gold table (the right label of each input) and can
+misbehave on purpose, so that triage-worker's retries, circuit breaker and
+timeouts can be tested without a real model.  Standard library only; it
+binds 127.0.0.1 only.
+
+    stub_llm.py --gold gold.jsonl [--port 0] [--mode 429:5,500:0.1] ...
+
+Gold file: JSON lines {"input": ..., "label": ...} (optionally "fields": {...}
+to answer {"fields": ...}, and "mode": a mode this input always gets), or a
+CSV file with a header row input,label.
+
+The input is what follows the last "Input:" line of the request's last user
+message (triage.build_request puts the row there), else the whole message.
+
+Modes (--mode, comma-separated NAME[:VALUE[:SECONDS]]); a VALUE of 1 or more
+without a decimal point is a count (the first N requests get it), anything
+else a share of the requests:
+    ok              answer right (the default)
+    429:N           429 with Retry-After: 1 (--retry-after) for the first N
+                    requests
+    500:P           500 for a share P of the requests
+    slow:P[:S]      sleep S seconds (--slow-seconds, default 5), then answer
+    malformed:P     200 with a body that is not JSON
+    truncated:P     Content-Length larger than the body sent, then close
+    wronglabel:P    a label that is not in the gold set
+    bare:P          the content is the bare label, not JSON
+    401             every request (also without a matching --api-key)
+--error-rate P answers a share P with another label of the gold set.
+
+GET /stats returns the counts of requests per outcome as JSON.  The server
+stops by itself after --max-seconds, and on SIGTERM or SIGINT.
+"""
+
+import argparse
+import csv
+import json
+import random
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MODES = ("ok", "429", "500", "slow", "malformed", "truncated", "wronglabel", "bare", "401")
+
+
+def load_gold(path):
+    """Returns {input: row} where row has label and maybe fields and mode."""
+    gold = {}
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".csv") or not text.lstrip().startswith("{"):
+        for row in csv.DictReader(text.splitlines()):
+            gold[row["input"].strip()] = {"label": row["label"]}
+    else:
+        for line in text.splitlines():
+            if line.strip():
+                row = json.loads(line)
+                gold[row["input"].strip()] = row
+    if not gold:
+        sys.exit("stub_llm: the gold file has no rows")
+    return gold
+
+
+def parse_modes(spec, slow_seconds):
+    """[(name, kind, value, seconds)]: kind is 'count', 'share' or 'all'."""
+    modes = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        parts = item.split(":")
+        name = parts[0]
+        if name not in MODES:
+            sys.exit(f"stub_llm: unknown mode {name!r} (one of {', '.join(MODES)})")
+        seconds = float(parts[2]) if len(parts) > 2 else slow_seconds
+        if name in ("ok", "401") and len(parts) == 1:
+            modes.append((name, "all", 1.0, seconds))
+        elif len(parts) == 1:
+            sys.exit(f"stub_llm: mode {name} needs a count or a share, e.g. {name}:0.2")
+        elif "." not in parts[1] and int(parts[1]) >= 1:
+            modes.append((name, "count", int(parts[1]), seconds))
+        else:
+            modes.append((name, "share", float(parts[1]), seconds))
+    return modes
+
+
+def words(text):
+    return len(str(text).split())
+
+
+class Stub:
+    """The state shared by the handler threads."""
+
+    def __init__(self, args):
+        self.args = args
+        self.gold = load_gold(args.gold)
+        self.labels = sorted({row["label"] for row in self.gold.values() if "label" in row})
+        self.modes = parse_modes(args.mode, args.slow_seconds)
+        self.random = random.Random(args.seed)
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "models": {},
+                      "unknown_input": 0, "wrong": 0, "bad_request": 0}
+        for m in MODES:
+            self.stats[m] = 0
+        self.count_used = {}
+
+    def pick(self, row):
+        """The mode of this request (and its seconds), counting it."""
+        with self.lock:
+            self.requests += 1
+            if row is not None and row.get("mode"):
+                return row["mode"], self.args.slow_seconds
+            draw = self.random.random()
+            cumulative = 0.0
+            for name, kind, value, seconds in self.modes:
+                if kind == "all":
+                    return name, seconds
+                if kind == "count":
+                    used = self.count_used.get(name, 0)
+                    if used < value:
+                        self.count_used[name] = used + 1
+                        return name, seconds
+                    continue
+                cumulative += value
+                if draw < cumulative:
+                    return name, seconds
+            return "ok", self.args.slow_seconds
+
+    def count(self, key, by=1):
+        with self.lock:
+            self.stats[key] = self.stats.get(key, 0) + by
+
+    def wrong(self):
+        with self.lock:
+            return self.random.random() < self.args.error_rate
+
+
+def find_input(messages):
+    """The row's text in the last user message, and that message."""
+    content = ""
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content") or ""
+    if isinstance(content, list):  # content parts
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    marker = "Input:\n"
+    at = content.rfind(marker)
+    if at >= 0:
+        return content[at + len(marker):].strip(), content
+    return content.strip(), content
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "stub_llm/1"
+
+    def log_message(self, fmt, *args):
+        if self.server.stub.args.verbose:
+            sys.stderr.write("stub_llm: " + (fmt % args) + "\n")
+
+    def send_json(self, status, obj, headers=()):
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def error_reply(self, status, message, kind, headers=()):
+        self.send_json(status, {"error": {"message": message, "type": kind}}, headers)
+
+    def do_GET(self):
+        stub = self.server.stub
+        if self.path.rstrip("/") == "/stats":
+            with stub.lock:
+                self.send_json(200, stub.stats)
+        elif self.path.rstrip("/") in ("/v1/models", "/models"):
+            self.send_json(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+        else:
+            self.error_reply(404, "not found", "invalid_request_error")
+
+    def do_POST(self):
+        stub = self.server.stub
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+        except (ValueError, OSError):
+            self.close_connection = True
+            return
+        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            self.error_reply(404, f"no route {self.path}", "invalid_request_error")
+            return
+        stub.count("in_flight")
+        with stub.lock:
+            stub.stats["max_in_flight"] = max(stub.stats["max_in_flight"], stub.stats["in_flight"])
+        try:
+            self.chat(stub, raw)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        finally:
+            stub.count("in_flight", -1)
+
+    def chat(self, stub, raw):
+        stub.count("requests")
+        args = stub.args
+        auth = self.headers.get("Authorization", "")
+        try:
+            req = json.loads(raw)
+            messages = req["messages"]
+            model = req["model"]
+            if not isinstance(model, str) or not isinstance(messages, list):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            stub.count("bad_request")
+            self.error_reply(400, "the body needs a model and messages", "invalid_request_error")
+            return
+        with stub.lock:
+            stub.stats["models"][model] = stub.stats["models"].get(model, 0) + 1
+
+        text, content = find_input(messages)
+        row = stub.gold.get(text) or stub.gold.get(content.strip())
+        mode, seconds = stub.pick(row)
+        if args.api_key is not None and auth != f"Bearer {args.api_key}":
+            mode = "401"
+        stub.count(mode)
+
+        if mode == "401":
+            self.error_reply(401, "Incorrect API key provided.", "invalid_request_error")
+            return
+        if mode == "429":
+            self.error_reply(429, "Rate limit reached, try again later.", "rate_limit_error",
+                             [("Retry-After", str(args.retry_after))])
+            return
+        if mode == "500":
+            self.error_reply(500, "The server had an error.", "server_error")
+            return
+        if mode == "slow":
+            time.sleep(seconds)
+        if mode == "malformed":
+            body = b'{"choices": [{"message": {"content": "{\\"label\\": '
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+
+        if row is None:
+            stub.count("unknown_input")
+            label = stub.labels[0]
+        else:
+            label = row.get("label")
+        if label is not None and stub.wrong() and len(stub.labels) > 1:
+            stub.count("wrong")
+            label = stub.random.choice([x for x in stub.labels if x != label])
+        if mode == "wronglabel":
+            label = "not-a-label-" + str(stub.requests)
+        if mode == "bare":
+            answer = str(label)
+        elif row is not None and row.get("fields") is not None:
+            answer = json.dumps({"fields": row["fields"]})
+        else:
+            answer = json.dumps({"label": label})
+
+        prompt_tokens = round(sum(words(m.get("content", "")) for m in messages
+                                  if isinstance(m, dict)) * 1.3)
+        completion_tokens = max(1, round(words(answer) * 1.3))
+        reply = {
+            "id": f"chatcmpl-stub-{stub.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": answer}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+        if mode == "truncated":
+            body = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body) + 100))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_json(200, reply)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, default=0, help="0: pick one and print it")
+    p.add_argument("--gold", required=True, help="JSON lines or CSV of input,label")
+    p.add_argument("--mode", default="ok", help="comma-separated modes, see above")
+    p.add_argument("--error-rate", type=float, default=0.0, help="share of wrong labels")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--slow-seconds", type=float, default=5.0)
+    p.add_argument("--retry-after", default="1", help="the Retry-After of a 429")
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY")
+    p.add_argument("--max-seconds", type=float, default=600)
+    p.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    args = p.parse_args()
+
+    stub = Stub(args)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    server.stub = stub
+    print(f"listening on {server.server_address[1]}", flush=True)
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              daemon=True)
+    thread.start()
+    done.wait(args.max_seconds)
+    server.shutdown()
+    server.server_close()
+
+
+if __name__ == "__main__":
+    main()
