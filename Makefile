@@ -53,6 +53,8 @@ PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_con
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(PGXS),)
 include $(PGXS)
+# triage-worker: built, installed and cleaned with the extension
+include src/worker/Makefile.worker
 else
 # Before "make deps" has installed the server headers, only our own targets work
 all install:

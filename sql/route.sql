@@ -101,3 +101,48 @@ SELECT triage.complete(999999, '{}');
 SELECT triage.create_policy('p2', 'no_such_model');
 SELECT triage.heartbeat('w1', 'host', 42, 3, 1);
 SELECT name, host, pid, jobs_done, jobs_failed FROM triage.workers;
+
+-- attach: rows inserted (COPY included) and inputs updated are routed
+UPDATE triage.policies SET thresholds = '{"default": 0.9}', max_attempts = 5 WHERE name = 'reviews';
+CREATE TABLE inbox (id bigserial PRIMARY KEY, body text, label text);
+SELECT triage.attach('inbox', 'body', 'label', 'reviews');
+INSERT INTO inbox (body) VALUES ('the coffee was stale and bitter, never again'), ('it was ok'), (NULL);
+COPY inbox (body) FROM STDIN;
+absolutely delicious, my kids love these snacks
+arrived broken
+\.
+SELECT id, body, label FROM inbox ORDER BY id;
+SELECT input, reason LIKE 'confidence%' AS by_confidence, small_answer ? 'label' AS has_small_answer
+  FROM triage.escalations WHERE source = 'inbox'::regclass ORDER BY id;
+-- an update of the input routes the row again; other updates do not
+UPDATE inbox SET body = 'wonderful tea, will buy again' WHERE id = 2;
+UPDATE inbox SET label = 'other' WHERE id = 1;
+SELECT id, body, label FROM inbox WHERE id IN (1, 2) ORDER BY id;
+SELECT triage.detach('inbox', 'label');
+INSERT INTO inbox (body) VALUES ('not routed any more');
+SELECT label IS NULL AS not_routed FROM inbox WHERE body = 'not routed any more';
+-- attach checks the table
+CREATE TABLE nokey (body text, label text);
+SELECT triage.attach('nokey', 'body', 'label', 'reviews');
+CREATE TABLE numbers (id int PRIMARY KEY, body int, label text);
+SELECT triage.attach('numbers', 'body', 'label', 'reviews');
+SELECT triage.attach('inbox', 'nope', 'label', 'reviews');
+SELECT triage.attach('inbox', 'body', 'label', 'nope');
+
+-- process_table: batches, committed one by one, resumable
+CREATE TABLE backlog (id int PRIMARY KEY, body text, label text);
+INSERT INTO backlog SELECT n, review, NULL FROM heldout WHERE n <= 500;
+CALL triage.process_table('backlog', 'body', 'label', 'reviews', 200);
+SELECT count(*) FILTER (WHERE label IS NULL) AS without_label, count(*) FROM backlog;
+SELECT source, rows_done, rows_total, finished, rows_per_second > 0 AS has_rate FROM triage.process_progress;
+-- a second run finds nothing left to do
+CALL triage.process_table('backlog', 'body', 'label', 'reviews', 200);
+SELECT rows_done, rows_total FROM triage.process_progress WHERE source = 'backlog'::regclass;
+CALL triage.process_table('backlog', 'body', 'label', 'reviews', 0);
+
+-- the numbers of each policy
+SET triage.llm_prompt_price_per_1k = 0.01;
+SET triage.llm_completion_price_per_1k = 0.03;
+SELECT policy, rows_seen > 0 AS seen, escalated > 0 AS escalated, answered, dead, tokens,
+       llm_cost, all_llm_cost > llm_cost AS saves
+  FROM triage.escalation_stats;

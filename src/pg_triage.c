@@ -15,6 +15,10 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
+/* Prices of the large model, for triage.escalation_stats */
+static double LlmPromptPricePer1k = 0.0;
+static double LlmCompletionPricePer1k = 0.0;
+
 /* Lets long loops in the core honour cancel and statement_timeout */
 static void
 CoreCheckForInterrupts(void)
@@ -27,6 +31,16 @@ _PG_init(void)
 {
 	TriageInterruptHook = CoreCheckForInterrupts;
 	FastTextBatchInit();
+	DefineCustomRealVariable("triage.llm_prompt_price_per_1k",
+							 "Price of 1,000 prompt tokens of the large model.",
+							 "Used by triage.escalation_stats to estimate costs and savings.",
+							 &LlmPromptPricePer1k, 0.0, 0.0, 1e6, PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomRealVariable("triage.llm_completion_price_per_1k",
+							 "Price of 1,000 completion tokens of the large model.",
+							 "Used by triage.escalation_stats to estimate costs and savings.",
+							 &LlmCompletionPricePer1k, 0.0, 0.0, 1e6, PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 	ModelCacheInit();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("triage");

@@ -506,6 +506,8 @@ CREATE TABLE triage.escalations (
 );
 CREATE INDEX escalations_claimable ON triage.escalations (visible_at, id)
 	WHERE status IN ('pending', 'claimed');
+CREATE INDEX escalations_open_source ON triage.escalations (source, source_key)
+	WHERE status IN ('pending', 'claimed');
 COMMENT ON TABLE triage.escalations IS
 	'The queue of rows for the large model: pending, claimed (leased until visible_at), done or dead.';
 SELECT pg_catalog.pg_extension_config_dump('triage.escalations', '');
@@ -717,8 +719,11 @@ BEGIN
 	SELECT * INTO p FROM triage.policies x WHERE x.name = e.policy;
 	label := triage.answer_label(response, p.labels);
 	IF label IS NULL THEN
-		PERFORM triage.fail(id, 'invalid answer: ' || left(coalesce(
-			response #>> '{choices,0,message,content}', response::text), 500));
+		-- a failed attempt; 'dead' when it was the last one allowed
+		IF triage.fail(id, 'invalid answer: ' || left(coalesce(
+			response #>> '{choices,0,message,content}', response::text), 500)) = 'dead' THEN
+			RETURN 'dead';
+		END IF;
 		RETURN 'invalid';
 	END IF;
 
@@ -757,7 +762,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION triage.complete(bigint, jsonb) IS
-	'Accepts a leased escalation''s chat-completions reply: validates the label, writes it to the source row if that row is unchanged, records a training example; returns done, invalid (counted as a failed attempt) or stale.';
+	'Accepts a leased escalation''s chat-completions reply: validates the label, writes it to the source row if that row is unchanged, records a training example; returns done, invalid (counted as a failed attempt, retried), dead (that failure was the last attempt) or stale.';
 
 CREATE FUNCTION triage.heartbeat(worker text, host text, pid integer, jobs_done bigint,
 								 jobs_failed bigint) RETURNS void
@@ -976,3 +981,275 @@ CREATE FUNCTION triage.classify_batch(name text, inputs text[])
 	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 1000 ROWS 1000;
 COMMENT ON FUNCTION triage.classify_batch(text, text[]) IS
 	'The top label of every input of an array (ord is the 1-based position), the output layer computed for all at once with OpenBLAS; for models with many labels.';
+
+-- Routing rows of tables ----------------------------------------------------------
+
+CREATE TABLE triage.policy_counters (
+	policy text PRIMARY KEY REFERENCES triage.policies (name) ON UPDATE CASCADE ON DELETE CASCADE,
+	seen bigint NOT NULL DEFAULT 0,
+	escalated bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE triage.policy_counters IS
+	'Rows routed by attached tables and process_table, and how many of them were escalated.';
+
+CREATE TABLE triage.progress (
+	source regclass PRIMARY KEY,
+	policy text NOT NULL,
+	started_at timestamptz NOT NULL,
+	updated_at timestamptz NOT NULL,
+	rows_total bigint,
+	rows_done bigint NOT NULL DEFAULT 0,
+	escalated bigint NOT NULL DEFAULT 0,
+	finished boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE triage.progress IS 'The progress of triage.process_table(), one row per table, committed per batch.';
+
+CREATE VIEW triage.process_progress AS
+SELECT source, policy, rows_done, rows_total, escalated, finished,
+	   round(rows_done / greatest(extract(epoch FROM updated_at - started_at), 0.001)) AS rows_per_second,
+	   CASE WHEN NOT finished AND rows_total > rows_done AND rows_done > 0
+			THEN (updated_at - started_at) * ((rows_total - rows_done)::float8 / rows_done) END AS eta
+  FROM triage.progress;
+COMMENT ON VIEW triage.process_progress IS 'triage.process_table() progress: rows done, rows/s, ETA, escalated so far.';
+
+-- The single-column primary key of a table, checked for attach and process_table
+CREATE FUNCTION triage.key_column(tbl regclass) RETURNS name
+LANGUAGE plpgsql STABLE STRICT AS $$
+DECLARE
+	cols name[];
+BEGIN
+	SELECT array_agg(a.attname ORDER BY k.ord) INTO cols
+	  FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
+	 WHERE i.indrelid = tbl AND i.indisprimary AND a.attrelid = tbl AND a.attnum = k.attnum;
+	IF cols IS NULL THEN
+		RAISE EXCEPTION 'table % has no primary key', tbl
+			USING ERRCODE = 'invalid_table_definition',
+				HINT = 'Escalated answers are written back by key: add a primary key.';
+	END IF;
+	IF cardinality(cols) > 1 THEN
+		RAISE EXCEPTION 'table % has a primary key of % columns', tbl, cardinality(cols)
+			USING ERRCODE = 'feature_not_supported',
+				HINT = 'pg_triage needs a single-column primary key for now.';
+	END IF;
+	RETURN cols[1];
+END;
+$$;
+
+CREATE FUNCTION triage.check_text_column(tbl regclass, col name) RETURNS void
+LANGUAGE plpgsql STABLE STRICT AS $$
+DECLARE
+	typ regtype;
+BEGIN
+	SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+	 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+	IF typ IS NULL THEN
+		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
+	END IF;
+	IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+		RAISE EXCEPTION 'column "%" of % is %, not text', col, tbl, typ
+			USING ERRCODE = 'datatype_mismatch',
+				HINT = 'Use a text or varchar column.';
+	END IF;
+END;
+$$;
+
+-- The statement that routes the rows of rows_sql: writes labels, queues
+-- escalations (unless the row already has one open), returns
+-- (routed, escalated, last key).  Parameters: $1 policy, $2 table, $3 key
+-- column, $4 input column, $5 output column.  Callers EXECUTE it themselves,
+-- so that a trigger's transition tables are in scope.
+CREATE FUNCTION triage.route_rows_sql(tbl regclass, key_col name, input_col name, output_col name,
+									  rows_sql text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+	SELECT format($q$
+		WITH routed AS (
+			SELECT r.%1$I AS k, r.%2$I AS input, triage.route($1, r.%2$I) AS d FROM (%3$s) r),
+		written AS (
+			UPDATE %4$s t SET %5$I = (r.d).label FROM routed r
+			 WHERE t.%1$I = r.k AND (r.d).label IS NOT NULL
+			RETURNING t.%1$I),
+		queued AS (
+			SELECT triage.enqueue($1, r.input, jsonb_build_object('label', (r.d).label,
+								  'confidence', (r.d).confidence),
+								  $2, jsonb_build_object($3, r.k), (r.d).reason, $4, $5) AS id
+			  FROM routed r
+			 WHERE (r.d).escalate
+			   AND NOT EXISTS (SELECT FROM triage.escalations e
+								WHERE e.source = $2 AND e.source_key = jsonb_build_object($3, r.k)
+								  AND e.status IN ('pending', 'claimed')))
+		SELECT (SELECT count(*) FROM routed) AS routed, (SELECT count(*) FROM queued) AS escalated,
+			   (SELECT max(k)::text FROM routed) AS last_key, (SELECT count(*) FROM written) AS written
+	$q$, key_col, input_col, rows_sql, tbl, output_col)
+$$;
+
+CREATE FUNCTION triage.count_routed(policy text, routed bigint, escalated bigint) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+	INSERT INTO triage.policy_counters AS c (policy, seen, escalated)
+	VALUES (policy, routed, escalated)
+	ON CONFLICT (policy) DO UPDATE SET seen = c.seen + excluded.seen,
+									   escalated = c.escalated + excluded.escalated
+$$;
+
+-- Statement-level trigger: route every inserted (or re-written) row at once
+CREATE FUNCTION triage.route_new_rows() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+	key_col name := TG_ARGV[0];
+	input_col name := TG_ARGV[1];
+	output_col name := TG_ARGV[2];
+	policy text := TG_ARGV[3];
+	rows_sql text;
+	routed bigint;
+	escalated bigint;
+	last_key text;
+	written bigint;
+BEGIN
+	IF TG_OP = 'INSERT' THEN
+		rows_sql := format('SELECT * FROM triage_new_rows WHERE %I IS NOT NULL', input_col);
+	ELSE
+		-- only rows whose input changed
+		rows_sql := format('SELECT n.* FROM triage_new_rows n JOIN triage_old_rows o USING (%I)
+							 WHERE n.%I IS DISTINCT FROM o.%I AND n.%I IS NOT NULL',
+						   key_col, input_col, input_col, input_col);
+	END IF;
+	-- Our own write of the outputs fires this trigger again: it finds no row
+	-- whose input changed and stops there.
+	EXECUTE format('SELECT EXISTS (%s)', rows_sql) INTO found;
+	IF NOT found THEN
+		RETURN NULL;
+	END IF;
+	EXECUTE triage.route_rows_sql(TG_RELID, key_col, input_col, output_col, rows_sql)
+	   INTO routed, escalated, last_key, written
+	  USING policy, TG_RELID::regclass, key_col, input_col, output_col;
+	PERFORM triage.count_routed(policy, routed, escalated);
+	RETURN NULL;
+END;
+$$;
+-- Rows just inserted have no statistics yet: a nested loop over them
+-- would scan the table once per row
+ALTER FUNCTION triage.route_new_rows() SET enable_nestloop = off;
+COMMENT ON FUNCTION triage.route_new_rows() IS
+	'Trigger of attached tables: routes the statement''s new rows in one pass (COPY included).';
+
+CREATE FUNCTION triage.attach(tbl regclass, input_column name, output_column name, policy text)
+	RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	key_col name := triage.key_column(tbl);
+	args text;
+BEGIN
+	PERFORM triage.check_text_column(tbl, input_column);
+	PERFORM triage.check_text_column(tbl, output_column);
+	IF NOT EXISTS (SELECT FROM triage.policies p WHERE p.name = attach.policy) THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy
+			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
+	END IF;
+	args := format('%L, %L, %L, %L', key_col, input_column, output_column, policy);
+	EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS triage_new_rows '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION triage.route_new_rows(%s)',
+				   'triage_insert_' || output_column, tbl, args);
+	-- (transition tables rule out UPDATE OF: route_new_rows keeps the rows
+	-- whose input changed, so its own writes of the output route nothing)
+	EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s '
+				   'REFERENCING OLD TABLE AS triage_old_rows NEW TABLE AS triage_new_rows '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION triage.route_new_rows(%s)',
+				   'triage_update_' || output_column, tbl, args);
+END;
+$$;
+COMMENT ON FUNCTION triage.attach(regclass, name, name, text) IS
+	'Routes every row inserted into tbl (and every update of its input column) under policy: the label goes to output_column, escalations to the queue.';
+
+CREATE FUNCTION triage.detach(tbl regclass, output_column name) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+BEGIN
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_insert_' || output_column, tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_update_' || output_column, tbl);
+END;
+$$;
+COMMENT ON FUNCTION triage.detach(regclass, name) IS 'Removes what triage.attach() added for output_column.';
+
+CREATE PROCEDURE triage.process_table(tbl regclass, input_column name, output_column name,
+									  policy text, batch_size integer DEFAULT 10000)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+	key_col name := triage.key_column(tbl);
+	last_key text := NULL;
+	r record;
+	total bigint;
+	n_done bigint := 0;
+	n_escalated bigint := 0;
+	started timestamptz := clock_timestamp();
+BEGIN
+	PERFORM triage.check_text_column(tbl, input_column);
+	PERFORM triage.check_text_column(tbl, output_column);
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT EXISTS (SELECT FROM triage.policies p WHERE p.name = process_table.policy) THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy USING ERRCODE = 'undefined_object';
+	END IF;
+	EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL AND %I IS NOT NULL',
+				   tbl, output_column, input_column) INTO total;
+	INSERT INTO triage.progress AS p (source, policy, started_at, updated_at, rows_total)
+	VALUES (tbl, policy, started, started, total)
+	ON CONFLICT (source) DO UPDATE SET policy = excluded.policy, started_at = excluded.started_at,
+		updated_at = excluded.updated_at, rows_total = excluded.rows_total,
+		rows_done = 0, escalated = 0, finished = false;
+	COMMIT;
+	-- Rows still without an output, in key order: a cancelled run resumes where it
+	-- stopped, since every committed batch has its outputs written.
+	LOOP
+		EXECUTE triage.route_rows_sql(tbl, key_col, input_column, output_column,
+			format('SELECT * FROM %s WHERE %I IS NULL AND %I IS NOT NULL %s ORDER BY %I LIMIT %s',
+				   tbl, output_column, input_column,
+				   CASE WHEN last_key IS NULL THEN ''
+						ELSE format('AND %I > %L', key_col, last_key) END,
+				   key_col, batch_size))
+		   INTO r USING policy, tbl, key_col, input_column, output_column;
+		PERFORM triage.count_routed(policy, r.routed, r.escalated);
+		EXIT WHEN r.routed = 0;
+		last_key := r.last_key;
+		n_done := n_done + r.routed;
+		n_escalated := n_escalated + r.escalated;
+		UPDATE triage.progress SET rows_done = n_done, escalated = n_escalated,
+								   updated_at = clock_timestamp()
+		 WHERE source = tbl;
+		COMMIT;
+		RAISE NOTICE 'process_table %: % of % rows, % escalated, % rows/s', tbl, n_done, total,
+			n_escalated, round(n_done / greatest(extract(epoch FROM clock_timestamp() - started), 0.001));
+	END LOOP;
+	UPDATE triage.progress SET finished = true, updated_at = clock_timestamp() WHERE source = tbl;
+	COMMIT;
+END;
+$$;
+COMMENT ON PROCEDURE triage.process_table(regclass, name, name, text, integer) IS
+	'Routes the rows of tbl whose output is NULL, batch_size at a time, committing each batch; resumable after a cancel; progress in triage.process_progress.';
+
+CREATE VIEW triage.escalation_stats AS
+SELECT p.name AS policy,
+	   coalesce(c.seen, 0) AS rows_seen,
+	   coalesce(c.seen, 0) - coalesce(c.escalated, 0) AS rows_kept,
+	   count(e.id) AS escalated,
+	   count(e.id) FILTER (WHERE e.status = 'pending') AS pending,
+	   count(e.id) FILTER (WHERE e.status = 'claimed') AS claimed,
+	   count(e.id) FILTER (WHERE e.status = 'done') AS answered,
+	   count(e.id) FILTER (WHERE e.status = 'dead') AS dead,
+	   coalesce(sum(e.attempts), 0) AS failed_attempts,
+	   coalesce(sum((e.usage->>'total_tokens')::bigint), 0) AS tokens,
+	   round(coalesce(sum((e.usage->>'prompt_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_prompt_price_per_1k', true), '')::numeric, 0)
+			 + coalesce(sum((e.usage->>'completion_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_completion_price_per_1k', true), '')::numeric, 0), 4)
+		 AS llm_cost,
+	   -- what sending every routed row to the large model would have cost, at the
+	   -- tokens per answered escalation seen so far
+	   round(greatest(coalesce(c.seen, 0), count(e.id))
+			 * (coalesce(avg((e.usage->>'prompt_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_prompt_price_per_1k', true), '')::numeric, 0)
+				+ coalesce(avg((e.usage->>'completion_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_completion_price_per_1k', true), '')::numeric, 0)), 4)
+		 AS all_llm_cost
+  FROM triage.policies p
+  LEFT JOIN triage.policy_counters c ON c.policy = p.name
+  LEFT JOIN triage.escalations e ON e.policy = p.name
+ GROUP BY p.name, c.seen, c.escalated;
+COMMENT ON VIEW triage.escalation_stats IS
+	'Per policy: rows seen and kept, escalations by state (exact counts), tokens, the large model''s cost and what sending every row would have cost (prices: triage.llm_prompt_price_per_1k, triage.llm_completion_price_per_1k).';

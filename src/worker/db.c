@@ -57,18 +57,39 @@ db_close(Db *db)
 	db->conn = NULL;
 }
 
+/*
+ * Copies a libpq message into buf as one line: its line breaks and the
+ * indentation after them become one space, the final newline goes.
+ */
+static void
+one_line(char *buf, size_t len, const char *msg)
+{
+	size_t		n = 0;
+	bool		space = false;
+
+	for (const char *p = msg; *p && n + 1 < len; p++)
+	{
+		if (*p == '\n' || *p == '\t' || *p == ' ')
+			space = true;
+		else
+		{
+			if (space && n > 0 && n + 2 < len)
+				buf[n++] = ' ';
+			space = false;
+			buf[n++] = *p;
+		}
+	}
+	buf[n] = '\0';
+}
+
 /* The connection is gone: drop it and try again soon */
 static void
 db_lost(Db *db, const char *what)
 {
 	char		msg[512];
-	size_t		len;
 
-	snprintf(msg, sizeof(msg), "%s", PQerrorMessage(db->conn));
-	len = strlen(msg);
-	while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
-		msg[--len] = '\0';
-	log_msg("warning", "lost the database connection during %s: %s", what, msg);
+	one_line(msg, sizeof(msg), PQerrorMessage(db->conn));
+	log_msg("warning", "lost the database connection %s: %s", what, msg);
 	db_close(db);
 	db->backoff = RECONNECT_FIRST;
 	db->next_try_ms = now_ms() + 200;
@@ -86,18 +107,17 @@ db_error(Db *db, PGresult *res, const char *what)
 	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	const char *msg = res ? PQresultErrorMessage(res) : PQerrorMessage(db->conn);
 	char		text[512];
-	size_t		len;
 
 	if (PQstatus(db->conn) == CONNECTION_BAD || state == NULL ||
 		strncmp(state, "57P", 3) == 0 || strncmp(state, "08", 2) == 0)
 	{
-		db_lost(db, what);
+		char		phrase[128];
+
+		snprintf(phrase, sizeof(phrase), "in %s", what);
+		db_lost(db, phrase);
 		return DB_LOST;
 	}
-	snprintf(text, sizeof(text), "%s", msg);
-	len = strlen(text);
-	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' '))
-		text[--len] = '\0';
+	one_line(text, sizeof(text), msg);
 	if (strncmp(state, "40", 2) == 0 || strncmp(state, "53", 2) == 0 ||
 		strncmp(state, "55", 2) == 0 || strncmp(state, "57", 2) == 0 ||
 		strncmp(state, "58", 2) == 0 || strncmp(state, "25", 2) == 0)
@@ -129,12 +149,8 @@ db_connect(Db *db, int64_t now)
 	if (db->conn == NULL || PQstatus(db->conn) != CONNECTION_OK)
 	{
 		char		msg[512];
-		size_t		len;
 
-		snprintf(msg, sizeof(msg), "%s", db->conn ? PQerrorMessage(db->conn) : "out of memory");
-		len = strlen(msg);
-		while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
-			msg[--len] = '\0';
+		one_line(msg, sizeof(msg), db->conn ? PQerrorMessage(db->conn) : "out of memory");
 		log_msg("warning", "could not connect to the database (next try in %.0f s): %s",
 				db->backoff, msg);
 		db_close(db);
@@ -181,7 +197,7 @@ db_connect(Db *db, int64_t now)
 	return DB_OK;
 }
 
-/* Reads what the server sent; *count: how many NOTIFYs came */
+/* Reads what the server sent; *count: how many NOTIFYs concern us */
 DbStatus
 db_poll_notifies(Db *db, int *count)
 {
@@ -192,12 +208,15 @@ db_poll_notifies(Db *db, int *count)
 		return DB_LOST;
 	if (!PQconsumeInput(db->conn) || PQstatus(db->conn) == CONNECTION_BAD)
 	{
-		db_lost(db, "waiting for work");
+		db_lost(db, "while waiting for work");
 		return DB_LOST;
 	}
 	while ((n = PQnotifies(db->conn)) != NULL)
 	{
-		(*count)++;
+		/* the payload is the job's policy: others' work is not for us */
+		if (db->cfg->policy == NULL || n->extra[0] == '\0' ||
+			strcmp(n->extra, db->cfg->policy) == 0)
+			(*count)++;
 		PQfreemem(n);
 	}
 	return DB_OK;

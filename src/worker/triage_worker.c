@@ -51,6 +51,7 @@ typedef struct Worker
 	Breaker		breaker;
 	int64_t		pause_until;	/* after a 429 */
 	double		tokens_per_byte;	/* learnt from the replies' usage */
+	double		avg_request_len;	/* bytes, of the recent requests */
 	long		jobs_done;
 	long		jobs_failed;
 	int64_t		next_heartbeat;
@@ -286,12 +287,22 @@ claim_jobs(Worker *w, int64_t now, int64_t *wait)
 	}
 	if (w->breaker.state != BREAKER_CLOSED && w->queued.count > 0)
 		return;
-	/* with --rps, lease no more than can start soon */
+	/* with --rps or --tpm, lease no more than can start soon */
 	if (w->rps.enabled)
 	{
 		bucket_wait(&w->rps, 1, now);
 		if (w->rps.tokens < n)
 			n = w->rps.tokens >= 1 ? (int) w->rps.tokens : 1;
+	}
+	if (w->tpm.enabled)
+	{
+		double		per_job = w->avg_request_len * w->tokens_per_byte;
+
+		bucket_wait(&w->tpm, 1, now);
+		if (per_job < 1)
+			n = 1;				/* the first request tells the size */
+		else if (w->tpm.tokens < n * per_job)
+			n = w->tpm.tokens >= per_job ? (int) (w->tpm.tokens / per_job) : 1;
 	}
 
 	st = db_claim(&w->db, n, &fresh, &claimed);
@@ -322,6 +333,9 @@ claim_jobs(Worker *w, int64_t now, int64_t *wait)
 			continue;
 		}
 		job->est_tokens = estimate_tokens(w, job);
+		job->claimed_ms = now;
+		w->avg_request_len = w->avg_request_len > 0 ?
+			0.8 * w->avg_request_len + 0.2 * (double) job->request_len : (double) job->request_len;
 		queue_push(&w->queued, job);
 	}
 }
@@ -337,6 +351,20 @@ start_jobs(Worker *w, int64_t now, int64_t *wait)
 		bool		probe;
 		int			slot;
 
+		/*
+		 * A job that waited most of its lease for the rate limits is given
+		 * back: started now, it could outlive the lease and be answered by
+		 * another worker too.
+		 */
+		if (now - job->claimed_ms > (int64_t) (w->cfg.visibility * 800))
+		{
+			queue_pop(&w->queued);
+			job->action = JOB_RELEASE;
+			snprintf(job->error, sizeof(job->error),
+					 "lease nearly over before the rate limits let it start");
+			queue_push(&w->finished, job);
+			continue;
+		}
 		if (now < w->pause_until)
 		{
 			*wait = min64(*wait, w->pause_until - now);
@@ -426,6 +454,8 @@ collect(Worker *w)
 			log_msg("warning", "circuit breaker open, next probe in %.1f s: %s",
 					(double) (w->breaker.retry_at_ms - now) / 1000.0, job->error);
 			release_queued(w, "circuit breaker open");
+			/* the probe goes as soon as the breaker allows */
+			w->claim_wanted = true;
 			if (w->cfg.once && (job->http_status == 401 || job->http_status == 403))
 			{
 				w->exit_code = EXIT_FATAL;

@@ -84,6 +84,7 @@ typedef struct Job
 	size_t		request_len;
 	long		est_tokens;
 	bool		probe;			/* the one request of a half-open breaker */
+	int64_t		claimed_ms;
 
 	/* the transfer */
 	CURL	   *easy;

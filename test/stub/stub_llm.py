@@ -154,6 +154,7 @@ def find_input(messages):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     server_version = "stub_llm/1"
 
     def log_message(self, fmt, *args):
@@ -223,9 +224,11 @@ class Handler(BaseHTTPRequestHandler):
 
         text, content = find_input(messages)
         row = stub.gold.get(text) or stub.gold.get(content.strip())
-        mode, seconds = stub.pick(row)
+        # a refused request uses up none of the counted modes
         if args.api_key is not None and auth != f"Bearer {args.api_key}":
-            mode = "401"
+            mode, seconds = "401", 0
+        else:
+            mode, seconds = stub.pick(row)
         stub.count(mode)
 
         if mode == "401":
