@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "triage_core.h"
 
@@ -158,6 +159,17 @@ typedef struct FastTextModel
 	TriageAllocator allocator;
 } FastTextModel;
 
+/* fastText's table sigmoid (Loss::sigmoid), used by ova and ns */
+static inline float
+FastTextSigmoid(const FastTextModel *model, float x)
+{
+	if (x < -8.0f)
+		return 0.0f;
+	if (x > 8.0f)
+		return 1.0f;
+	return model->sigmoid_table[(int64_t) ((x + 8.0f) * 512.0f / 8.0f / 2.0f)];
+}
+
 /* Per-call working memory; grows as needed and may be reused across calls */
 typedef struct FastTextScratch
 {
@@ -190,6 +202,43 @@ typedef struct FastTextPrediction
 	float		probability;
 	float		score;			/* log(p + 1e-5) */
 } FastTextPrediction;
+
+/* fastText's white space: the bytes that end a token */
+static inline bool
+FastTextIsSpace(char c)
+{
+	return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\v' || c == '\f' || c == '\0';
+}
+
+/*
+ * The next token of text[0..len) from *pos: sets *start and *end and
+ * advances *pos; false when only white space is left.
+ */
+static inline bool
+FastTextNextToken(const char *text, size_t len, size_t *pos, size_t *start, size_t *end)
+{
+	size_t		i = *pos;
+
+	while (i < len && FastTextIsSpace(text[i]))
+		i++;
+	if (i >= len)
+	{
+		*pos = i;
+		return false;
+	}
+	*start = i;
+	while (i < len && !FastTextIsSpace(text[i]))
+		i++;
+	*end = *pos = i;
+	return true;
+}
+
+static inline bool
+FastTextIsLabelToken(const char *token, size_t len)
+{
+	return len >= sizeof(FASTTEXT_LABEL_PREFIX) - 1 &&
+		memcmp(token, FASTTEXT_LABEL_PREFIX, sizeof(FASTTEXT_LABEL_PREFIX) - 1) == 0;
+}
 
 extern uint32_t FastTextHash(const char *str, size_t len);
 

@@ -253,12 +253,6 @@ AddWordNgrams(const FastTextModel *model, FastTextScratch *scratch, char *errbuf
 	return TRIAGE_OK;
 }
 
-static inline bool
-IsSpace(char c)
-{
-	return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\v' || c == '\f' || c == '\0';
-}
-
 static TriageStatus
 AddToken(const FastTextModel *model, FastTextScratch *scratch, const char *token, size_t len,
 		 char *errbuf, size_t errlen)
@@ -269,8 +263,7 @@ AddToken(const FastTextModel *model, FastTextScratch *scratch, const char *token
 	TriageStatus status;
 
 	if (wid < 0)
-		is_label = len >= strlen(FASTTEXT_LABEL_PREFIX) &&
-			memcmp(token, FASTTEXT_LABEL_PREFIX, strlen(FASTTEXT_LABEL_PREFIX)) == 0;
+		is_label = FastTextIsLabelToken(token, len);
 	else
 		is_label = model->entries[wid].type == 1;
 	/* labels in the input are skipped, and word n-grams bridge over them */
@@ -299,26 +292,19 @@ TriageStatus
 FastTextTokenize(const FastTextModel *model, FastTextScratch *scratch,
 				 const char *text, size_t len, char *errbuf, size_t errlen)
 {
-	size_t		i = 0;
+	size_t		pos = 0,
+				start,
+				end;
 	TriageStatus status;
 
 	scratch->nrows = 0;
 	scratch->nhashes = 0;
-	while (i < len)
+	while (FastTextNextToken(text, len, &pos, &start, &end))
 	{
-		size_t		start;
-
-		while (i < len && IsSpace(text[i]))
-			i++;
-		if (i >= len)
-			break;
-		start = i;
-		while (i < len && !IsSpace(text[i]))
-			i++;
-		status = AddToken(model, scratch, text + start, i - start, errbuf, errlen);
+		status = AddToken(model, scratch, text + start, end - start, errbuf, errlen);
 		if (status != TRIAGE_OK)
 			return status;
-		if (i - start == 4 && memcmp(text + start, FASTTEXT_EOS, 4) == 0)
+		if (end - start == 4 && memcmp(text + start, FASTTEXT_EOS, 4) == 0)
 			return AddWordNgrams(model, scratch, errbuf, errlen);
 	}
 	status = AddToken(model, scratch, FASTTEXT_EOS, 4, errbuf, errlen);

@@ -26,16 +26,6 @@ StdLog(float p)
 	return (float) log((double) p + 1e-5);
 }
 
-static inline float
-TableSigmoid(const FastTextModel *model, float x)
-{
-	if (x < -8.0f)
-		return 0.0f;
-	if (x > 8.0f)
-		return 1.0f;
-	return model->sigmoid_table[(int64_t) ((x + 8.0f) * 512.0f / 8.0f / 2.0f)];
-}
-
 static inline const float *
 Centroid(const FastTextPQ *pq, int32_t m, uint8_t code)
 {
@@ -506,7 +496,7 @@ FastTextPredictFromScores(const FastTextModel *model, FastTextScratch *scratch, 
 	else
 	{
 		for (int32_t i = 0; i < nlabels; i++)
-			out[i] = TableSigmoid(model, out[i]);
+			out[i] = FastTextSigmoid(model, out[i]);
 	}
 	size = FindKBest(out, nlabels, k, threshold, scratch->heap);
 	return FinishPredictions(model, scratch, size, predictions, npredictions);

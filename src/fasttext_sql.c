@@ -106,10 +106,7 @@ triage_inspect_fasttext(PG_FUNCTION_ARGS)
 {
 	bytea	   *data = PG_GETARG_BYTEA_PP(0);
 	MemoryContext context;
-	TriageAllocator allocator;
 	FastTextModel *model;
-	TriageStatus status;
-	char		errbuf[256];
 	TupleDesc	tupdesc;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
@@ -121,11 +118,7 @@ triage_inspect_fasttext(PG_FUNCTION_ARGS)
 
 	/* the model is thrown away: load it where one delete frees it all */
 	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage inspect", ALLOCSET_DEFAULT_SIZES);
-	allocator = ContextAllocator(context);
-	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-						  &allocator, &model, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, NULL);
+	model = LoadModelBytea(data, context);
 	CheckFastTextLabels(model);
 
 	labels = palloc(sizeof(Datum) * model->nlabels);

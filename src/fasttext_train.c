@@ -155,20 +155,6 @@ VocabAdd(Vocab *vocab, const char *word, size_t len)
 	return true;
 }
 
-static inline bool
-IsSpace(char c)
-{
-	return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\v' || c == '\f' || c == '\0';
-}
-
-static inline bool
-IsLabelToken(const char *token, size_t len)
-{
-	size_t		plen = strlen(FASTTEXT_LABEL_PREFIX);
-
-	return len >= plen && memcmp(token, FASTTEXT_LABEL_PREFIX, plen) == 0;
-}
-
 /*
  * Count the tokens of every example into vocab; ntokens[i] gets the
  * example's token count as fastText's lr schedule counts it (its words,
@@ -182,24 +168,16 @@ CountVocabulary(Vocab *vocab, const FastTextExample *examples, int64_t n, int32_
 	for (int64_t e = 0; e < n; e++)
 	{
 		const char *text = examples[e].text;
-		size_t		len = examples[e].len;
-		size_t		i = 0;
+		size_t		pos = 0,
+					start,
+					end;
 		int32_t		count = 2;
 
-		while (i < len)
+		while (FastTextNextToken(text, examples[e].len, &pos, &start, &end))
 		{
-			size_t		start;
-
-			while (i < len && IsSpace(text[i]))
-				i++;
-			if (i >= len)
-				break;
-			start = i;
-			while (i < len && !IsSpace(text[i]))
-				i++;
-			if (IsLabelToken(text + start, i - start))
+			if (FastTextIsLabelToken(text + start, end - start))
 				continue;
-			if (!VocabAdd(vocab, text + start, i - start))
+			if (!VocabAdd(vocab, text + start, end - start))
 				return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory counting words");
 			if (count < INT32_MAX)
 				count++;
@@ -368,23 +346,13 @@ Axpy(float *y, float a, const float *x, int32_t n)
 		y[i] += a * x[i];
 }
 
-static inline float
-TableSigmoid(const FastTextModel *model, float x)
-{
-	if (x < -8.0f)
-		return 0.0f;
-	if (x > 8.0f)
-		return 1.0f;
-	return model->sigmoid_table[(int64_t) ((x + 8.0f) * 512.0f / 8.0f / 2.0f)];
-}
-
 /* fastText's binaryLogistic: one logistic unit on output row `row` */
 static float
 BinaryLogistic(Trainer *t, int32_t row, bool positive, float lr, const float *hidden)
 {
 	int32_t		dim = t->model->args.dim;
 	float	   *wo = t->model->output.dense + (int64_t) row * dim;
-	float		score = TableSigmoid(t->model, Dot(wo, hidden, dim));
+	float		score = FastTextSigmoid(t->model, Dot(wo, hidden, dim));
 	float		alpha = lr * ((positive ? 1.0f : 0.0f) - score);
 
 	Axpy(t->grad, alpha, wo, dim);
@@ -731,9 +699,12 @@ FastTextRetrain(FastTextModel *model, const FastTextTrainOptions *options,
 	{
 		int32_t		count = 2;
 
-		for (size_t i = 0; i < examples[e].len; i++)
-			if (!IsSpace(examples[e].text[i]) && (i == 0 || IsSpace(examples[e].text[i - 1])))
-				count++;
+		size_t		pos = 0,
+					start,
+					end;
+
+		while (FastTextNextToken(examples[e].text, examples[e].len, &pos, &start, &end))
+			count++;
 		ntokens[e] = count;
 		total += count;
 	}

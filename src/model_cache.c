@@ -33,6 +33,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
+#include "fasttext_quantize.h"
 #include "triage.h"
 
 typedef struct ModelKey
@@ -129,6 +130,50 @@ ReportCoreError(TriageStatus status, const char *message, const char *context)
 					 errhint("The model's weights contain NaN or infinity; retrain or re-import it.")));
 			break;
 	}
+}
+
+/*
+ * Load a model file into context (its allocations are freed with it);
+ * errors are reported.  Not cached: for inspecting, converting, quantizing.
+ */
+FastTextModel *
+LoadModelBytea(bytea *data, MemoryContext context)
+{
+	TriageAllocator allocator = ContextAllocator(context);
+	FastTextModel *model;
+	char		errbuf[256];
+	TriageStatus status;
+
+	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+						  &allocator, &model, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, NULL);
+	return model;
+}
+
+/* Serialize a model (allocated in context) to a bytea in the current context */
+bytea *
+SaveModelBytea(const FastTextModel *model, MemoryContext context, const char *what)
+{
+	TriageAllocator allocator = ContextAllocator(context);
+	uint8_t    *bytes;
+	size_t		nbytes;
+	char		errbuf[256];
+	TriageStatus status;
+	bytea	   *result;
+
+	status = FastTextSave(model, &allocator, &bytes, &nbytes, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, what);
+	if (nbytes > MaxAllocSize - VARHDRSZ)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s takes %zu bytes, more than a bytea can hold", what, nbytes),
+				 errhint("Lower \"dim\" or \"bucket\", or quantize the model.")));
+	result = palloc(nbytes + VARHDRSZ);
+	SET_VARSIZE(result, nbytes + VARHDRSZ);
+	memcpy(VARDATA(result), bytes, nbytes);
+	return result;
 }
 
 static void

@@ -30,17 +30,12 @@ triage_quantize_fasttext(PG_FUNCTION_ARGS)
 	FastTextModel *model;
 	TriageStatus status;
 	char		errbuf[256];
-	uint8_t    *bytes;
-	size_t		nbytes;
 	bytea	   *result;
 
 	ParseQuantizeOptions(options_json, &options);
 	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage quantize", ALLOCSET_DEFAULT_SIZES);
 	allocator = ContextAllocator(context);
-	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-						  &allocator, &model, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, NULL);
+	model = LoadModelBytea(data, context);
 	if (model->quant_input || model->int8_input)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -78,13 +73,7 @@ triage_quantize_fasttext(PG_FUNCTION_ARGS)
 		status = FastTextQuantize(model, &q, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf, "quantizing a model");
-	status = FastTextSave(model, &allocator, &bytes, &nbytes, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, "saving a quantized model");
-
-	result = palloc(nbytes + VARHDRSZ);
-	SET_VARSIZE(result, nbytes + VARHDRSZ);
-	memcpy(VARDATA(result), bytes, nbytes);
+	result = SaveModelBytea(model, context, "the quantized model");
 	MemoryContextDelete(context);
 	PG_RETURN_BYTEA_P(result);
 }
@@ -100,20 +89,13 @@ triage_fasttext_file(PG_FUNCTION_ARGS)
 {
 	bytea	   *data = PG_GETARG_BYTEA_PP(0);
 	MemoryContext context;
-	TriageAllocator allocator;
 	FastTextModel *model;
 	TriageStatus status;
 	char		errbuf[256];
-	uint8_t    *bytes;
-	size_t		nbytes;
 	bytea	   *result;
 
 	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage export", ALLOCSET_DEFAULT_SIZES);
-	allocator = ContextAllocator(context);
-	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-						  &allocator, &model, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, NULL);
+	model = LoadModelBytea(data, context);
 	if (!model->int8_input)
 	{
 		MemoryContextDelete(context);
@@ -125,16 +107,7 @@ triage_fasttext_file(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot export this model to fastText: %s", errbuf),
 				 errhint("Quantize with method \"pq\" for a model the fasttext tool can read, or int8 without a cutoff.")));
-	status = FastTextSave(model, &allocator, &bytes, &nbytes, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, "saving a model");
-	if (nbytes > MaxAllocSize - VARHDRSZ)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("the dense model would take %zu bytes, more than a bytea can hold", nbytes)));
-	result = palloc(nbytes + VARHDRSZ);
-	SET_VARSIZE(result, nbytes + VARHDRSZ);
-	memcpy(VARDATA(result), bytes, nbytes);
+	result = SaveModelBytea(model, context, "the dense model");
 	MemoryContextDelete(context);
 	PG_RETURN_BYTEA_P(result);
 }

@@ -300,7 +300,6 @@ triage_train_fasttext(PG_FUNCTION_ARGS)
 	ProgressState progress;
 	TriageStatus status;
 	char		errbuf[256];
-	uint8_t    *bytes;
 	size_t		nbytes;
 	bytea	   *data;
 	Datum	   *labels;
@@ -341,17 +340,8 @@ triage_train_fasttext(PG_FUNCTION_ARGS)
 			ReportCoreError(status, errbuf, "quantizing the trained model");
 	}
 
-	status = FastTextSave(model, &allocator, &bytes, &nbytes, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, "saving the trained model");
-	if (nbytes > MaxAllocSize - VARHDRSZ)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("trained model takes %zu bytes, more than a bytea can hold", nbytes),
-				 errhint("Lower \"dim\" or \"bucket\", or quantize the model.")));
-	data = palloc(nbytes + VARHDRSZ);
-	SET_VARSIZE(data, nbytes + VARHDRSZ);
-	memcpy(VARDATA(data), bytes, nbytes);
+	data = SaveModelBytea(model, context, "the trained model");
+	nbytes = VARSIZE(data) - VARHDRSZ;
 	INSTR_TIME_SET_CURRENT(end);
 
 	labels = palloc(sizeof(Datum) * model->nlabels);

@@ -50,6 +50,8 @@ typedef struct ModelRef
 extern void ModelCacheInit(void);
 extern CachedModel *ModelRefGet(FunctionCallInfo fcinfo, text *name, int32 version);
 extern TriageAllocator ContextAllocator(MemoryContext context);
+extern FastTextModel *LoadModelBytea(bytea *data, MemoryContext context);
+extern bytea *SaveModelBytea(const FastTextModel *model, MemoryContext context, const char *what);
 extern void ReportCoreError(TriageStatus status, const char *message, const char *context);
 
 /* fasttext_sql.c */

@@ -91,7 +91,52 @@ SELECT 'deployed' AS now, version FROM triage.deployments;
 SELECT triage.rollback('sentiment') AS "rolled back to";
 SQL
 
-say "Not in this release yet: routing policies, the escalation queue and triage-worker"
-echo "(the threshold table above is what the router will calibrate; see README.md)"
+say "Route: a policy whose threshold is calibrated on held-out rows to 90% accuracy on the rows kept"
+sql <<'SQL'
+SELECT triage.create_policy('reviews', 'sentiment');
+SELECT c->'threshold' AS threshold, c->'escalation_rate' AS "escalation rate", c->'kept_accuracy' AS "kept accuracy"
+  FROM triage.calibrate('reviews', 'SELECT review, gold FROM reviews WHERE id % 10 = 9', target_accuracy => 0.9) c;
+SELECT (triage.route('reviews', 'Stale, bitter, and the bag arrived torn. Never again.')).*;
+SQL
+
+say "New rows are routed as they arrive: an attached table, 200 unseen reviews inserted"
+sql <<'SQL'
+CREATE TABLE inbox (id bigserial PRIMARY KEY, review text, label text, gold text);
+SELECT triage.attach('inbox', 'review', 'label', 'reviews');
+INSERT INTO inbox (review, gold) SELECT review, gold FROM reviews WHERE id % 10 = 4 ORDER BY id LIMIT 200;
+SELECT count(*) AS inserted, count(label) AS labeled,
+       (SELECT count(*) FROM triage.escalations) AS escalated
+  FROM inbox;
+SQL
+
+say "The large model answers the escalated rows: triage-worker against a stub endpoint on 127.0.0.1"
+echo "(the stub answers from the gold labels with 5% errors: it simulates a strong model)"
+psql -X -q -At -c "COPY (SELECT review, gold FROM inbox) TO STDOUT WITH (FORMAT csv)" > "$WORK/gold.csv"
+python3 test/stub/stub_llm.py --port 0 --gold "$WORK/gold.csv" --error-rate 0.05 --seed 1 \
+	--max-seconds 120 > "$WORK/stub.out" 2>"$WORK/stub.err" &
+STUB_PID=$!
+for _ in $(seq 50); do grep -q listening "$WORK/stub.out" && break; sleep 0.1; done
+STUB_PORT=$(sed -n 's/.*listening on \([0-9]*\).*/\1/p' "$WORK/stub.out")
+WORKER=$("$PG_CONFIG" --bindir)/triage-worker
+[ -x "$WORKER" ] || WORKER=src/worker/triage-worker
+"$WORKER" --dsn "host=$PGHOST port=$PGPORT dbname=postgres" --base-url "http://127.0.0.1:$STUB_PORT/v1" \
+	--model stub-large --concurrency 4 --once --log-file "$WORK/worker.log"
+kill "$STUB_PID" 2>/dev/null || true
+echo "worker log: $(grep -c 'outcome=done' "$WORK/worker.log") done, first lines:"
+head -3 "$WORK/worker.log"
+sql <<'SQL'
+SET triage.llm_prompt_price_per_1k = 0.0025;
+SET triage.llm_completion_price_per_1k = 0.01;
+SELECT status, outcome, count(*) FROM triage.escalations GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT round(avg((label = gold)::int), 3) AS "accuracy of the table's labels now",
+       count(*) FILTER (WHERE id IN (SELECT (source_key->>'id')::bigint FROM triage.escalations)) AS "answered by the large model"
+  FROM inbox;
+SELECT policy, rows_seen, rows_kept, escalated, answered, tokens, llm_cost AS "large-model cost",
+       all_llm_cost AS "cost if every row went to it"
+  FROM triage.escalation_stats;
+SELECT count(*) AS "new training examples from the large model" FROM triage.examples WHERE source = 'llm';
+SQL
+
+say "Next: retrain from these examples (distillation), field extraction; see README.md"
 cluster_stop
 rm -rf "$WORK"

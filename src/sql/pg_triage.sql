@@ -251,6 +251,23 @@ COMMENT ON FUNCTION triage.classify(text, integer, text) IS
 
 -- Evaluation ------------------------------------------------------------------
 
+CREATE FUNCTION triage.deployed_version(name text) RETURNS integer
+LANGUAGE plpgsql STABLE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	v integer;
+BEGIN
+	SELECT d.version INTO v FROM triage.deployments d WHERE d.name = deployed_version.name;
+	IF v IS NULL THEN
+		RAISE EXCEPTION 'model "%" has no deployed version', name
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				HINT = 'Pass a version, or deploy one with triage.deploy().';
+	END IF;
+	RETURN v;
+END;
+$$;
+COMMENT ON FUNCTION triage.deployed_version(text) IS 'The deployed version of a model; an error if there is none.';
+
 CREATE FUNCTION triage.evaluate(name text, query text, version integer DEFAULT NULL)
 	RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
@@ -263,14 +280,7 @@ BEGIN
 		RAISE EXCEPTION 'name and query must not be NULL'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	IF v IS NULL THEN
-		SELECT d.version INTO v FROM triage.deployments d WHERE d.name = evaluate.name;
-		IF v IS NULL THEN
-			RAISE EXCEPTION 'model "%" has no deployed version', name
-				USING ERRCODE = 'object_not_in_prerequisite_state',
-					HINT = 'Pass a version, or deploy one with triage.deploy().';
-		END IF;
-	END IF;
+	v := coalesce(v, triage.deployed_version(name));
 
 	-- one pass of the model over the rows, then every metric from it
 	EXECUTE format($q$
@@ -364,14 +374,7 @@ BEGIN
 	IF name IS NULL OR query IS NULL THEN
 		RAISE EXCEPTION 'name and query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	IF v IS NULL THEN
-		SELECT d.version INTO v FROM triage.deployments d WHERE d.name = calibrate_temperature.name;
-		IF v IS NULL THEN
-			RAISE EXCEPTION 'model "%" has no deployed version', name
-				USING ERRCODE = 'object_not_in_prerequisite_state',
-					HINT = 'Pass a version, or deploy one with triage.deploy().';
-		END IF;
-	END IF;
+	v := coalesce(v, triage.deployed_version(name));
 	-- fit with the raw model, then store; the next statement uses the new temperature
 	UPDATE triage.models m SET metrics = m.metrics - 'calibration'
 	 WHERE m.name = calibrate_temperature.name AND m.version = v;
