@@ -111,15 +111,20 @@ SQL
 
 say "The large model answers the escalated rows: triage-worker against a stub endpoint on 127.0.0.1"
 echo "(the stub answers from the gold labels with 5% errors: it simulates a strong model)"
-psql -X -q -At -c "COPY (SELECT review, gold FROM inbox) TO STDOUT WITH (FORMAT csv)" > "$WORK/gold.csv"
+psql -X -q -At -c "COPY (SELECT review AS input, gold AS label FROM inbox) TO STDOUT WITH (FORMAT csv, HEADER)" > "$WORK/gold.csv"
 python3 test/stub/stub_llm.py --port 0 --gold "$WORK/gold.csv" --error-rate 0.05 --seed 1 \
 	--max-seconds 120 > "$WORK/stub.out" 2>"$WORK/stub.err" &
 STUB_PID=$!
 for _ in $(seq 50); do grep -q listening "$WORK/stub.out" && break; sleep 0.1; done
 STUB_PORT=$(sed -n 's/.*listening on \([0-9]*\).*/\1/p' "$WORK/stub.out")
+if [ -z "$STUB_PORT" ]; then
+	echo "the stub endpoint did not start:" >&2
+	cat "$WORK/stub.err" >&2
+	exit 1
+fi
 WORKER=$("$PG_CONFIG" --bindir)/triage-worker
 [ -x "$WORKER" ] || WORKER=src/worker/triage-worker
-"$WORKER" --dsn "host=$PGHOST port=$PGPORT dbname=postgres" --base-url "http://127.0.0.1:$STUB_PORT/v1" \
+timeout 120 "$WORKER" --dsn "host=$PGHOST port=$PGPORT dbname=postgres" --base-url "http://127.0.0.1:$STUB_PORT/v1" \
 	--model stub-large --concurrency 4 --once --log-file "$WORK/worker.log"
 kill "$STUB_PID" 2>/dev/null || true
 echo "worker log: $(grep -c 'outcome=done' "$WORK/worker.log") done, first lines:"
