@@ -910,8 +910,16 @@ BEGIN
 		   triage_calibration_rows
 	 GROUP BY t;
 
-	SELECT threshold, kept, correct INTO chosen FROM triage_calibration_curve
-	 WHERE (target_accuracy IS NULL OR (kept > 0 AND correct::float8 / kept >= target_accuracy) OR kept = 0)
+	-- A threshold qualifies for a target only if the kept accuracy stays at
+	-- or above it for every higher threshold too (ignoring the top few rows):
+	-- the first crossing alone is often a lucky dip that unseen rows miss.
+	SELECT threshold, kept, correct INTO chosen
+	  FROM (SELECT *, min(CASE WHEN kept >= greatest(10, n / 50) THEN correct::float8 / kept END)
+						  OVER (ORDER BY threshold DESC ROWS UNBOUNDED PRECEDING) AS floor_accuracy
+			  FROM triage_calibration_curve) c
+	 WHERE (target_accuracy IS NULL OR kept = 0
+			OR (kept > 0 AND correct::float8 / kept >= target_accuracy
+				AND coalesce(floor_accuracy, 1) >= target_accuracy))
 	   AND (max_escalation IS NULL OR 1 - kept::float8 / n <= max_escalation + 1e-9)
 	 ORDER BY CASE WHEN target_accuracy IS NULL
 				   THEN -(CASE WHEN kept > 0 THEN correct::float8 / kept ELSE 0 END) ELSE 0 END,
@@ -941,7 +949,8 @@ BEGIN
 				 ORDER BY r.l, ts.t) per;
 		per_label_escalated := per_label_escalated
 			+ (SELECT count(*) FROM triage_calibration_rows WHERE l IS NULL);
-		IF per_label_escalated >= n - chosen.kept OR max_escalation IS NOT NULL THEN
+		-- per label only when it clearly helps: fitted on fewer rows, it generalises worse
+		IF per_label_escalated > (n - chosen.kept) - greatest(1, n / 20) OR max_escalation IS NOT NULL THEN
 			per_label := '{}';
 		END IF;
 	END IF;
