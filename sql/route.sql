@@ -151,3 +151,18 @@ SET triage.llm_completion_price_per_1k = 0.03;
 SELECT policy, rows_seen > 0 AS seen, escalated > 0 AS escalated, answered, dead, tokens,
        llm_cost, all_llm_cost > llm_cost AS saves
   FROM triage.escalation_stats;
+
+-- least privilege: the worker role can work the queue and nothing else
+SELECT triage.enqueue('reviews', 'for the worker role') AS job \gset
+SET ROLE triage_worker;
+SELECT count(*) FROM triage.claim('w9', 1, '1 minute');
+SELECT triage.release(:job);
+SELECT count(*) FROM triage.models;
+SELECT triage.enqueue('reviews', 'x');
+RESET ROLE;
+-- a user can classify, but not deploy nor claim
+SET ROLE triage_user;
+SELECT (triage.classify('router', 'lovely tea')).label IS NOT NULL AS classified;
+SELECT triage.deploy('router', 1);
+SELECT triage.claim('w9', 1);
+RESET ROLE;
