@@ -166,3 +166,18 @@ SELECT (triage.classify('router', 'lovely tea')).label IS NOT NULL AS classified
 SELECT triage.deploy('router', 1);
 SELECT triage.claim('w9', 1);
 RESET ROLE;
+
+-- distillation: retrain from the examples (here 2 large-model answers) plus
+-- labeled rows, deploy only if better on held-out rows
+SELECT d->'previous_version' AS previous, d->'new_version' AS new,
+       (d->>'deployed')::boolean = ((d->'after'->>'accuracy')::numeric > (d->'before'->>'accuracy')::numeric)
+         AS deployed_only_if_better,
+       (d->>'examples')::int > 0 AS has_examples
+  FROM triage.distill('router', jsonb_build_object(
+         'query', 'SELECT review, score FROM heldout WHERE n % 4 <> 0',
+         'heldout', 'SELECT review, score FROM heldout WHERE n % 4 = 0',
+         'train', '{"dim": 10, "epoch": 10, "lr": 0.5, "wordNgrams": 2, "bucket": 20000, "seed": 3}'::jsonb)) d;
+SELECT version = (SELECT max(version) FROM triage.models WHERE name = 'router') AS new_version_deployed
+  FROM triage.deployments WHERE name = 'router';
+SELECT triage.distill('router', '{}');
+SELECT triage.distill('router', '{"heldout": "SELECT 1", "bogus": 1}');

@@ -1297,3 +1297,52 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA triage TO triage_admin;
 GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) TO triage_admin;
+
+-- Distillation --------------------------------------------------------------------
+
+CREATE FUNCTION triage.distill(name text, options jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	heldout text := options->>'heldout';
+	extra text := options->>'query';
+	train_options jsonb := coalesce(options->'train', '{}');
+	training_query text;
+	old_version integer;
+	new_version integer;
+	before jsonb;
+	after jsonb;
+	improved boolean;
+BEGIN
+	IF heldout IS NULL THEN
+		RAISE EXCEPTION 'distill needs options->>''heldout'', a query of labeled (input, label) rows to compare versions on'
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'For example triage.distill(''m'', ''{"heldout": "SELECT body, label FROM checked"}'').';
+	END IF;
+	IF EXISTS (SELECT FROM jsonb_object_keys(options) k WHERE k NOT IN ('heldout', 'query', 'train')) THEN
+		RAISE EXCEPTION 'unknown option of distill; known: heldout, query, train'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	old_version := triage.deployed_version(name);
+	-- the examples of this model (human and large-model answers), and any other labeled rows
+	training_query := format('SELECT input, label FROM triage.examples WHERE model = %L AND label IS NOT NULL',
+							 name) || coalesce(' UNION ALL SELECT * FROM (' || extra || ') AS extra', '');
+	before := triage.evaluate(name, heldout, old_version);
+	new_version := triage.train(name, training_query, train_options);
+	after := triage.evaluate(name, heldout, new_version);
+	improved := (after->>'accuracy')::numeric > (before->>'accuracy')::numeric;
+	IF improved THEN
+		PERFORM triage.deploy(name, new_version);
+	END IF;
+	UPDATE triage.models m SET metrics = m.metrics || jsonb_build_object('heldout', after - 'reliability')
+	 WHERE m.name = distill.name AND m.version = new_version;
+	RETURN jsonb_build_object(
+		'previous_version', old_version, 'new_version', new_version, 'deployed', improved,
+		'examples', (SELECT count(*) FROM triage.examples e WHERE e.model = distill.name),
+		'before', jsonb_build_object('accuracy', before->'accuracy', 'macro_f1', before->'macro_f1'),
+		'after', jsonb_build_object('accuracy', after->'accuracy', 'macro_f1', after->'macro_f1'));
+END;
+$$;
+COMMENT ON FUNCTION triage.distill(text, jsonb) IS
+	'Retrains a model from its examples (human and large-model answers, triage.examples) plus options->>''query'', compares the new version with the deployed one on options->>''heldout'', deploys it only if it is more accurate, and returns both scores.';
+GRANT EXECUTE ON FUNCTION triage.distill(text, jsonb) TO triage_admin;
