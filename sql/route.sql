@@ -169,15 +169,20 @@ RESET ROLE;
 
 -- distillation: retrain from the examples (here 2 large-model answers) plus
 -- labeled rows, deploy only if better on held-out rows
-SELECT d->'previous_version' AS previous, d->'new_version' AS new,
+SELECT d->>'previous_version' AS previous, d->>'new_version' AS new, d->>'deployed' AS deployed,
        (d->>'deployed')::boolean = ((d->'after'->>'accuracy')::numeric > (d->'before'->>'accuracy')::numeric)
          AS deployed_only_if_better,
        (d->>'examples')::int > 0 AS has_examples
   FROM triage.distill('router', jsonb_build_object(
          'query', 'SELECT review, score FROM heldout WHERE n % 4 <> 0',
          'heldout', 'SELECT review, score FROM heldout WHERE n % 4 = 0',
-         'train', '{"dim": 10, "epoch": 10, "lr": 0.5, "wordNgrams": 2, "bucket": 20000, "seed": 3}'::jsonb)) d;
-SELECT version = (SELECT max(version) FROM triage.models WHERE name = 'router') AS new_version_deployed
+         'train', '{"dim": 10, "epoch": 10, "lr": 0.5, "wordNgrams": 2, "bucket": 20000, "seed": 3}'::jsonb)) d
+\gset distill_
+SELECT :'distill_previous' AS previous, :'distill_new' AS new,
+       :'distill_deployed_only_if_better' AS deployed_only_if_better, :'distill_has_examples' AS has_examples;
+-- the deployment follows the decision
+SELECT version = CASE WHEN :'distill_deployed' = 'true' THEN :'distill_new' ELSE :'distill_previous' END::int
+       AS deployment_follows
   FROM triage.deployments WHERE name = 'router';
 SELECT triage.distill('router', '{}');
 SELECT triage.distill('router', '{"heldout": "SELECT 1", "bogus": 1}');
