@@ -49,3 +49,14 @@ SELECT triage.import_fasttext('junk', overlay(overlay(pg_read_binary_file(:'v1')
 	PLACING '\xc7010000' FROM 65 FOR 4) PLACING '\x00000000' FROM 73 FOR 4));
 -- nothing was stored by the failures
 SELECT count(*) FROM triage.models WHERE name = 'junk';
+
+-- batch classification and model-file functions: bad input
+SELECT * FROM triage.classify_batch('errs', ARRAY[['a', 'b'], ['c', 'd']]);
+SELECT count(*) FROM triage.classify_batch('errs', '{}'::text[]);
+SELECT ord, label IS NULL AS no_label FROM triage.classify_batch('errs', ARRAY['stale', NULL, '']) ORDER BY ord;
+SELECT * FROM triage.classify_batch('no_such_model', ARRAY['x']);
+SELECT triage.quantize_fasttext('\x00');
+SELECT triage.quantize_fasttext(pg_read_binary_file(:'v1'), '{"cutoff": -1}');
+SELECT triage.fasttext_file(convert_to('not a model', 'UTF8'));
+SELECT triage.fit_temperature('errs', 0, 'SELECT 1, 2');
+SELECT triage.fit_temperature('errs', 1, 'SELECT ''a'', ''great''');

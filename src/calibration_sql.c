@@ -104,20 +104,7 @@ ReadHeldOut(const char *query, CachedModel *model, HeldOut *h, int64 *skipped)
 			(*skipped)++;
 			continue;
 		}
-		for (int32 l = 0; l < ft->nlabels && g < 0; l++)
-		{
-			size_t		len;
-			const char *w = FastTextLabel(ft, l, &len);
-			size_t		plen = strlen(FASTTEXT_LABEL_PREFIX);
-
-			if (len >= plen && memcmp(w, FASTTEXT_LABEL_PREFIX, plen) == 0)
-			{
-				w += plen;
-				len -= plen;
-			}
-			if (len == strlen(label) && memcmp(w, label, len) == 0)
-				g = l;
-		}
+		g = FastTextFindLabel(ft, label, strlen(label));
 		if (g < 0)
 		{
 			(*skipped)++;

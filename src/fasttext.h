@@ -247,6 +247,8 @@ extern TriageStatus FastTextLoad(const uint8_t *data, size_t len,
 								 FastTextModel **model, char *errbuf, size_t errlen);
 extern void FastTextFree(FastTextModel *model);
 extern const char *FastTextLabel(const FastTextModel *model, int32_t label, size_t *len);
+extern const char *FastTextLabelName(const FastTextModel *model, int32_t label, size_t *len);
+extern int32_t FastTextFindLabel(const FastTextModel *model, const char *name, size_t len);
 extern int32_t FastTextFindWord(const FastTextModel *model, const char *word, size_t len, uint32_t hash);
 
 extern void FastTextScratchInit(FastTextScratch *scratch, const TriageAllocator *allocator);

@@ -750,6 +750,35 @@ FastTextFree(FastTextModel *model)
 	TriageFree(&alloc, model);
 }
 
+/* The label as users see it: without fastText's "__label__" prefix */
+const char *
+FastTextLabelName(const FastTextModel *model, int32_t label, size_t *len)
+{
+	const char *word = FastTextLabel(model, label, len);
+
+	if (FastTextIsLabelToken(word, *len))
+	{
+		word += sizeof(FASTTEXT_LABEL_PREFIX) - 1;
+		*len -= sizeof(FASTTEXT_LABEL_PREFIX) - 1;
+	}
+	return word;
+}
+
+/* The index of the label called name (without prefix), or -1 */
+int32_t
+FastTextFindLabel(const FastTextModel *model, const char *name, size_t len)
+{
+	for (int32_t i = 0; i < model->nlabels; i++)
+	{
+		size_t		l;
+		const char *w = FastTextLabelName(model, i, &l);
+
+		if (l == len && memcmp(w, name, len) == 0)
+			return i;
+	}
+	return -1;
+}
+
 /* The label's text, prefix included, and its length in bytes */
 const char *
 FastTextLabel(const FastTextModel *model, int32_t label, size_t *len)

@@ -59,20 +59,14 @@ CheckFastTextLabels(const FastTextModel *model)
 	}
 }
 
-/* A label as users see it: without fastText's "__label__" prefix */
+/* A label as users see it, as text */
 text *
 FastTextLabelText(const FastTextModel *model, int32 label)
 {
 	size_t		len;
-	const char *word = FastTextLabel(model, label, &len);
-	size_t		prefix = strlen(FASTTEXT_LABEL_PREFIX);
+	const char *name = FastTextLabelName(model, label, &len);
 
-	if (len >= prefix && memcmp(word, FASTTEXT_LABEL_PREFIX, prefix) == 0)
-	{
-		word += prefix;
-		len -= prefix;
-	}
-	return cstring_to_text_with_len(word, (int) len);
+	return cstring_to_text_with_len(name, (int) len);
 }
 
 static Datum
@@ -136,6 +130,36 @@ triage_inspect_fasttext(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
 }
 
+/*
+ * A tuplestore and result descriptor for a set-returning function in
+ * materialize mode, in the query's memory (PostgreSQL 15's
+ * InitMaterializedSRF, written out so that 13 and 14 build too).
+ */
+static Tuplestorestate *
+BeginMaterialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext old;
+	Tuplestorestate *store;
+	TupleDesc	desc;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		(rsinfo->allowedModes & SFRM_Materialize) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	*tupdesc = CreateTupleDescCopy(desc);
+	store = tuplestore_begin_heap(true, false, work_mem);
+	MemoryContextSwitchTo(old);
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = store;
+	rsinfo->setDesc = *tupdesc;
+	return store;
+}
+
 /* Run the model on input; returns the number of predictions */
 static int32
 Predict(CachedModel *model, text *input, int32 k, float threshold)
@@ -176,29 +200,16 @@ triage_predict(PG_FUNCTION_ARGS)
 	text	   *input = PG_GETARG_TEXT_PP(1);
 	int32		k = PG_GETARG_INT32(2);
 	float4		threshold = PG_GETARG_FLOAT4(3);
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	TupleDesc	tupdesc;
 	Tuplestorestate *store;
-	MemoryContext old;
 	CachedModel *model;
 	int32		n;
 
-	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
-		(rsinfo->allowedModes & SFRM_Materialize) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("triage.predict() must be called where a set can be returned")));
 	CheckTopK(k, threshold);
+	store = BeginMaterialize(fcinfo, &tupdesc);
 
 	model = ModelRefGet(fcinfo, name, 0);
 	n = Predict(model, input, k, threshold);
-
-	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	tupdesc = CreateTupleDescCopy(tupdesc);
-	store = tuplestore_begin_heap(true, false, work_mem);
-	MemoryContextSwitchTo(old);
 
 	for (int32 i = 0; i < n; i++)
 	{
@@ -209,9 +220,6 @@ triage_predict(PG_FUNCTION_ARGS)
 		values[1] = Float4GetDatum(model->predictions[i].probability);
 		tuplestore_putvalues(store, tupdesc, values, nulls);
 	}
-	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = store;
-	rsinfo->setDesc = tupdesc;
 	return (Datum) 0;
 }
 
@@ -279,7 +287,6 @@ triage_classify_batch(PG_FUNCTION_ARGS)
 {
 	text	   *name = PG_GETARG_TEXT_PP(0);
 	ArrayType  *inputs = PG_GETARG_ARRAYTYPE_P(1);
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	CachedModel *model;
 	Datum	   *elems;
 	bool	   *elem_nulls;
@@ -292,15 +299,10 @@ triage_classify_batch(PG_FUNCTION_ARGS)
 	bool	   *found;
 	TupleDesc	tupdesc;
 	Tuplestorestate *store;
-	MemoryContext old;
 	char		errbuf[256];
 	TriageStatus status;
 
-	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
-		(rsinfo->allowedModes & SFRM_Materialize) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("triage.classify_batch() must be called where a set can be returned")));
+	store = BeginMaterialize(fcinfo, &tupdesc);
 	if (ARR_NDIM(inputs) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
@@ -335,12 +337,6 @@ triage_classify_batch(PG_FUNCTION_ARGS)
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf, psprintf("model \"%s\" version %d", model->name, model->version));
 
-	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	tupdesc = CreateTupleDescCopy(tupdesc);
-	store = tuplestore_begin_heap(true, false, work_mem);
-	MemoryContextSwitchTo(old);
 	for (int i = 0; i < n; i++)
 	{
 		Datum		values[3];
@@ -351,8 +347,5 @@ triage_classify_batch(PG_FUNCTION_ARGS)
 		values[2] = found[i] ? Float4GetDatum(predictions[i].probability) : (Datum) 0;
 		tuplestore_putvalues(store, tupdesc, values, nulls);
 	}
-	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = store;
-	rsinfo->setDesc = tupdesc;
 	return (Datum) 0;
 }

@@ -677,17 +677,7 @@ FastTextRetrain(FastTextModel *model, const FastTextTrainOptions *options,
 	/* the model's label order, found by name */
 	for (int32_t i = 0; i < nlabels; i++)
 	{
-		size_t		plen = strlen(FASTTEXT_LABEL_PREFIX);
-
-		label_order[i] = -1;
-		for (int32_t j = 0; j < model->nlabels; j++)
-		{
-			const FastTextEntry *e = &model->entries[model->nwords + j];
-
-			if ((size_t) e->length == plen + strlen(labels[i]) &&
-				memcmp(e->word + plen, labels[i], strlen(labels[i])) == 0)
-				label_order[i] = j;
-		}
+		label_order[i] = FastTextFindLabel(model, labels[i], strlen(labels[i]));
 		if (label_order[i] < 0)
 		{
 			status = TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen,
