@@ -26,10 +26,18 @@ CoreCheckForInterrupts(void)
 	CHECK_FOR_INTERRUPTS();
 }
 
+/* Lets core code inside malloc-based libraries stop cleanly first */
+static bool
+CoreCancelPending(void)
+{
+	return InterruptPending;
+}
+
 void
 _PG_init(void)
 {
 	TriageInterruptHook = CoreCheckForInterrupts;
+	TriageCancelPendingHook = CoreCancelPending;
 	FastTextBatchInit();
 	DefineCustomRealVariable("triage.llm_prompt_price_per_1k",
 							 "Price of 1,000 prompt tokens of the large model.",

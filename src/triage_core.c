@@ -24,6 +24,7 @@ MallocFree(void *context, void *pointer)
 }
 
 void		(*TriageInterruptHook) (void) = NULL;
+bool		(*TriageCancelPendingHook) (void) = NULL;
 
 const TriageAllocator TriageMallocAllocator = {MallocAlloc, MallocFree, NULL};
 

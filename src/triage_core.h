@@ -49,6 +49,17 @@ extern void (*TriageInterruptHook) (void);
 			TriageInterruptHook(); \
 	} while (0)
 
+/*
+ * Code that runs inside a library which allocates with malloc (liblbfgs) must
+ * not longjmp out of it.  It asks TRIAGE_CANCEL_PENDING() instead, stops the
+ * library cleanly, frees what it holds, and then calls
+ * TRIAGE_CHECK_INTERRUPTS() to let the server raise the cancel.
+ */
+extern bool (*TriageCancelPendingHook) (void);
+
+#define TRIAGE_CANCEL_PENDING() \
+	(TriageCancelPendingHook != NULL && TriageCancelPendingHook())
+
 extern void *TriageAlloc(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocZero(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocArray(const TriageAllocator *allocator, size_t count, size_t size);

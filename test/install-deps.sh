@@ -9,6 +9,7 @@ PACKAGES=(
 	postgresql-15
 	postgresql-server-dev-15
 	libopenblas-dev
+	liblbfgs-dev
 	libcurl4-openssl-dev
 	libpq-dev
 	libipc-run-perl
