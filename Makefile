@@ -20,6 +20,7 @@ OBJS = \
 	src/train_options.o \
 	src/calibration_sql.o \
 	src/quantize_sql.o \
+	src/route.o \
 	src/triage_core.o \
 	src/fasttext_load.o \
 	src/fasttext_dict.o \

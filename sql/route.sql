@@ -121,6 +121,48 @@ SELECT id, body, label FROM inbox WHERE id IN (1, 2) ORDER BY id;
 SELECT triage.detach('inbox', 'label');
 INSERT INTO inbox (body) VALUES ('not routed any more');
 SELECT label IS NULL AS not_routed FROM inbox WHERE body = 'not routed any more';
+-- provenance: which model version, or which large model and prompt, wrote each answer
+CREATE TABLE mail (id int PRIMARY KEY, body text, label text, label_by jsonb);
+SELECT triage.attach('mail', 'body', 'label', 'reviews', 'label_by');
+INSERT INTO mail VALUES (1, 'the coffee was stale and bitter, never again'), (2, 'fine');
+SELECT id, label IS NOT NULL AS labelled, label_by->>'by' AS by, label_by->>'model' AS model,
+       (label_by->>'version')::int = triage.deployed_version('router') AS deployed_version,
+       (label_by->>'confidence')::real BETWEEN 0 AND 1 AS has_confidence, label_by ? 'at' AS has_time
+  FROM mail ORDER BY id;
+SELECT e.id AS mail_job FROM triage.escalations e
+ WHERE e.source = 'mail'::regclass AND e.source_key->>'id' = '1' \gset
+UPDATE triage.escalations SET visible_at = now() - interval '1 second' WHERE id = :mail_job;
+SELECT count(*) > 0 AS claimed FROM triage.claim('w1', 100, '1 minute');
+SELECT triage.complete(:mail_job, '{"model": "big-model", "choices": [{"message": {"content": "{\"label\": \"great\"}"}}]}');
+SELECT id, label, label_by->>'by' AS by, label_by->>'model' AS model, label_by->>'prompt_version' AS prompt_version,
+       (label_by->>'escalation')::bigint = :mail_job AS escalation
+  FROM mail WHERE id = 1;
+SELECT triage.attach('mail', 'body', 'label', 'reviews', 'body');
+-- a policy edited in place applies from the next statement, no re-attach
+UPDATE triage.policies SET rules = '{"max_length": 3}' WHERE name = 'reviews';
+INSERT INTO mail VALUES (3, 'tasty and fresh tea, five stars');
+SELECT reason FROM triage.escalations WHERE source = 'mail'::regclass AND source_key->>'id' = '3';
+SELECT (triage.route('reviews', 'tasty and fresh tea, five stars')).reason;
+UPDATE triage.policies SET rules = '{}' WHERE name = 'reviews';
+SELECT (triage.route('reviews', 'tasty and fresh tea, five stars')).reason LIKE 'confidence%' AS by_confidence;
+-- policies are checked when written
+UPDATE triage.policies SET rules = '{"max_lenght": 3}' WHERE name = 'reviews';
+UPDATE triage.policies SET rules = '{"max_length": "long"}' WHERE name = 'reviews';
+UPDATE triage.policies SET rules = '{"escalate_if_matches": "(unclosed"}' WHERE name = 'reviews';
+UPDATE triage.policies SET thresholds = '{"default": 7}' WHERE name = 'reviews';
+UPDATE triage.policies SET thresholds = '{"default": 0.5, "labels": {"great": "high"}}' WHERE name = 'reviews';
+-- a user who may classify can insert into an attached table: the trigger
+-- queues escalations on the user's behalf, without rights on the queue
+GRANT SELECT, INSERT ON mail TO triage_user;
+UPDATE triage.policies SET thresholds = '{"default": 1.0001}' WHERE name = 'reviews';
+SET ROLE triage_user;
+INSERT INTO mail (id, body) VALUES (4, 'I want a refund for this'), (5, 'great coffee');
+SELECT count(*) FROM triage.escalations;
+RESET ROLE;
+SELECT id, label IS NOT NULL AS labelled FROM mail WHERE id >= 4 ORDER BY id;
+SELECT count(*) AS queued FROM triage.escalations WHERE source = 'mail'::regclass AND source_key->>'id' IN ('4', '5');
+SELECT triage.detach('mail', 'label');
+UPDATE triage.policies SET thresholds = '{"default": 0.999}' WHERE name = 'reviews';
 -- attach checks the table
 CREATE TABLE nokey (body text, label text);
 SELECT triage.attach('nokey', 'body', 'label', 'reviews');

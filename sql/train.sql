@@ -4,6 +4,8 @@
 \set SHOW_CONTEXT never
 CREATE EXTENSION IF NOT EXISTS pg_triage;
 
+-- training reports progress in NOTICEs when it runs long, which depends on the machine
+SET client_min_messages = warning;
 CREATE TABLE food (product text, review text, score text);
 COPY food FROM :'csv' WITH (FORMAT csv, HEADER);
 -- every 5th review is held out

@@ -161,8 +161,8 @@ BeginMaterialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
 }
 
 /* Run the model on input; returns the number of predictions */
-static int32
-Predict(CachedModel *model, text *input, int32 k, float threshold)
+int32
+ModelPredict(CachedModel *model, text *input, int32 k, float threshold)
 {
 	int32		n;
 	char		errbuf[256];
@@ -209,7 +209,7 @@ triage_predict(PG_FUNCTION_ARGS)
 	store = BeginMaterialize(fcinfo, &tupdesc);
 
 	model = ModelRefGet(fcinfo, name, 0);
-	n = Predict(model, input, k, threshold);
+	n = ModelPredict(model, input, k, threshold);
 
 	for (int32 i = 0; i < n; i++)
 	{
@@ -232,7 +232,7 @@ Classify(FunctionCallInfo fcinfo, text *name, int32 version, text *input)
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 
-	if (Predict(model, input, 1, 0.0f) == 0)
+	if (ModelPredict(model, input, 1, 0.0f) == 0)
 		PG_RETURN_NULL();
 	if (ref->tupdesc == NULL)
 	{

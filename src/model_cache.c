@@ -260,16 +260,14 @@ ProcessInvalidations(void)
 }
 
 static void
-CopyModelName(char *dest, text *name)
+CopyModelName(char *dest, const char *name, int len)
 {
-	int			len = VARSIZE_ANY_EXHDR(name);
-
 	if (len >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_NAME_TOO_LONG),
 				 errmsg("model name is too long (%d bytes)", len),
 				 errhint("Model names have at most %d bytes.", NAMEDATALEN - 1)));
-	memcpy(dest, VARDATA_ANY(name), len);
+	memcpy(dest, name, len);
 	dest[len] = '\0';
 }
 
@@ -407,28 +405,20 @@ LoadModel(const char *name, int32 version)
 }
 
 /*
- * The model for (name, version), version 0 meaning the deployed one, cached
- * in fcinfo's fn_extra for later calls from the same call site.
+ * The model for (name, version), version 0 meaning the deployed one, through
+ * ref: a caller's own slot that remembers the last model it resolved, so that
+ * later calls cost one comparison until something is invalidated.
  */
 CachedModel *
-ModelRefGet(FunctionCallInfo fcinfo, text *name, int32 version)
+ModelRefLookup(ModelRef *ref, const char *name, int len, int32 version)
 {
-	ModelRef   *ref = (ModelRef *) fcinfo->flinfo->fn_extra;
-	int			len = VARSIZE_ANY_EXHDR(name);
 	ModelKey	key;
 	ModelCacheEntry *entry;
 	bool		found;
 
-	if (ref == NULL)
-	{
-		ref = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ModelRef));
-		fcinfo->flinfo->fn_extra = ref;
-		/* a new statement: see deployments committed since the last one */
-		AcceptInvalidationMessages();
-	}
 	if (ref->model != NULL && ref->generation == CacheGeneration &&
 		ref->version == version && len < NAMEDATALEN &&
-		strncmp(ref->name, VARDATA_ANY(name), len) == 0 && ref->name[len] == '\0')
+		strncmp(ref->name, name, len) == 0 && ref->name[len] == '\0')
 		return ref->model;
 
 	if (version < 0)
@@ -438,7 +428,7 @@ ModelRefGet(FunctionCallInfo fcinfo, text *name, int32 version)
 				 errhint("Versions start at 1.")));
 	ProcessInvalidations();
 	memset(&key, 0, sizeof(key));
-	CopyModelName(key.name, name);
+	CopyModelName(key.name, name, len);
 	key.version = version > 0 ? version : ResolveDeployment(key.name);
 
 	entry = hash_search(ModelTable, &key, HASH_FIND, NULL);
@@ -456,6 +446,25 @@ ModelRefGet(FunctionCallInfo fcinfo, text *name, int32 version)
 	ref->version = version;
 	ref->model = entry->model;
 	return ref->model;
+}
+
+/*
+ * ModelRefLookup with the ref kept in fcinfo's fn_extra, for later calls
+ * from the same call site.
+ */
+CachedModel *
+ModelRefGet(FunctionCallInfo fcinfo, text *name, int32 version)
+{
+	ModelRef   *ref = (ModelRef *) fcinfo->flinfo->fn_extra;
+
+	if (ref == NULL)
+	{
+		ref = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ModelRef));
+		fcinfo->flinfo->fn_extra = ref;
+		/* a new statement: see deployments committed since the last one */
+		AcceptInvalidationMessages();
+	}
+	return ModelRefLookup(ref, VARDATA_ANY(name), VARSIZE_ANY_EXHDR(name), version);
 }
 
 PG_FUNCTION_INFO_V1(triage_model_store_changed);

@@ -39,6 +39,7 @@ _PG_init(void)
 	TriageInterruptHook = CoreCheckForInterrupts;
 	TriageCancelPendingHook = CoreCancelPending;
 	FastTextBatchInit();
+	RouteInit();
 	DefineCustomRealVariable("triage.llm_prompt_price_per_1k",
 							 "Price of 1,000 prompt tokens of the large model.",
 							 "Used by triage.escalation_stats to estimate costs and savings.",

@@ -49,12 +49,17 @@ typedef struct ModelRef
 /* model_cache.c */
 extern void ModelCacheInit(void);
 extern CachedModel *ModelRefGet(FunctionCallInfo fcinfo, text *name, int32 version);
+extern CachedModel *ModelRefLookup(ModelRef *ref, const char *name, int len, int32 version);
 extern TriageAllocator ContextAllocator(MemoryContext context);
 extern FastTextModel *LoadModelBytea(bytea *data, MemoryContext context);
 extern bytea *SaveModelBytea(const FastTextModel *model, MemoryContext context, const char *what);
 extern void ReportCoreError(TriageStatus status, const char *message, const char *context);
 
+/* route.c */
+extern void RouteInit(void);
+
 /* fasttext_sql.c */
+extern int32 ModelPredict(CachedModel *model, text *input, int32 k, float threshold);
 extern text *FastTextLabelText(const FastTextModel *model, int32 label);
 extern void CheckFastTextLabels(const FastTextModel *model);
 

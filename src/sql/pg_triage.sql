@@ -453,6 +453,67 @@ COMMENT ON TABLE triage.policies IS
 	'How to route: which model, confidence thresholds (default and per label), rules, the audit rate and the large model''s prompt.';
 SELECT pg_catalog.pg_extension_config_dump('triage.policies', '');
 
+-- Policies are edited in place (create_policy, calibrate or a plain UPDATE):
+-- check what routing will read, so that a bad policy fails when it is
+-- written, not on the millionth row routed
+CREATE FUNCTION triage.check_policy() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+	k text;
+	v jsonb;
+BEGIN
+	IF jsonb_typeof(NEW.thresholds) <> 'object'
+	   OR (NEW.thresholds ? 'default' AND (jsonb_typeof(NEW.thresholds->'default') <> 'number'
+										   OR (NEW.thresholds->>'default')::float8 NOT BETWEEN 0 AND 1.001))
+	   OR (NEW.thresholds ? 'labels' AND jsonb_typeof(NEW.thresholds->'labels') <> 'object') THEN
+		RAISE EXCEPTION 'thresholds of policy "%" must be {"default": 0..1, "labels": {"label": 0..1, ...}}', NEW.name
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'A confidence below its threshold escalates the row; a threshold just above 1 escalates every row.';
+	END IF;
+	FOR k, v IN SELECT * FROM jsonb_each(coalesce(NEW.thresholds->'labels', '{}')) LOOP
+		IF jsonb_typeof(v) <> 'number' OR v::text::float8 NOT BETWEEN 0 AND 1.001 THEN
+			RAISE EXCEPTION 'threshold of label "%" in policy "%" must be a number between 0 and 1, not %', k, NEW.name, v
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END LOOP;
+	IF jsonb_typeof(NEW.rules) <> 'object' THEN
+		RAISE EXCEPTION 'rules of policy "%" must be a JSON object', NEW.name
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR k, v IN SELECT * FROM jsonb_each(NEW.rules) LOOP
+		IF k IN ('max_length', 'min_length') THEN
+			IF jsonb_typeof(v) <> 'number' OR v::text !~ '^[0-9]{1,9}$' THEN
+				RAISE EXCEPTION 'rule % of policy "%" must be a whole number of characters, not %', k, NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		ELSIF k IN ('escalate_if_matches', 'escalate_unless_matches') THEN
+			IF jsonb_typeof(v) <> 'string' THEN
+				RAISE EXCEPTION 'rule % of policy "%" must be a regular expression (a JSON string), not %', k, NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			BEGIN
+				PERFORM '' ~* (v #>> '{}');
+			EXCEPTION WHEN invalid_regular_expression THEN
+				RAISE EXCEPTION 'rule % of policy "%" is not a valid regular expression: %', k, NEW.name, SQLERRM
+					USING ERRCODE = 'invalid_regular_expression';
+			END;
+		ELSE
+			RAISE EXCEPTION 'unknown rule "%" in policy "%"', k, NEW.name
+				USING ERRCODE = 'invalid_parameter_value',
+					HINT = 'Rules: max_length, min_length, escalate_if_matches, escalate_unless_matches.';
+		END IF;
+	END LOOP;
+	NEW.updated_at := now();
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER policies_check BEFORE INSERT OR UPDATE ON triage.policies
+	FOR EACH ROW EXECUTE FUNCTION triage.check_policy();
+-- every session routes with the edited policy from its next statement
+CREATE TRIGGER policies_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.policies
+	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
+
 CREATE FUNCTION triage.create_policy(name text, model text, labels text[] DEFAULT NULL,
 									 threshold real DEFAULT 0.5, rules jsonb DEFAULT '{}',
 									 prompt jsonb DEFAULT NULL, audit_rate real DEFAULT 0,
@@ -491,10 +552,10 @@ CREATE TABLE triage.escalations (
 	source_key jsonb,
 	input_column name,
 	output_column name,
+	provenance_column name,
 	input text NOT NULL,
 	small_answer jsonb,
 	reason text,
-	request jsonb NOT NULL,
 	status text NOT NULL DEFAULT 'pending'
 		CHECK (status IN ('pending', 'claimed', 'done', 'dead')),
 	attempts integer NOT NULL DEFAULT 0,
@@ -562,15 +623,14 @@ COMMENT ON FUNCTION triage.build_request(triage.policies, text) IS
 CREATE FUNCTION triage.enqueue(policy text, input text, small_answer jsonb DEFAULT NULL,
 							   source regclass DEFAULT NULL, source_key jsonb DEFAULT NULL,
 							   reason text DEFAULT NULL, input_column name DEFAULT NULL,
-							   output_column name DEFAULT NULL) RETURNS bigint
+							   output_column name DEFAULT NULL, provenance_column name DEFAULT NULL)
+	RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
-	p triage.policies;
 	new_id bigint;
 BEGIN
-	SELECT * INTO p FROM triage.policies WHERE name = enqueue.policy;
-	IF NOT FOUND THEN
+	IF NOT EXISTS (SELECT FROM triage.policies p WHERE p.name = enqueue.policy) THEN
 		RAISE EXCEPTION 'policy "%" does not exist', policy
 			USING ERRCODE = 'undefined_object',
 				HINT = 'Create one with triage.create_policy().';
@@ -583,15 +643,15 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	INSERT INTO triage.escalations (policy, source, source_key, input_column, output_column,
-									input, small_answer, reason, request)
+									provenance_column, input, small_answer, reason)
 	VALUES (policy, source, source_key, input_column, output_column,
-			input, small_answer, reason, triage.build_request(p, input))
+			provenance_column, input, small_answer, reason)
 	RETURNING id INTO new_id;
 	PERFORM pg_catalog.pg_notify('triage_escalations', policy);
 	RETURN new_id;
 END;
 $$;
-COMMENT ON FUNCTION triage.enqueue(text, text, jsonb, regclass, jsonb, text, name, name) IS
+COMMENT ON FUNCTION triage.enqueue(text, text, jsonb, regclass, jsonb, text, name, name, name) IS
 	'Queues a row for the large model under a policy and notifies listening workers.';
 
 CREATE FUNCTION triage.claim(worker text, n integer, visibility interval DEFAULT '5 minutes',
@@ -618,8 +678,10 @@ BEGIN
 	   SET status = 'claimed', claimed_by = worker,
 		   visible_at = clock_timestamp() + visibility,
 		   attempts = e.attempts + (e.status = 'claimed')::int
-	  FROM picked WHERE e.id = picked.id
-	RETURNING e.id, e.request;
+	  FROM picked, triage.policies p
+	 WHERE e.id = picked.id AND p.name = e.policy
+	-- built now, so that a prompt edited meanwhile applies to rows still queued
+	RETURNING e.id, triage.build_request(p, e.input);
 END;
 $$;
 COMMENT ON FUNCTION triage.claim(text, integer, interval, text) IS
@@ -746,7 +808,13 @@ BEGIN
 		ELSIF src_output IS NOT NULL AND src_output IS DISTINCT FROM e.small_answer->>'label' THEN
 			result_outcome := 'source_overwritten';
 		ELSE
-			EXECUTE format('UPDATE %s SET %I = %L WHERE %s', e.source, e.output_column, label, key_cond);
+			EXECUTE format('UPDATE %s SET %I = %L%s WHERE %s', e.source, e.output_column, label,
+						   CASE WHEN e.provenance_column IS NOT NULL
+								THEN format(', %I = %L', e.provenance_column, jsonb_build_object(
+									'by', 'llm', 'model', response->>'model',
+									'prompt_version', p.prompt->'version', 'escalation', e.id, 'at', now()))
+								ELSE '' END,
+						   key_cond);
 			result_outcome := 'written';
 		END IF;
 	END IF;
@@ -801,54 +869,8 @@ COMMENT ON TYPE triage.decision IS
 	'A routing decision: the small model''s answer, whether to escalate it, and the rule or threshold that decided.';
 
 CREATE FUNCTION triage.route(policy text, input text) RETURNS triage.decision
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE AS $$
-#variable_conflict use_column
-DECLARE
-	p triage.policies;
-	pred triage.prediction;
-	d triage.decision;
-	threshold real;
-	len integer := char_length(input);
-BEGIN
-	SELECT * INTO p FROM triage.policies x WHERE x.name = route.policy;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'policy "%" does not exist', policy
-			USING ERRCODE = 'undefined_object',
-				HINT = 'Create one with triage.create_policy().';
-	END IF;
-	pred := triage.classify(p.model, input);
-	d.label := pred.label;
-	d.confidence := pred.confidence;
-	d.escalate := true;
-	-- rules first, then the model's confidence, then the audit sample
-	IF (p.rules ? 'max_length') AND len > (p.rules->>'max_length')::integer THEN
-		d.reason := format('rule max_length: %s characters > %s', len, p.rules->>'max_length');
-	ELSIF (p.rules ? 'min_length') AND len < (p.rules->>'min_length')::integer THEN
-		d.reason := format('rule min_length: %s characters < %s', len, p.rules->>'min_length');
-	ELSIF (p.rules ? 'escalate_if_matches') AND input ~* (p.rules->>'escalate_if_matches') THEN
-		d.reason := format('rule escalate_if_matches: %s', p.rules->>'escalate_if_matches');
-	ELSIF (p.rules ? 'escalate_unless_matches') AND input !~* (p.rules->>'escalate_unless_matches') THEN
-		d.reason := format('rule escalate_unless_matches: %s', p.rules->>'escalate_unless_matches');
-	ELSIF pred.label IS NULL THEN
-		d.reason := 'no prediction: no token of the input is known to the model';
-	ELSE
-		threshold := coalesce((p.thresholds->'labels'->>pred.label)::real,
-							  (p.thresholds->>'default')::real, 0);
-		IF pred.confidence < threshold THEN
-			d.reason := format('confidence %s < threshold %s%s', round(pred.confidence::numeric, 3),
-							   threshold, CASE WHEN p.thresholds->'labels' ? pred.label
-											   THEN ' for ' || pred.label ELSE '' END);
-		-- a deterministic sample, so that a row is audited or not whoever routes it
-		ELSIF p.audit_rate > 0 AND (hashtext(input)::bigint & 1048575) < p.audit_rate * 1048576 THEN
-			d.reason := format('audit sample (%s of confident rows)', p.audit_rate);
-		ELSE
-			d.escalate := false;
-			d.reason := format('confidence %s >= threshold %s', round(pred.confidence::numeric, 3), threshold);
-		END IF;
-	END IF;
-	RETURN d;
-END;
-$$;
+	AS 'MODULE_PATHNAME', 'triage_route'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION triage.route(text, text) IS
 	'Routes one input under a policy: the small model''s label and confidence, and whether to escalate, with the reason (rule, threshold or audit sample).';
 
@@ -996,13 +1018,26 @@ COMMENT ON FUNCTION triage.classify_batch(text, text[]) IS
 
 -- Routing rows of tables ----------------------------------------------------------
 
+-- One row per routing statement, never updated, so that sessions writing to
+-- attached tables at once never wait for each other; compact_counters()
+-- folds them (the worker's heartbeat calls it)
 CREATE TABLE triage.policy_counters (
-	policy text PRIMARY KEY REFERENCES triage.policies (name) ON UPDATE CASCADE ON DELETE CASCADE,
+	policy text NOT NULL REFERENCES triage.policies (name) ON UPDATE CASCADE ON DELETE CASCADE,
 	seen bigint NOT NULL DEFAULT 0,
 	escalated bigint NOT NULL DEFAULT 0
 );
+CREATE INDEX policy_counters_policy ON triage.policy_counters (policy);
 COMMENT ON TABLE triage.policy_counters IS
-	'Rows routed by attached tables and process_table, and how many of them were escalated.';
+	'Rows routed by attached tables and process_table, and how many of them were escalated: sum per policy.';
+
+CREATE FUNCTION triage.compact_counters() RETURNS void
+LANGUAGE sql VOLATILE AS $$
+	WITH folded AS (DELETE FROM triage.policy_counters RETURNING *)
+	INSERT INTO triage.policy_counters (policy, seen, escalated)
+	SELECT policy, sum(seen), sum(escalated) FROM folded GROUP BY policy
+$$;
+COMMENT ON FUNCTION triage.compact_counters() IS
+	'Folds triage.policy_counters into one row per policy.';
 
 CREATE TABLE triage.progress (
 	source regclass PRIMARY KEY,
@@ -1065,128 +1100,127 @@ BEGIN
 END;
 $$;
 
--- The statement that routes the rows of rows_sql: writes labels, queues
--- escalations (unless the row already has one open), returns
--- (routed, escalated, last key).  Parameters: $1 policy, $2 table, $3 key
--- column, $4 input column, $5 output column.  Callers EXECUTE it themselves,
--- so that a trigger's transition tables are in scope.
+-- The statement that routes the rows of rows_sql for process_table: writes
+-- labels (and provenance), queues escalations (unless the row already has
+-- one open), returns (routed, escalated, last key, written).  Parameters:
+-- $1 policy, $2 table, $3 key column, $4 input column, $5 output column,
+-- $6 provenance column, $7 model, $8 its deployed version.
 CREATE FUNCTION triage.route_rows_sql(tbl regclass, key_col name, input_col name, output_col name,
-									  rows_sql text) RETURNS text
+									  provenance_col name, rows_sql text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
 	SELECT format($q$
 		WITH routed AS (
 			SELECT r.%1$I AS k, r.%2$I AS input, triage.route($1, r.%2$I) AS d FROM (%3$s) r),
 		written AS (
-			UPDATE %4$s t SET %5$I = (r.d).label FROM routed r
+			UPDATE %4$s t SET %5$I = (r.d).label %6$s FROM routed r
 			 WHERE t.%1$I = r.k AND (r.d).label IS NOT NULL
 			RETURNING t.%1$I),
 		queued AS (
 			SELECT triage.enqueue($1, r.input, jsonb_build_object('label', (r.d).label,
 								  'confidence', (r.d).confidence),
-								  $2, jsonb_build_object($3, r.k), (r.d).reason, $4, $5) AS id
+								  $2, jsonb_build_object($3, r.k::text), (r.d).reason, $4, $5, $6) AS id
 			  FROM routed r
 			 WHERE (r.d).escalate
 			   AND NOT EXISTS (SELECT FROM triage.escalations e
-								WHERE e.source = $2 AND e.source_key = jsonb_build_object($3, r.k)
+								WHERE e.source = $2 AND e.source_key = jsonb_build_object($3, r.k::text)
 								  AND e.status IN ('pending', 'claimed')))
 		SELECT (SELECT count(*) FROM routed) AS routed, (SELECT count(*) FROM queued) AS escalated,
 			   (SELECT max(k)::text FROM routed) AS last_key, (SELECT count(*) FROM written) AS written
-	$q$, key_col, input_col, rows_sql, tbl, output_col)
+	$q$, key_col, input_col, rows_sql, tbl, output_col,
+		CASE WHEN provenance_col IS NOT NULL THEN format(
+			$p$, %I = jsonb_build_object('by', 'model', 'model', $7, 'version', $8,
+										 'confidence', round((r.d).confidence::numeric, 4),
+										 'at', statement_timestamp())$p$, provenance_col)
+			 ELSE '' END)
 $$;
 
 CREATE FUNCTION triage.count_routed(policy text, routed bigint, escalated bigint) RETURNS void
 LANGUAGE sql VOLATILE AS $$
-	INSERT INTO triage.policy_counters AS c (policy, seen, escalated)
-	VALUES (policy, routed, escalated)
-	ON CONFLICT (policy) DO UPDATE SET seen = c.seen + excluded.seen,
-									   escalated = c.escalated + excluded.escalated
+	INSERT INTO triage.policy_counters (policy, seen, escalated)
+	SELECT policy, routed, escalated WHERE routed > 0
 $$;
 
--- Statement-level trigger: route every inserted (or re-written) row at once
-CREATE FUNCTION triage.route_new_rows() RETURNS trigger
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION triage.route_row() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'triage_route_row' LANGUAGE C;
+COMMENT ON FUNCTION triage.route_row() IS
+	'Row trigger of attached tables: writes the small model''s label into the row being inserted (or whose input is updated) and queues it when the policy escalates it.';
+
+CREATE FUNCTION triage.count_routed_rows() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'triage_count_routed_rows' LANGUAGE C;
+COMMENT ON FUNCTION triage.count_routed_rows() IS
+	'Statement trigger of attached tables: adds the statement''s routed rows to triage.policy_counters.';
+
+CREATE FUNCTION triage.check_provenance_column(tbl regclass, col name) RETURNS void
+LANGUAGE plpgsql STABLE STRICT AS $$
 DECLARE
-	key_col name := TG_ARGV[0];
-	input_col name := TG_ARGV[1];
-	output_col name := TG_ARGV[2];
-	policy text := TG_ARGV[3];
-	rows_sql text;
-	routed bigint;
-	escalated bigint;
-	last_key text;
-	written bigint;
+	typ regtype;
 BEGIN
-	IF TG_OP = 'INSERT' THEN
-		rows_sql := format('SELECT * FROM triage_new_rows WHERE %I IS NOT NULL', input_col);
-	ELSE
-		-- only rows whose input changed
-		rows_sql := format('SELECT n.* FROM triage_new_rows n JOIN triage_old_rows o USING (%I)
-							 WHERE n.%I IS DISTINCT FROM o.%I AND n.%I IS NOT NULL',
-						   key_col, input_col, input_col, input_col);
+	SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+	 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+	IF typ IS NULL THEN
+		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
 	END IF;
-	-- Our own write of the outputs fires this trigger again: it finds no row
-	-- whose input changed and stops there.
-	EXECUTE format('SELECT EXISTS (%s)', rows_sql) INTO found;
-	IF NOT found THEN
-		RETURN NULL;
+	IF typ <> 'jsonb'::regtype THEN
+		RAISE EXCEPTION 'provenance column "%" of % is %, not jsonb', col, tbl, typ
+			USING ERRCODE = 'datatype_mismatch';
 	END IF;
-	EXECUTE triage.route_rows_sql(TG_RELID, key_col, input_col, output_col, rows_sql)
-	   INTO routed, escalated, last_key, written
-	  USING policy, TG_RELID::regclass, key_col, input_col, output_col;
-	PERFORM triage.count_routed(policy, routed, escalated);
-	RETURN NULL;
 END;
 $$;
--- Rows just inserted have no statistics yet: a nested loop over them
--- would scan the table once per row
-ALTER FUNCTION triage.route_new_rows() SET enable_nestloop = off;
-COMMENT ON FUNCTION triage.route_new_rows() IS
-	'Trigger of attached tables: routes the statement''s new rows in one pass (COPY included).';
 
-CREATE FUNCTION triage.attach(tbl regclass, input_column name, output_column name, policy text)
-	RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+CREATE FUNCTION triage.attach(tbl regclass, input_column name, output_column name, policy text,
+							  provenance_column name DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
-	key_col name := triage.key_column(tbl);
+	key_col name;
 	args text;
 BEGIN
+	IF tbl IS NULL OR input_column IS NULL OR output_column IS NULL OR policy IS NULL THEN
+		RAISE EXCEPTION 'attach needs a table, an input column, an output column and a policy'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	key_col := triage.key_column(tbl);
 	PERFORM triage.check_text_column(tbl, input_column);
 	PERFORM triage.check_text_column(tbl, output_column);
+	IF provenance_column IS NOT NULL THEN
+		PERFORM triage.check_provenance_column(tbl, provenance_column);
+	END IF;
 	IF NOT EXISTS (SELECT FROM triage.policies p WHERE p.name = attach.policy) THEN
 		RAISE EXCEPTION 'policy "%" does not exist', policy
 			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
 	END IF;
-	args := format('%L, %L, %L, %L', key_col, input_column, output_column, policy);
-	EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS triage_new_rows '
-				   'FOR EACH STATEMENT EXECUTE FUNCTION triage.route_new_rows(%s)',
-				   'triage_insert_' || output_column, tbl, args);
-	-- (transition tables rule out UPDATE OF: route_new_rows keeps the rows
-	-- whose input changed, so its own writes of the output route nothing)
-	EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s '
-				   'REFERENCING OLD TABLE AS triage_old_rows NEW TABLE AS triage_new_rows '
-				   'FOR EACH STATEMENT EXECUTE FUNCTION triage.route_new_rows(%s)',
-				   'triage_update_' || output_column, tbl, args);
+	args := format('%L, %L, %L, %L, %L', key_col, input_column, output_column, policy,
+				   coalesce(provenance_column, ''));
+	-- BEFORE ROW: the label goes into the row as it is written (COPY
+	-- included), no second write; UPDATE OF: only a changed input is routed
+	EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %I ON %s '
+				   'FOR EACH ROW EXECUTE FUNCTION triage.route_row(%s)',
+				   'triage_route_' || output_column, input_column, tbl, args);
+	EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE ON %s '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION triage.count_routed_rows(%L)',
+				   'triage_count_' || output_column, tbl, policy);
 END;
 $$;
-COMMENT ON FUNCTION triage.attach(regclass, name, name, text) IS
-	'Routes every row inserted into tbl (and every update of its input column) under policy: the label goes to output_column, escalations to the queue.';
+COMMENT ON FUNCTION triage.attach(regclass, name, name, text, name) IS
+	'Routes every row inserted into tbl (and every update of its input column) under policy: the label goes to output_column (its provenance to provenance_column, jsonb, if given), escalations to the queue.';
 
 CREATE FUNCTION triage.detach(tbl regclass, output_column name) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT AS $$
 BEGIN
-	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_insert_' || output_column, tbl);
-	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_update_' || output_column, tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_route_' || output_column, tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_count_' || output_column, tbl);
 END;
 $$;
 COMMENT ON FUNCTION triage.detach(regclass, name) IS 'Removes what triage.attach() added for output_column.';
 
 CREATE PROCEDURE triage.process_table(tbl regclass, input_column name, output_column name,
-									  policy text, batch_size integer DEFAULT 10000)
+									  policy text, batch_size integer DEFAULT 10000,
+									  provenance_column name DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
 	key_col name := triage.key_column(tbl);
+	model text;
 	last_key text := NULL;
 	r record;
 	total bigint;
@@ -1196,11 +1230,16 @@ DECLARE
 BEGIN
 	PERFORM triage.check_text_column(tbl, input_column);
 	PERFORM triage.check_text_column(tbl, output_column);
+	IF provenance_column IS NOT NULL THEN
+		PERFORM triage.check_provenance_column(tbl, provenance_column);
+	END IF;
 	IF batch_size IS NULL OR batch_size < 1 THEN
 		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF NOT EXISTS (SELECT FROM triage.policies p WHERE p.name = process_table.policy) THEN
-		RAISE EXCEPTION 'policy "%" does not exist', policy USING ERRCODE = 'undefined_object';
+	SELECT p.model INTO model FROM triage.policies p WHERE p.name = process_table.policy;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy
+			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
 	END IF;
 	EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL AND %I IS NOT NULL',
 				   tbl, output_column, input_column) INTO total;
@@ -1213,13 +1252,14 @@ BEGIN
 	-- Rows still without an output, in key order: a cancelled run resumes where it
 	-- stopped, since every committed batch has its outputs written.
 	LOOP
-		EXECUTE triage.route_rows_sql(tbl, key_col, input_column, output_column,
+		EXECUTE triage.route_rows_sql(tbl, key_col, input_column, output_column, provenance_column,
 			format('SELECT * FROM %s WHERE %I IS NULL AND %I IS NOT NULL %s ORDER BY %I LIMIT %s',
 				   tbl, output_column, input_column,
 				   CASE WHEN last_key IS NULL THEN ''
 						ELSE format('AND %I > %L', key_col, last_key) END,
 				   key_col, batch_size))
-		   INTO r USING policy, tbl, key_col, input_column, output_column;
+		   INTO r USING policy, tbl, key_col, input_column, output_column, provenance_column,
+						model, triage.deployed_version(model);
 		PERFORM triage.count_routed(policy, r.routed, r.escalated);
 		EXIT WHEN r.routed = 0;
 		last_key := r.last_key;
@@ -1233,10 +1273,11 @@ BEGIN
 			n_escalated, round(n_done / greatest(extract(epoch FROM clock_timestamp() - started), 0.001));
 	END LOOP;
 	UPDATE triage.progress SET finished = true, updated_at = clock_timestamp() WHERE source = tbl;
+	PERFORM triage.compact_counters();
 	COMMIT;
 END;
 $$;
-COMMENT ON PROCEDURE triage.process_table(regclass, name, name, text, integer) IS
+COMMENT ON PROCEDURE triage.process_table(regclass, name, name, text, integer, name) IS
 	'Routes the rows of tbl whose output is NULL, batch_size at a time, committing each batch; resumable after a cancel; progress in triage.process_progress.';
 
 CREATE VIEW triage.escalation_stats AS
@@ -1260,7 +1301,8 @@ SELECT p.name AS policy,
 				+ coalesce(avg((e.usage->>'completion_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_completion_price_per_1k', true), '')::numeric, 0)), 4)
 		 AS all_llm_cost
   FROM triage.policies p
-  LEFT JOIN triage.policy_counters c ON c.policy = p.name
+  LEFT JOIN (SELECT policy, sum(seen) AS seen, sum(escalated) AS escalated
+			   FROM triage.policy_counters GROUP BY policy) c ON c.policy = p.name
   LEFT JOIN triage.escalations e ON e.policy = p.name
  GROUP BY p.name, c.seen, c.escalated;
 COMMENT ON VIEW triage.escalation_stats IS

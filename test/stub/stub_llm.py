@@ -37,6 +37,7 @@ stops by itself after --max-seconds, and on SIGTERM or SIGINT.
 import argparse
 import csv
 import json
+import hashlib
 import random
 import signal
 import sys
@@ -132,9 +133,12 @@ class Stub:
         with self.lock:
             self.stats[key] = self.stats.get(key, 0) + by
 
-    def wrong(self):
-        with self.lock:
-            return self.random.random() < self.args.error_rate
+    def wrong(self, text):
+        """Whether to answer text wrongly: drawn from a hash of the seed and
+        the text, so the same rows get wrong answers whatever the order or
+        concurrency of the requests."""
+        digest = hashlib.sha256(f"{self.args.seed}:{text}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0**64 < self.args.error_rate
 
 
 def find_input(messages):
@@ -257,9 +261,10 @@ class Handler(BaseHTTPRequestHandler):
             label = stub.labels[0]
         else:
             label = row.get("label")
-        if label is not None and stub.wrong() and len(stub.labels) > 1:
+        if label is not None and stub.wrong(text) and len(stub.labels) > 1:
             stub.count("wrong")
-            label = stub.random.choice([x for x in stub.labels if x != label])
+            others = sorted(x for x in stub.labels if x != label)
+            label = others[hashlib.sha256(text.encode()).digest()[0] % len(others)]
         if mode == "wronglabel":
             label = "not-a-label-" + str(stub.requests)
         if mode == "bare":
