@@ -248,6 +248,52 @@ t_many_row=$(blas_best 1); t_many_batch=$(blas_best 2); t_two_row=$(blas_best 3)
 gcc -O3 -ffp-contract=off "$ROOT/test/bench/blas_output_layer.c" -lopenblas -o "$WORK/blas_output_layer"
 OPENBLAS_NUM_THREADS=1 "$WORK/blas_output_layer" >"$WORK/blas_kernel.txt"
 
+# Trigger -------------------------------------------------------------------
+# COPY of the 100,000 rows into a plain table and into attached tables (the
+# BEFORE ROW trigger of triage.attach), against classify over the same rows
+# in the same session: the trigger's overhead is what an attached COPY costs
+# beyond the plain COPY and the classification itself.  Policies: threshold
+# 0 (nothing escalated: the trigger alone), the same with a provenance
+# column, and threshold 0.9 (a realistic share queued for the large model).
+log "bench: trigger overhead on COPY"
+psql_q <<SQL
+SET client_min_messages = warning;
+SELECT triage.create_policy('keep_all', 'bench', threshold => 0);
+SELECT triage.create_policy('escalate_some', 'bench', threshold => 0.9);
+CREATE TABLE copy_plain (id bigserial PRIMARY KEY, review text, label text, label_by jsonb);
+CREATE TABLE copy_kept (LIKE copy_plain INCLUDING ALL);
+CREATE TABLE copy_provenance (LIKE copy_plain INCLUDING ALL);
+CREATE TABLE copy_escalated (LIKE copy_plain INCLUDING ALL);
+SELECT triage.attach('copy_kept', 'review', 'label', 'keep_all');
+SELECT triage.attach('copy_provenance', 'review', 'label', 'keep_all', 'label_by');
+SELECT triage.attach('copy_escalated', 'review', 'label', 'escalate_some');
+SQL
+: >"$WORK/copy_times.txt"
+for round in $(seq "$RUNS"); do
+	{
+		echo "SET max_parallel_workers_per_gather = 0;"
+		echo "SELECT triage.classify('bench', 'warm up');"
+		echo "TRUNCATE copy_plain, copy_kept, copy_provenance, copy_escalated, triage.escalations CASCADE;"
+		echo "CHECKPOINT;"
+		echo "\\timing on"
+		for t in plain kept provenance escalated; do
+			echo "\\echo @copy_$t"
+			echo "COPY copy_$t (review) FROM '$WORK/lines.txt' WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02');"
+		done
+		echo "\\echo @classify"
+		echo "SELECT count(triage.classify('bench', review)) FROM copy_plain;"
+		echo "\\timing off"
+	} >"$WORK/copy.sql"
+	psql_q -f "$WORK/copy.sql" | awk '/^@/ { name = substr($0, 2) } /^Time:/ && name != "" { print name, $2; name = "" }' \
+		>>"$WORK/copy_times.txt"
+done
+copy_best() { awk -v n="$1" '$1 == n { s = $2 / 1000; if (b == "" || s < b) b = s } END { printf "%.3f", b }' "$WORK/copy_times.txt"; }
+t_copy_plain=$(copy_best copy_plain); t_copy_kept=$(copy_best copy_kept)
+t_copy_prov=$(copy_best copy_provenance); t_copy_esc=$(copy_best copy_escalated)
+t_copy_classify=$(copy_best classify)
+copy_filled=$(psql_q -At -c "SELECT count(*) FILTER (WHERE label IS NOT NULL) || ' of ' || count(*) FROM copy_escalated")
+copy_queued=$(psql_q -At -c "SELECT count(*) FROM triage.escalations WHERE source = 'copy_escalated'::regclass")
+
 # Report --------------------------------------------------------------------
 row() {	# what, seconds, reference md5 seconds
 	awk -v what="$1" -v s="$2" -v cli="$t_cli" -v md5="$3" -v rows="$ROWS" 'BEGIN {
@@ -302,6 +348,16 @@ describe() {	# mode, workers launched
 		printf "  %-50s %8.3f s   %.2fx (falls back to row by row)\n", "2 labels: triage.classify_batch", tb, tr / tb }'
 	echo "  the output-layer kernel alone, dim 50 (loops as in training and classify, against OpenBLAS):"
 	sed 's/^/    /' "$WORK/blas_kernel.txt"
+	echo
+	echo "insert trigger (triage.attach): COPY of the $ROWS rows, best of $RUNS; overhead = (attached - plain - classify) / classify:"
+	awk -v p="$t_copy_plain" -v k="$t_copy_kept" -v v="$t_copy_prov" -v e="$t_copy_esc" -v c="$t_copy_classify" \
+		-v q="$copy_queued" -v rows="$ROWS" 'BEGIN {
+		printf "  %-58s %8.3f s\n", "COPY into a plain table", p
+		printf "  %-58s %8.3f s\n", "SELECT count(triage.classify(...)) over the same rows", c
+		printf "  %-58s %8.3f s   trigger overhead %+.0f%% of classify\n", "COPY into an attached table, nothing escalated", k, 100 * (k - p - c) / c
+		printf "  %-58s %8.3f s   trigger overhead %+.0f%% of classify\n", "the same with a provenance column (jsonb per row)", v, 100 * (v - p - c) / c
+		printf "  %-58s %8.3f s   %+.0f%%, %.1f%% of rows queued\n", "attached, threshold 0.9: escalations queued", e, 100 * (e - p - c) / c, 100 * q / rows }'
+	echo "  labels filled by the escalating COPY: $copy_filled"
 	echo
 	awk -v a="$agree" -v n="$total" -v m="$maxdiff" 'BEGIN {
 		printf "agreement with fasttext predict on %d rows: %d (%.1f%%) same top label; max |probability difference| %s\n",
