@@ -21,6 +21,7 @@ OBJS = \
 	src/calibration_sql.o \
 	src/quantize_sql.o \
 	src/route.o \
+	src/crf_sql.o \
 	src/triage_core.o \
 	src/fasttext_load.o \
 	src/fasttext_dict.o \
@@ -28,7 +29,13 @@ OBJS = \
 	src/fasttext_batch.o \
 	src/fasttext_train.o \
 	src/fasttext_quantize.o \
-	src/fasttext_save.o
+	src/fasttext_save.o \
+	src/crf_tokenize.o \
+	src/crf_features.o \
+	src/crf_align.o \
+	src/crf_train.o \
+	src/crf_decode.o \
+	src/crf_model.o
 
 CORE_SRCS = src/triage_core.c src/fasttext_load.c src/fasttext_dict.c src/fasttext_predict.c \
 	src/fasttext_train.c src/fasttext_quantize.c src/fasttext_save.c
@@ -47,7 +54,7 @@ REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 PG_CPPFLAGS = -Isrc
 PG_CFLAGS = -O3 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 	-Wno-missing-field-initializers -Wno-cast-function-type $(TRIAGE_CFLAGS)
-SHLIB_LINK = -lopenblas -lm
+SHLIB_LINK = -lopenblas -llbfgs -lm
 
 # Debian's server headers for PostgreSQL 15 unless PG_CONFIG says otherwise
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)

@@ -161,6 +161,7 @@ triage_fit_temperature(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("model version %d is invalid", version)));
 	model = ModelRefGet(fcinfo, name, version);
+	ModelRequireKind(model, MODEL_KIND_FASTTEXT);
 	if (model->fasttext->args.loss == FASTTEXT_LOSS_HS)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

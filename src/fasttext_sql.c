@@ -168,6 +168,7 @@ ModelPredict(CachedModel *model, text *input, int32 k, float threshold)
 	char		errbuf[256];
 	TriageStatus status;
 
+	ModelRequireKind(model, MODEL_KIND_FASTTEXT);
 	status = FastTextPredict(model->fasttext, &model->scratch,
 							 VARDATA_ANY(input), VARSIZE_ANY_EXHDR(input), k, threshold,
 							 model->predictions, &n, errbuf, sizeof(errbuf));
@@ -310,6 +311,7 @@ triage_classify_batch(PG_FUNCTION_ARGS)
 	deconstruct_array(inputs, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &n);
 
 	model = ModelRefGet(fcinfo, name, 0);
+	ModelRequireKind(model, MODEL_KIND_FASTTEXT);
 	texts = palloc(sizeof(char *) * Max(n, 1));
 	lens = palloc(sizeof(size_t) * Max(n, 1));
 	for (int i = 0; i < n; i++)

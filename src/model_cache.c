@@ -176,6 +176,25 @@ SaveModelBytea(const FastTextModel *model, MemoryContext context, const char *wh
 	return result;
 }
 
+/* Reject a classifier where an extractor is needed, and the other way round */
+void
+ModelRequireKind(CachedModel *model, ModelKind kind)
+{
+	if (model->kind == kind)
+		return;
+	if (kind == MODEL_KIND_CRF)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("model \"%s\" version %d is a classifier, not an extractor",
+						model->name, model->version),
+				 errhint("Use triage.classify() with it, or train an extractor with triage.train_extractor().")));
+	ereport(ERROR,
+			(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+			 errmsg("model \"%s\" version %d is an extractor, not a classifier",
+					model->name, model->version),
+			 errhint("Use triage.extract() with it.")));
+}
+
 static void
 ModelStoreInvalidate(Datum arg, Oid relid)
 {
@@ -366,25 +385,40 @@ LoadModel(const char *name, int32 version)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" version %d does not exist", name, version),
 				 errhint("List versions with SELECT version FROM triage.models WHERE name = '%s'.", name)));
-	if (strcmp(kind, "fasttext") != 0)
+	if (strcmp(kind, "fasttext") != 0 && strcmp(kind, "crf") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("model \"%s\" version %d is of kind \"%s\", not a classifier", name, version, kind)));
+				 errmsg("model \"%s\" version %d is of kind \"%s\", which pg_triage cannot run",
+						name, version, kind)));
 
 	context = AllocSetContextCreate(ModelCacheContext, "pg_triage model", ALLOCSET_DEFAULT_SIZES);
 	model = MemoryContextAllocZero(context, sizeof(CachedModel));
 	strlcpy(model->name, name, NAMEDATALEN);
 	model->version = version;
-	model->kind = MODEL_KIND_FASTTEXT;
+	model->kind = strcmp(kind, "crf") == 0 ? MODEL_KIND_CRF : MODEL_KIND_FASTTEXT;
 	model->context = context;
 	allocator = ContextAllocator(context);
 	PG_TRY();
 	{
-		status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-							  &allocator, &model->fasttext, errbuf, sizeof(errbuf));
-		if (status != TRIAGE_OK)
-			ReportCoreError(status, errbuf, psprintf("loading model \"%s\" version %d", name, version));
-		CheckFastTextLabels(model->fasttext);
+		if (model->kind == MODEL_KIND_CRF)
+		{
+			status = CrfLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+							 &allocator, &model->crf, errbuf, sizeof(errbuf));
+			if (status != TRIAGE_OK)
+				ereport(ERROR,
+						(errcode(status == TRIAGE_OUT_OF_MEMORY ? ERRCODE_OUT_OF_MEMORY
+								 : ERRCODE_INVALID_BINARY_REPRESENTATION),
+						 errmsg("invalid extractor \"%s\" version %d: %s", name, version, errbuf),
+						 errhint("Train it again with triage.train_extractor().")));
+		}
+		else
+		{
+			status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+								  &allocator, &model->fasttext, errbuf, sizeof(errbuf));
+			if (status != TRIAGE_OK)
+				ReportCoreError(status, errbuf, psprintf("loading model \"%s\" version %d", name, version));
+			CheckFastTextLabels(model->fasttext);
+		}
 	}
 	PG_CATCH();
 	{
@@ -394,6 +428,12 @@ LoadModel(const char *name, int32 version)
 	PG_END_TRY();
 	SPI_finish();
 
+	if (model->kind == MODEL_KIND_CRF)
+	{
+		CrfWorkspaceInit(&model->crf_workspace, &allocator);
+		model->crf_results = MemoryContextAlloc(context, sizeof(CrfResult) * Max(CrfFieldCount(model->crf), 1));
+		return model;
+	}
 	/* fitted by triage.calibrate(); 1 keeps fastText's own probabilities */
 	if (temperature > 0 && isfinite(temperature))
 		model->fasttext->temperature = temperature;

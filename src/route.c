@@ -303,6 +303,7 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool want_reason, Rou
 	float4		threshold;
 
 	model = ModelRefLookup(&state->model_ref, policy->model, strlen(policy->model), 0);
+	ModelRequireKind(model, MODEL_KIND_FASTTEXT);
 	if (policy->model_for_labels != model)
 		ResolveLabelThresholds(policy, model);
 

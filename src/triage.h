@@ -9,8 +9,10 @@
 
 #include "access/tupdesc.h"
 #include "fmgr.h"
+#include "utils/jsonb.h"
 #include "utils/palloc.h"
 
+#include "crf.h"
 #include "fasttext.h"
 #include "triage_core.h"
 
@@ -18,7 +20,8 @@
 
 typedef enum ModelKind
 {
-	MODEL_KIND_FASTTEXT
+	MODEL_KIND_FASTTEXT,		/* a classifier (kind 'fasttext') */
+	MODEL_KIND_CRF				/* a field extractor (kind 'crf') */
 } ModelKind;
 
 /* A model loaded into this backend, keyed by (name, version) */
@@ -28,9 +31,14 @@ typedef struct CachedModel
 	int32		version;
 	ModelKind	kind;
 	MemoryContext context;		/* owns the model and its scratch */
+	/* a classifier */
 	FastTextModel *fasttext;
 	FastTextScratch scratch;
 	FastTextPrediction *predictions;	/* room for every label */
+	/* an extractor */
+	CrfModel   *crf;
+	CrfWorkspace crf_workspace;
+	CrfResult  *crf_results;	/* room for every field */
 } CachedModel;
 
 /*
@@ -53,7 +61,12 @@ extern CachedModel *ModelRefLookup(ModelRef *ref, const char *name, int len, int
 extern TriageAllocator ContextAllocator(MemoryContext context);
 extern FastTextModel *LoadModelBytea(bytea *data, MemoryContext context);
 extern bytea *SaveModelBytea(const FastTextModel *model, MemoryContext context, const char *what);
+extern void ModelRequireKind(CachedModel *model, ModelKind kind);
 extern void ReportCoreError(TriageStatus status, const char *message, const char *context);
+
+/* crf_sql.c */
+extern int32 ModelExtract(CachedModel *model, text *input);
+extern Jsonb *ExtractJsonb(CachedModel *model, text *input);
 
 /* route.c */
 extern void RouteInit(void);

@@ -8,7 +8,7 @@ CREATE TABLE triage.models (
 	name text NOT NULL
 		CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.-]*$' AND octet_length(name) < 64),
 	version integer NOT NULL CHECK (version > 0),
-	kind text NOT NULL CHECK (kind IN ('fasttext')),
+	kind text NOT NULL CHECK (kind IN ('fasttext', 'crf')),
 	labels text[] NOT NULL,
 	params jsonb NOT NULL DEFAULT '{}',
 	metrics jsonb NOT NULL DEFAULT '{}',
@@ -182,6 +182,47 @@ $$;
 COMMENT ON FUNCTION triage.train(text, text, jsonb) IS
 	'Trains a classifier on the (input, label) rows of query and stores it as a new version of name.';
 
+-- Extractors -----------------------------------------------------------------
+
+CREATE FUNCTION triage.train_crf(query text, options jsonb,
+								 OUT data bytea, OUT fields text[], OUT params jsonb,
+								 OUT metrics jsonb)
+	RETURNS record
+	AS 'MODULE_PATHNAME', 'triage_train_crf'
+	LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION triage.train_crf(text, jsonb) IS
+	'Trains a CRF field extractor on the (input, fields) rows of query and returns it without storing it.';
+
+CREATE FUNCTION triage.train_extractor(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+DECLARE
+	trained record;
+BEGIN
+	PERFORM triage.check_model_name(name);
+	IF EXISTS (SELECT FROM triage.models m WHERE m.name = train_extractor.name AND m.kind <> 'crf') THEN
+		RAISE EXCEPTION 'model "%" is a classifier; an extractor needs a name of its own', name
+			USING ERRCODE = 'wrong_object_type';
+	END IF;
+	SELECT * INTO trained FROM triage.train_crf(query, options);
+	RETURN triage.store_model(name, 'crf', trained.fields, trained.params,
+							  trained.metrics, trained.data);
+END;
+$$;
+COMMENT ON FUNCTION triage.train_extractor(text, text, jsonb) IS
+	'Trains a field extractor on the (input text, fields jsonb) rows of query (fields: {"field": "value as written"}) and stores it as a new version of name.';
+
+CREATE FUNCTION triage.extract(name text, input text) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'triage_extract'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION triage.extract(text, text) IS
+	'The fields the deployed extractor finds in input: {"field": {"value", "start", "end", "confidence"}}, character offsets, end exclusive.';
+
+CREATE FUNCTION triage.extract(name text, version integer, input text) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'triage_extract_version'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION triage.extract(text, integer, text) IS
+	'extract() with a fixed version of the extractor: IMMUTABLE, so it can back an expression index.';
+
 CREATE FUNCTION triage.deploy(name text, version integer) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT AS $$
 #variable_conflict use_column
@@ -268,6 +309,83 @@ END;
 $$;
 COMMENT ON FUNCTION triage.deployed_version(text) IS 'The deployed version of a model; an error if there is none.';
 
+-- Whether an extracted value is the one a person wrote: the same text, or
+-- the same ignoring case and white space, or the same number (1,299.00 and 1299)
+CREATE FUNCTION triage.same_value(extracted text, expected text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+	SELECT extracted = expected
+		OR lower(regexp_replace(extracted, '\s+', '', 'g')) = lower(regexp_replace(expected, '\s+', '', 'g'))
+		OR (extracted ~ '^[0-9]{1,3}(,?[0-9]{3})*(\.[0-9]+)?$' AND expected ~ '^[0-9]{1,3}(,?[0-9]{3})*(\.[0-9]+)?$'
+			AND replace(extracted, ',', '')::numeric = replace(expected, ',', '')::numeric)
+$$;
+COMMENT ON FUNCTION triage.same_value(text, text) IS
+	'Whether an extracted value matches the expected one: equal, equal ignoring case and white space, or the same number.';
+
+-- Per-field precision, recall and F1 of an extractor on (input, fields) rows,
+-- the share of rows with every field right, and how well confidence
+-- separates right from wrong fields (AUROC)
+CREATE FUNCTION triage.evaluate_extractor(name text, query text, version integer) RETURNS jsonb
+LANGUAGE plpgsql STABLE STRICT AS $$
+DECLARE
+	result jsonb;
+BEGIN
+	EXECUTE format($q$
+		WITH gold AS (
+			SELECT row_number() OVER () AS id, q.input::text AS input, q.fields::jsonb AS fields
+			  FROM (%s) AS q(input, fields)
+			 WHERE q.input IS NOT NULL AND q.fields IS NOT NULL),
+		got AS (SELECT id, fields AS gold, triage.extract($1, $2, input) AS got FROM gold),
+		pairs AS (
+			SELECT g.id, k.field, g.gold->>k.field AS expected, g.got->k.field->>'value' AS value,
+				   (g.got->k.field->>'confidence')::float8 AS confidence
+			  FROM got g,
+				   LATERAL (SELECT jsonb_object_keys(g.gold) UNION SELECT jsonb_object_keys(g.got)) AS k(field)),
+		scored AS (
+			SELECT *, coalesce(value IS NOT NULL AND expected IS NOT NULL
+							   AND triage.same_value(value, expected), false) AS correct
+			  FROM pairs WHERE value IS NOT NULL OR expected IS NOT NULL),
+		per_field AS (
+			SELECT field, count(expected) AS support, count(value) AS predicted,
+				   count(*) FILTER (WHERE correct) AS tp
+			  FROM scored GROUP BY field),
+		ranked AS (
+			SELECT correct,
+				   (rank() OVER w + count(*) OVER (PARTITION BY confidence) - 1 + rank() OVER w) / 2.0 AS r
+			  FROM scored WHERE value IS NOT NULL
+			WINDOW w AS (ORDER BY confidence)),
+		auc AS (
+			SELECT CASE WHEN count(*) FILTER (WHERE correct) > 0 AND count(*) FILTER (WHERE NOT correct) > 0
+						THEN (sum(r) FILTER (WHERE correct)
+							  - count(*) FILTER (WHERE correct) * (count(*) FILTER (WHERE correct) + 1) / 2.0)
+							 / (count(*) FILTER (WHERE correct) * count(*) FILTER (WHERE NOT correct)) END AS auroc
+			  FROM ranked),
+		totals AS (SELECT sum(support) AS support, sum(predicted) AS predicted, sum(tp) AS tp FROM per_field)
+		SELECT jsonb_build_object(
+			'kind', 'crf',
+			'n', (SELECT count(*) FROM gold),
+			'precision', round(t.tp::numeric / nullif(t.predicted, 0), 4),
+			'recall', round(t.tp::numeric / nullif(t.support, 0), 4),
+			'f1', round(2 * t.tp::numeric / nullif(t.support + t.predicted, 0), 4),
+			'rows_all_correct', (SELECT round(avg(ok::int), 4) FROM
+									(SELECT g.id, bool_and(coalesce(s.correct, true)) AS ok
+									   FROM gold g LEFT JOIN scored s ON s.id = g.id GROUP BY g.id) r),
+			'auroc', (SELECT round(auroc::numeric, 4) FROM auc),
+			'confidence_right', (SELECT round(avg(confidence)::numeric, 4) FROM scored WHERE correct),
+			'confidence_wrong', (SELECT round(avg(confidence)::numeric, 4) FROM scored WHERE value IS NOT NULL AND NOT correct),
+			'fields', (SELECT jsonb_object_agg(field, jsonb_build_object(
+							'support', support, 'predicted', predicted,
+							'precision', round(tp::numeric / nullif(predicted, 0), 4),
+							'recall', round(tp::numeric / nullif(support, 0), 4),
+							'f1', round(2 * tp::numeric / nullif(support + predicted, 0), 4)))
+						 FROM per_field))
+		  FROM totals t
+	$q$, query) INTO result USING name, version;
+	RETURN result;
+END;
+$$;
+COMMENT ON FUNCTION triage.evaluate_extractor(text, text, integer) IS
+	'Evaluates a version of an extractor on (input, fields) rows: per-field and overall precision, recall and F1 (triage.same_value), the share of rows with every field right, and the AUROC of confidence for right against wrong fields.';
+
 CREATE FUNCTION triage.evaluate(name text, query text, version integer DEFAULT NULL)
 	RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
@@ -281,6 +399,9 @@ BEGIN
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	v := coalesce(v, triage.deployed_version(name));
+	IF EXISTS (SELECT FROM triage.models m WHERE m.name = evaluate.name AND m.version = v AND m.kind = 'crf') THEN
+		RETURN triage.evaluate_extractor(name, query, v);
+	END IF;
 
 	-- one pass of the model over the rows, then every metric from it
 	EXECUTE format($q$
