@@ -413,11 +413,13 @@ ModelExtract(CachedModel *model, text *input)
 	TriageStatus status;
 
 	ModelRequireKind(model, MODEL_KIND_CRF);
+	model->crf_nresults = 0;
 	status = CrfExtract(model->crf, &model->crf_workspace, VARDATA_ANY(input),
 						VARSIZE_ANY_EXHDR(input), model->crf_results, &n, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf,
 						psprintf("extractor \"%s\" version %d", model->name, model->version));
+	model->crf_nresults = n;
 	return n;
 }
 
@@ -493,6 +495,34 @@ ExtractJsonb(CachedModel *model, text *input)
 		PushNumber(&state, DirectFunctionCall1(float8_numeric,
 											   Float8GetDatum(round(r->confidence * 10000.0) / 10000.0)));
 		pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	}
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
+}
+
+/*
+ * The values of the last extraction of input by model, as a person would
+ * write them down: {"field": "value"} (what an extraction policy stores in
+ * the output column).
+ */
+Jsonb *
+FieldValuesJsonb(CachedModel *model, text *input)
+{
+	const char *bytes = VARDATA_ANY(input);
+	JsonbParseState *state = NULL;
+	JsonbValue *result;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int32 i = 0; i < model->crf_nresults; i++)
+	{
+		CrfResult  *r = &model->crf_results[i];
+		JsonbValue	v;
+
+		PushKey(&state, CrfFieldName(model->crf, r->field));
+		v.type = jbvString;
+		v.val.string.val = (char *) bytes + r->start;
+		v.val.string.len = r->end - r->start;
+		pushJsonbValue(&state, WJB_VALUE, &v);
 	}
 	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	return JsonbValueToJsonb(result);

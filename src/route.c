@@ -51,7 +51,8 @@ typedef struct Policy
 {
 	MemoryContext context;		/* holds the policy; deleted when it is read again */
 	char		name[NAMEDATALEN];
-	char		model[NAMEDATALEN];
+	char		model[NAMEDATALEN];	/* the classifier; "" for an extraction policy */
+	char		extractor[NAMEDATALEN]; /* "" when there is none */
 	float4		default_threshold;
 	int			nthresholds;	/* per-label thresholds, by label name */
 	char	  **threshold_labels;
@@ -61,6 +62,9 @@ typedef struct Policy
 	text	   *escalate_if_matches;	/* NULL: no such rule */
 	text	   *escalate_unless_matches;
 	float4		audit_rate;
+	int			nrequired;		/* fields that must be found */
+	char	  **required_fields;
+	float4		min_field_confidence;	/* -1: no such rule */
 
 	/* the thresholds by label index of the model last used */
 	CachedModel *model_for_labels;
@@ -75,15 +79,18 @@ typedef struct RouteState
 	Policy	   *policy;
 	MemoryContext context;		/* the call site's: holds the policy */
 	ModelRef	model_ref;
+	ModelRef	extractor_ref;
 	TupleDesc	tupdesc;		/* triage.decision, for route() */
 } RouteState;
 
 /* What route decided for one input */
 typedef struct RouteResult
 {
-	CachedModel *model;
+	CachedModel *model;			/* the classifier, or NULL */
+	CachedModel *extractor;		/* the extractor, or NULL */
 	int32		label;			/* index into the model's labels, -1: none */
-	float4		confidence;
+	float4		confidence;		/* the label's, or the least of the fields' */
+	Jsonb	   *fields;			/* what the extractor found, or NULL */
 	bool		escalate;
 	char	   *reason;			/* NULL when the caller did not ask for it */
 } RouteResult;
@@ -189,7 +196,9 @@ LoadPolicy(const char *name, int len, MemoryContext context)
 							  "  ARRAY(SELECT v::real FROM jsonb_each_text(coalesce(thresholds->'labels', '{}')) AS t(k, v) ORDER BY k), "
 							  "  coalesce((rules->>'max_length')::integer, -1), coalesce((rules->>'min_length')::integer, -1), "
 							  "  rules->>'escalate_if_matches', rules->>'escalate_unless_matches', audit_rate, "
-							  "  tableoid "
+							  "  tableoid, coalesce(extractor, ''), coalesce(model, ''), "
+							  "  ARRAY(SELECT jsonb_array_elements_text(coalesce(rules->'required_fields', '[]'))), "
+							  "  coalesce((rules->>'min_field_confidence')::real, -1) "
 							  "FROM triage.policies WHERE name = $1",
 							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read triage.policies");
@@ -201,8 +210,18 @@ LoadPolicy(const char *name, int len, MemoryContext context)
 	policy = palloc0(sizeof(Policy));
 	policy->context = context;
 	memcpy(policy->name, name, len);
-	value = SpiText(0, 1, &isnull);
-	strlcpy(policy->model, value, NAMEDATALEN);
+	strlcpy(policy->model, SpiText(0, 12, &isnull), NAMEDATALEN);
+	strlcpy(policy->extractor, SpiText(0, 11, &isnull), NAMEDATALEN);
+	{
+		ArrayType  *required = DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 13, &isnull));
+		Datum	   *datums;
+
+		deconstruct_array(required, TEXTOID, -1, false, TYPALIGN_INT, &datums, NULL, &policy->nrequired);
+		policy->required_fields = palloc(sizeof(char *) * Max(policy->nrequired, 1));
+		for (int i = 0; i < policy->nrequired; i++)
+			policy->required_fields[i] = TextDatumGetCString(datums[i]);
+	}
+	policy->min_field_confidence = DatumGetFloat4(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14, &isnull));
 	policy->default_threshold = DatumGetFloat4(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	{
 		ArrayType  *labels = DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
@@ -290,6 +309,50 @@ FormatReal(float4 value)
 }
 
 /*
+ * The extraction rules: a required field the extractor did not find, or a
+ * (required, else any) field found with less than min_field_confidence.
+ * Sets the reason and returns true when one fires.
+ */
+static bool
+FieldRules(Policy *policy, RouteResult *result)
+{
+	CachedModel *extractor = result->extractor;
+
+	for (int i = 0; i < policy->nrequired; i++)
+	{
+		int32		field = CrfFindField(extractor->crf, policy->required_fields[i],
+										 strlen(policy->required_fields[i]));
+		bool		found = false;
+
+		for (int32 j = 0; j < extractor->crf_nresults && field >= 0; j++)
+			found |= extractor->crf_results[j].field == field;
+		if (!found)
+		{
+			result->reason = psprintf("rule required_fields: %s missing", policy->required_fields[i]);
+			return true;
+		}
+	}
+	if (policy->min_field_confidence < 0)
+		return false;
+	for (int32 j = 0; j < extractor->crf_nresults; j++)
+	{
+		const CrfResult *r = &extractor->crf_results[j];
+		const char *name = CrfFieldName(extractor->crf, r->field);
+		bool		checked = policy->nrequired == 0;
+
+		for (int i = 0; i < policy->nrequired && !checked; i++)
+			checked = strcmp(policy->required_fields[i], name) == 0;
+		if (checked && r->confidence < policy->min_field_confidence)
+		{
+			result->reason = psprintf("rule min_field_confidence: %s confidence %.3f < %s", name,
+									  r->confidence, FormatReal(policy->min_field_confidence));
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
  * Route input under the policy: rules first, then the model's confidence,
  * then the audit sample.  want_reason: also say why when the row is kept.
  */
@@ -302,20 +365,42 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool want_reason, Rou
 	int			nchars = -1;
 	float4		threshold;
 
-	model = ModelRefLookup(&state->model_ref, policy->model, strlen(policy->model), 0);
-	ModelRequireKind(model, MODEL_KIND_FASTTEXT);
-	if (policy->model_for_labels != model)
-		ResolveLabelThresholds(policy, model);
-
-	result->model = model;
+	result->model = NULL;
+	result->extractor = NULL;
 	result->label = -1;
 	result->confidence = 0;
+	result->fields = NULL;
 	result->escalate = true;
 	result->reason = NULL;
-	if (ModelPredict(model, input, 1, 0.0f) > 0)
+	model = NULL;
+	if (policy->model[0] != '\0')
 	{
-		result->label = model->predictions[0].label;
-		result->confidence = model->predictions[0].probability;
+		model = ModelRefLookup(&state->model_ref, policy->model, strlen(policy->model), 0);
+		ModelRequireKind(model, MODEL_KIND_FASTTEXT);
+		if (policy->model_for_labels != model)
+			ResolveLabelThresholds(policy, model);
+		result->model = model;
+		if (ModelPredict(model, input, 1, 0.0f) > 0)
+		{
+			result->label = model->predictions[0].label;
+			result->confidence = model->predictions[0].probability;
+		}
+	}
+	if (policy->extractor[0] != '\0')
+	{
+		CachedModel *extractor = ModelRefLookup(&state->extractor_ref, policy->extractor,
+												strlen(policy->extractor), 0);
+
+		ModelRequireKind(extractor, MODEL_KIND_CRF);
+		result->extractor = extractor;
+		result->fields = ExtractJsonb(extractor, input);
+		if (model == NULL)
+		{
+			/* an extraction policy: as sure as its least sure field */
+			result->confidence = extractor->crf_nresults > 0 ? 1.0f : 0.0f;
+			for (int32 i = 0; i < extractor->crf_nresults; i++)
+				result->confidence = Min(result->confidence, extractor->crf_results[i].confidence);
+		}
 	}
 
 	if (policy->max_length >= 0 || policy->min_length >= 0)
@@ -348,14 +433,14 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool want_reason, Rou
 								  text_to_cstring(policy->escalate_unless_matches));
 		return;
 	}
-	if (result->label < 0)
+	if (model != NULL && result->label < 0)
 	{
 		result->reason = pstrdup("no prediction: no token of the input is known to the model");
 		return;
 	}
 
-	threshold = policy->label_threshold[result->label];
-	if (result->confidence < threshold)
+	threshold = model != NULL ? policy->label_threshold[result->label] : 0;
+	if (model != NULL && result->confidence < threshold)
 	{
 		size_t		len;
 		const char *label = FastTextLabelName(model->fasttext, result->label, &len);
@@ -366,6 +451,9 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool want_reason, Rou
 								  policy->label_has_own[result->label] ? (int) len : 0, label);
 		return;
 	}
+
+	if (result->extractor != NULL && FieldRules(policy, result))
+		return;
 
 	/*
 	 * A deterministic sample (by a hash of the input), so that a row is
@@ -380,8 +468,9 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool want_reason, Rou
 	}
 	result->escalate = false;
 	if (want_reason)
-		result->reason = psprintf("confidence %.3f >= threshold %s", result->confidence,
-								  FormatReal(threshold));
+		result->reason = model != NULL
+			? psprintf("confidence %.3f >= threshold %s", result->confidence, FormatReal(threshold))
+			: pstrdup("every rule passed");
 }
 
 static RouteState *
@@ -428,13 +517,14 @@ triage_route(PG_FUNCTION_ARGS)
 		state->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
 		MemoryContextSwitchTo(old);
 	}
+	nulls[0] = result.label < 0;
 	if (result.label >= 0)
-	{
 		values[0] = PointerGetDatum(FastTextLabelText(result.model->fasttext, result.label));
-		values[1] = Float4GetDatum(result.confidence);
-	}
-	else
-		nulls[0] = nulls[1] = true;
+	nulls[1] = result.label < 0 && result.fields == NULL;
+	values[1] = Float4GetDatum(result.confidence);
+	nulls[2] = result.fields == NULL;
+	if (result.fields != NULL)
+		values[2] = JsonbPGetDatum(result.fields);
 	values[3] = BoolGetDatum(result.escalate);
 	values[4] = CStringGetTextDatum(result.reason);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(state->tupdesc, values, nulls)));
@@ -452,7 +542,24 @@ typedef struct RouteTriggerState
 	Oid			key_output_func;
 	SPIPlanPtr	enqueue_plan;
 	Oid			queue_owner;
+	Oid			output_type;
 } RouteTriggerState;
+
+/* The output column must hold what the policy answers: a label, or fields */
+static void
+CheckOutputType(RouteTriggerState *state, Policy *policy, Relation rel)
+{
+	bool		extraction = policy->model[0] == '\0';
+
+	if (extraction ? state->output_type != JSONBOID
+		: state->output_type != TEXTOID && state->output_type != VARCHAROID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("output column of %s is %s, but policy \"%s\" answers %s",
+						RelationGetRelationName(rel), format_type_be(state->output_type), policy->name,
+						extraction ? "fields (jsonb)" : "labels (text)"),
+				 errhint("Detach the table and attach it again with a matching output column.")));
+}
 
 /* The column of tupdesc named name, checked to be of one of the types */
 static int
@@ -542,7 +649,8 @@ RouteTriggerStateGet(FunctionCallInfo fcinfo, TriggerData *trigdata)
 	state->relid = RelationGetRelid(rel);
 	state->key_attno = TriggerColumn(rel, trigger->tgargs[0], InvalidOid, InvalidOid, NULL);
 	state->input_attno = TriggerColumn(rel, trigger->tgargs[1], TEXTOID, VARCHAROID, "text");
-	state->output_attno = TriggerColumn(rel, trigger->tgargs[2], TEXTOID, VARCHAROID, "text");
+	state->output_attno = TriggerColumn(rel, trigger->tgargs[2], InvalidOid, InvalidOid, NULL);
+	state->output_type = TupleDescAttr(RelationGetDescr(rel), state->output_attno - 1)->atttypid;
 	if (trigger->tgargs[4][0] != '\0')
 		state->provenance_attno = TriggerColumn(rel, trigger->tgargs[4], JSONBOID, JSONBOID, "jsonb");
 	{
@@ -557,15 +665,45 @@ RouteTriggerStateGet(FunctionCallInfo fcinfo, TriggerData *trigdata)
 	return state;
 }
 
+/*
+ * The small model's answer, as queued: {"label", "confidence"} or, for an
+ * extraction policy, {"fields", "confidence"}
+ */
+static Datum
+SmallAnswer(Policy *policy, text *input, RouteResult *result)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	if (policy->model[0] == '\0')
+	{
+		appendStringInfoString(&buf, "\"fields\": ");
+		appendStringInfoString(&buf, JsonbToCString(NULL, &FieldValuesJsonb(result->extractor, input)->root, 0));
+		appendStringInfoString(&buf, ", ");
+	}
+	else if (result->label >= 0)
+	{
+		size_t		len;
+		const char *label = FastTextLabelName(result->model->fasttext, result->label, &len);
+
+		appendStringInfoString(&buf, "\"label\": ");
+		escape_json(&buf, pnstrdup(label, len));
+		appendStringInfoString(&buf, ", ");
+	}
+	appendStringInfo(&buf, "\"confidence\": %.6g}", result->confidence);
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
+
 /* Queue one escalation, as the owner of the queue */
 static void
 Enqueue(RouteTriggerState *state, TriggerData *trigdata, Policy *policy, text *input,
 		Datum key, RouteResult *result)
 {
-	Oid			argtypes[11] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, FLOAT4OID, TEXTOID, TEXTOID};
-	Datum		args[11];
-	char		nulls[11];
+	Oid			argtypes[10] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	JSONBOID, TEXTOID, TEXTOID};
+	Datum		args[10];
+	char		nulls[10];
 	Oid			save_userid;
 	int			save_sec_context;
 	Trigger    *trigger = trigdata->tg_trigger;
@@ -578,18 +716,9 @@ Enqueue(RouteTriggerState *state, TriggerData *trigdata, Policy *policy, text *i
 	args[4] = CStringGetTextDatum(trigger->tgargs[1]);
 	args[5] = CStringGetTextDatum(trigger->tgargs[2]);
 	args[6] = PointerGetDatum(input);
-	if (result->label >= 0)
-	{
-		args[7] = PointerGetDatum(FastTextLabelText(result->model->fasttext, result->label));
-		args[8] = Float4GetDatum(result->confidence);
-	}
-	else
-	{
-		nulls[7] = nulls[8] = 'n';
-		args[7] = args[8] = (Datum) 0;
-	}
-	args[9] = CStringGetTextDatum(result->reason);
-	args[10] = CStringGetTextDatum(trigger->tgargs[4]);
+	args[7] = SmallAnswer(policy, input, result);
+	args[8] = CStringGetTextDatum(result->reason);
+	args[9] = CStringGetTextDatum(trigger->tgargs[4]);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(state->queue_owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
@@ -602,10 +731,9 @@ Enqueue(RouteTriggerState *state, TriggerData *trigdata, Policy *policy, text *i
 
 			plan = SPI_prepare("INSERT INTO triage.escalations (policy, source, source_key, input_column, "
 							   "output_column, input, small_answer, reason, provenance_column) "
-							   "VALUES ($1, $2::regclass, jsonb_build_object($3, $4), $5, $6, $7, "
-							   "  CASE WHEN $8 IS NOT NULL THEN jsonb_build_object('label', $8, 'confidence', $9) END, "
-							   "  $10, nullif($11, ''))",
-							   11, argtypes);
+							   "VALUES ($1, $2::regclass, jsonb_build_object($3, $4), $5, $6, $7, $8, $9, "
+							   "  nullif($10, ''))",
+							   10, argtypes);
 			if (plan == NULL)
 				elog(ERROR, "could not prepare the queue insert: %s", SPI_result_code_string(SPI_result));
 			SPI_keepplan(plan);
@@ -629,12 +757,14 @@ static Datum
 ModelProvenance(RouteResult *result)
 {
 	StringInfoData buf;
+	CachedModel *model = result->model != NULL ? result->model : result->extractor;
 
 	initStringInfo(&buf);
+
 	appendStringInfoString(&buf, "{\"by\": \"model\", \"model\": ");
-	escape_json(&buf, result->model->name);
+	escape_json(&buf, model->name);
 	appendStringInfo(&buf, ", \"version\": %d, \"confidence\": %.4f, \"at\": ",
-					 result->model->version, result->confidence);
+					 model->version, result->confidence);
 	escape_json(&buf, timestamptz_to_str(GetCurrentStatementStartTimestamp()));
 	appendStringInfoChar(&buf, '}');
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
@@ -698,10 +828,13 @@ triage_route_row(PG_FUNCTION_ARGS)
 						 strlen(trigdata->tg_trigger->tgargs[3]));
 	RouteInput(&state->route, policy, input, false, &result);
 
-	if (result.label >= 0)
+	if (policy->model[0] == '\0' || result.label >= 0)
 	{
+		CheckOutputType(state, policy, rel);
 		columns[ncolumns] = state->output_attno;
-		values[ncolumns++] = PointerGetDatum(FastTextLabelText(result.model->fasttext, result.label));
+		values[ncolumns++] = policy->model[0] == '\0'
+			? JsonbPGetDatum(FieldValuesJsonb(result.extractor, input))
+			: PointerGetDatum(FastTextLabelText(result.model->fasttext, result.label));
 		if (state->provenance_attno > 0)
 		{
 			columns[ncolumns] = state->provenance_attno;

@@ -39,6 +39,7 @@ typedef struct CachedModel
 	CrfModel   *crf;
 	CrfWorkspace crf_workspace;
 	CrfResult  *crf_results;	/* room for every field */
+	int32		crf_nresults;	/* filled by the last extraction */
 } CachedModel;
 
 /*
@@ -67,6 +68,7 @@ extern void ReportCoreError(TriageStatus status, const char *message, const char
 /* crf_sql.c */
 extern int32 ModelExtract(CachedModel *model, text *input);
 extern Jsonb *ExtractJsonb(CachedModel *model, text *input);
+extern Jsonb *FieldValuesJsonb(CachedModel *model, text *input);
 
 /* route.c */
 extern void RouteInit(void);

@@ -560,15 +560,18 @@ COMMENT ON FUNCTION triage.quantize(text, integer, jsonb) IS
 
 CREATE TABLE triage.policies (
 	name text PRIMARY KEY,
-	model text NOT NULL,
-	labels text[],
+	model text,					-- the classifier, or NULL for an extraction policy
+	extractor text,				-- the field extractor, if any
+	labels text[],				-- the labels the large model may answer
+	fields text[],				-- the fields the large model may answer (extraction policies)
 	thresholds jsonb NOT NULL DEFAULT '{"default": 0.0}',
 	rules jsonb NOT NULL DEFAULT '{}',
 	audit_rate real NOT NULL DEFAULT 0 CHECK (audit_rate BETWEEN 0 AND 1),
 	prompt jsonb NOT NULL DEFAULT '{}',
 	max_attempts integer NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 100),
 	calibration jsonb,
-	updated_at timestamptz NOT NULL DEFAULT now()
+	updated_at timestamptz NOT NULL DEFAULT now(),
+	CHECK (model IS NOT NULL OR extractor IS NOT NULL)
 );
 COMMENT ON TABLE triage.policies IS
 	'How to route: which model, confidence thresholds (default and per label), rules, the audit rate and the large model''s prompt.';
@@ -618,10 +621,28 @@ BEGIN
 				RAISE EXCEPTION 'rule % of policy "%" is not a valid regular expression: %', k, NEW.name, SQLERRM
 					USING ERRCODE = 'invalid_regular_expression';
 			END;
+		ELSIF k = 'required_fields' THEN
+			IF jsonb_typeof(v) <> 'array' OR EXISTS (SELECT FROM jsonb_array_elements(v) e WHERE jsonb_typeof(e) <> 'string') THEN
+				RAISE EXCEPTION 'rule required_fields of policy "%" must be an array of field names, not %', NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			IF NEW.extractor IS NULL THEN
+				RAISE EXCEPTION 'rule required_fields of policy "%" needs an extractor', NEW.name
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		ELSIF k = 'min_field_confidence' THEN
+			IF jsonb_typeof(v) <> 'number' OR v::text::float8 NOT BETWEEN 0 AND 1 THEN
+				RAISE EXCEPTION 'rule min_field_confidence of policy "%" must be a number between 0 and 1, not %', NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			IF NEW.extractor IS NULL THEN
+				RAISE EXCEPTION 'rule min_field_confidence of policy "%" needs an extractor', NEW.name
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
 		ELSE
 			RAISE EXCEPTION 'unknown rule "%" in policy "%"', k, NEW.name
 				USING ERRCODE = 'invalid_parameter_value',
-					HINT = 'Rules: max_length, min_length, escalate_if_matches, escalate_unless_matches.';
+					HINT = 'Rules: max_length, min_length, escalate_if_matches, escalate_unless_matches, required_fields, min_field_confidence.';
 		END IF;
 	END LOOP;
 	NEW.updated_at := now();
@@ -638,31 +659,51 @@ CREATE TRIGGER policies_changed
 CREATE FUNCTION triage.create_policy(name text, model text, labels text[] DEFAULT NULL,
 									 threshold real DEFAULT 0.5, rules jsonb DEFAULT '{}',
 									 prompt jsonb DEFAULT NULL, audit_rate real DEFAULT 0,
-									 max_attempts integer DEFAULT 5) RETURNS void
+									 max_attempts integer DEFAULT 5, extractor text DEFAULT NULL)
+	RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
 	model_labels text[];
+	extractor_fields text[];
 BEGIN
 	PERFORM triage.check_model_name(name);
-	SELECT m.labels INTO model_labels FROM triage.models m
-	 WHERE m.name = create_policy.model ORDER BY m.version DESC LIMIT 1;
-	IF model_labels IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', model
-			USING ERRCODE = 'undefined_object',
-				HINT = 'Train or import the model first.';
+	IF model IS NULL AND extractor IS NULL THEN
+		RAISE EXCEPTION 'a policy needs a classifier (model), an extractor, or both'
+			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	INSERT INTO triage.policies (name, model, labels, thresholds, rules, prompt, audit_rate, max_attempts)
-	VALUES (name, model, coalesce(labels, model_labels),
+	IF model IS NOT NULL THEN
+		SELECT m.labels INTO model_labels FROM triage.models m
+		 WHERE m.name = create_policy.model AND m.kind = 'fasttext' ORDER BY m.version DESC LIMIT 1;
+		IF model_labels IS NULL THEN
+			RAISE EXCEPTION 'classifier "%" does not exist', model
+				USING ERRCODE = 'undefined_object',
+					HINT = 'Train or import the model first.';
+		END IF;
+	END IF;
+	IF extractor IS NOT NULL THEN
+		SELECT m.labels INTO extractor_fields FROM triage.models m
+		 WHERE m.name = create_policy.extractor AND m.kind = 'crf' ORDER BY m.version DESC LIMIT 1;
+		IF extractor_fields IS NULL THEN
+			RAISE EXCEPTION 'extractor "%" does not exist', extractor
+				USING ERRCODE = 'undefined_object',
+					HINT = 'Train one first with triage.train_extractor().';
+		END IF;
+	END IF;
+	INSERT INTO triage.policies (name, model, extractor, labels, fields, thresholds, rules, prompt,
+								 audit_rate, max_attempts)
+	VALUES (name, model, extractor, coalesce(labels, model_labels), extractor_fields,
 			jsonb_build_object('default', threshold), coalesce(rules, '{}'),
 			coalesce(prompt, jsonb_build_object(
 				'version', 1,
-				'system', 'You label business text. Answer with JSON only.')),
+				'system', CASE WHEN model IS NULL
+							   THEN 'You extract fields from business text. Answer with JSON only.'
+							   ELSE 'You label business text. Answer with JSON only.' END)),
 			audit_rate, max_attempts);
 END;
 $$;
-COMMENT ON FUNCTION triage.create_policy(text, text, text[], real, jsonb, jsonb, real, integer) IS
-	'Creates a routing policy for a classifier: the allowed labels (default: the model''s), a confidence threshold, rules, prompt, audit rate and attempts.';
+COMMENT ON FUNCTION triage.create_policy(text, text, text[], real, jsonb, jsonb, real, integer, text) IS
+	'Creates a routing policy: a classifier (model) with its allowed labels (default: the model''s) and confidence threshold, and/or a field extractor (model NULL: an extraction policy, whose output is the fields); rules, prompt, audit rate and attempts.';
 
 -- Escalation queue --------------------------------------------------------------
 
@@ -731,9 +772,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 			jsonb_build_object('role', 'system', 'content',
 				coalesce(policy.prompt->>'system', 'You label business text. Answer with JSON only.')),
 			jsonb_build_object('role', 'user', 'content',
-				coalesce(policy.prompt->>'instructions', 'Choose the one label that fits the input.')
-				|| E'\nLabels: ' || array_to_string(policy.labels, ', ')
-				|| E'\nAnswer with JSON: {"label": "<one of the labels>"}'
+				CASE WHEN policy.model IS NULL THEN
+					coalesce(policy.prompt->>'instructions', 'Find these fields in the input, copied as they are written; leave out the ones it does not have.')
+					|| E'\nFields: ' || array_to_string(policy.fields, ', ')
+					|| E'\nAnswer with JSON: {"fields": {"<field>": "<value>", ...}}'
+				ELSE
+					coalesce(policy.prompt->>'instructions', 'Choose the one label that fits the input.')
+					|| E'\nLabels: ' || array_to_string(policy.labels, ', ')
+					|| E'\nAnswer with JSON: {"label": "<one of the labels>"}'
+				END
 				|| E'\nInput:\n' || input)),
 		'temperature', 0,
 		'response_format', jsonb_build_object('type', 'json_object'))
@@ -879,6 +926,42 @@ $$;
 COMMENT ON FUNCTION triage.release(bigint) IS
 	'Gives a leased escalation back without counting an attempt.';
 
+-- The fields of a chat-completions reply: {"fields": {"field": "value"}}
+-- with only allowed field names and string (or null) values; else NULL
+CREATE FUNCTION triage.answer_fields(response jsonb, allowed text[]) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+	content text := response #>> '{choices,0,message,content}';
+	parsed jsonb;
+	result jsonb := '{}';
+	k text;
+	v jsonb;
+BEGIN
+	IF content IS NULL THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		parsed := content::jsonb;
+	EXCEPTION WHEN others THEN
+		RETURN NULL;
+	END;
+	IF jsonb_typeof(parsed) <> 'object' OR jsonb_typeof(parsed->'fields') IS DISTINCT FROM 'object' THEN
+		RETURN NULL;
+	END IF;
+	FOR k, v IN SELECT * FROM jsonb_each(parsed->'fields') LOOP
+		IF NOT (k = ANY (allowed)) OR jsonb_typeof(v) NOT IN ('string', 'null') THEN
+			RETURN NULL;
+		END IF;
+		IF jsonb_typeof(v) = 'string' AND v #>> '{}' <> '' THEN
+			result := result || jsonb_build_object(k, v);
+		END IF;
+	END LOOP;
+	RETURN result;
+END;
+$$;
+COMMENT ON FUNCTION triage.answer_fields(jsonb, text[]) IS
+	'The fields a chat-completions reply gives ({"fields": {...}}: allowed names, string values), without empty ones; NULL if the reply is anything else.';
+
 COMMENT ON FUNCTION triage.answer_label(jsonb, text[]) IS
 	'The label a chat-completions reply gives ({"label": ...} or a bare label), if it is one of labels; else NULL.';
 
@@ -891,6 +974,8 @@ DECLARE
 	label text;
 	result_outcome text := 'no_source';
 	key_cond text;
+	fields jsonb;
+	small text;
 	src_input text;
 	src_output text;
 	n integer;
@@ -903,7 +988,13 @@ BEGIN
 		RETURN 'stale';
 	END IF;
 	SELECT * INTO p FROM triage.policies x WHERE x.name = e.policy;
-	label := triage.answer_label(response, p.labels);
+	IF p.model IS NULL THEN
+		-- an extraction policy: the answer is an object of fields
+		fields := triage.answer_fields(response, p.fields);
+		label := fields::text;
+	ELSE
+		label := triage.answer_label(response, p.labels);
+	END IF;
 	IF label IS NULL THEN
 		-- a failed attempt; 'dead' when it was the last one allowed
 		IF triage.fail(id, 'invalid answer: ' || left(coalesce(
@@ -926,7 +1017,8 @@ BEGIN
 			result_outcome := 'source_deleted';
 		ELSIF src_input IS DISTINCT FROM e.input THEN
 			result_outcome := 'source_changed';
-		ELSIF src_output IS NOT NULL AND src_output IS DISTINCT FROM e.small_answer->>'label' THEN
+		ELSIF src_output IS NOT NULL AND src_output IS DISTINCT FROM
+			  (CASE WHEN fields IS NULL THEN e.small_answer->>'label' ELSE (e.small_answer->'fields')::text END) THEN
 			result_outcome := 'source_overwritten';
 		ELSE
 			EXECUTE format('UPDATE %s SET %I = %L%s WHERE %s', e.source, e.output_column, label,
@@ -942,13 +1034,19 @@ BEGIN
 
 	UPDATE triage.escalations x
 	   SET status = 'done', done_at = now(), error = NULL, outcome = result_outcome,
-		   answer = jsonb_build_object('label', label, 'by', 'llm',
+		   answer = jsonb_build_object(CASE WHEN fields IS NULL THEN 'label' ELSE 'fields' END,
+									   coalesce(fields, to_jsonb(label)), 'by', 'llm',
 									   'model', response->>'model',
 									   'prompt_version', p.prompt->'version', 'at', now()),
 		   usage = response->'usage'
 	 WHERE x.id = complete.id;
-	INSERT INTO triage.examples (model, input, label, source, escalation)
-	VALUES (p.model, e.input, label, 'llm', e.id);
+	IF fields IS NULL THEN
+		INSERT INTO triage.examples (model, input, label, source, escalation)
+		VALUES (p.model, e.input, label, 'llm', e.id);
+	ELSE
+		INSERT INTO triage.examples (model, input, fields, source, escalation)
+		VALUES (p.extractor, e.input, fields, 'llm', e.id);
+	END IF;
 	UPDATE triage.workers w SET jobs_done = w.jobs_done + 1 WHERE w.name = e.claimed_by;
 	RETURN 'done';
 END;
@@ -1226,19 +1324,56 @@ $$;
 -- one open), returns (routed, escalated, last key, written).  Parameters:
 -- $1 policy, $2 table, $3 key column, $4 input column, $5 output column,
 -- $6 provenance column, $7 model, $8 its deployed version.
+CREATE FUNCTION triage.field_values(fields jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+	SELECT coalesce(jsonb_object_agg(k, v->'value'), '{}') FROM jsonb_each(fields) AS f(k, v)
+$$;
+COMMENT ON FUNCTION triage.field_values(jsonb) IS
+	'The values of what extract() returns, without offsets and confidences: {"field": "value"}.';
+
+-- The output column of an attached table: text for a classifying policy, jsonb for an extraction policy
+CREATE FUNCTION triage.check_output_column(tbl regclass, col name, policy text) RETURNS void
+LANGUAGE plpgsql STABLE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	typ regtype;
+	extraction boolean;
+BEGIN
+	SELECT p.model IS NULL INTO extraction FROM triage.policies p WHERE p.name = check_output_column.policy;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy
+			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
+	END IF;
+	IF NOT extraction THEN
+		PERFORM triage.check_text_column(tbl, col);
+		RETURN;
+	END IF;
+	SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+	 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+	IF typ IS NULL THEN
+		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
+	END IF;
+	IF typ <> 'jsonb'::regtype THEN
+		RAISE EXCEPTION 'column "%" of % is %, but policy "%" extracts fields into jsonb', col, tbl, typ, policy
+			USING ERRCODE = 'datatype_mismatch', HINT = 'Use a jsonb output column.';
+	END IF;
+END;
+$$;
+
 CREATE FUNCTION triage.route_rows_sql(tbl regclass, key_col name, input_col name, output_col name,
-									  provenance_col name, rows_sql text) RETURNS text
+									  provenance_col name, rows_sql text, extraction boolean DEFAULT false)
+	RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
 	SELECT format($q$
 		WITH routed AS (
 			SELECT r.%1$I AS k, r.%2$I AS input, triage.route($1, r.%2$I) AS d FROM (%3$s) r),
 		written AS (
-			UPDATE %4$s t SET %5$I = (r.d).label %6$s FROM routed r
-			 WHERE t.%1$I = r.k AND (r.d).label IS NOT NULL
+			UPDATE %4$s t SET %5$I = %7$s %6$s FROM routed r
+			 WHERE t.%1$I = r.k AND %7$s IS NOT NULL
 			RETURNING t.%1$I),
 		queued AS (
-			SELECT triage.enqueue($1, r.input, jsonb_build_object('label', (r.d).label,
-								  'confidence', (r.d).confidence),
+			SELECT triage.enqueue($1, r.input, jsonb_strip_nulls(jsonb_build_object('label', (r.d).label,
+								  'fields', triage.field_values((r.d).fields), 'confidence', (r.d).confidence)),
 								  $2, jsonb_build_object($3, r.k::text), (r.d).reason, $4, $5, $6) AS id
 			  FROM routed r
 			 WHERE (r.d).escalate
@@ -1252,7 +1387,8 @@ LANGUAGE sql IMMUTABLE AS $$
 			$p$, %I = jsonb_build_object('by', 'model', 'model', $7, 'version', $8,
 										 'confidence', round((r.d).confidence::numeric, 4),
 										 'at', statement_timestamp())$p$, provenance_col)
-			 ELSE '' END)
+			 ELSE '' END,
+		CASE WHEN extraction THEN 'triage.field_values((r.d).fields)' ELSE '(r.d).label' END)
 $$;
 
 CREATE FUNCTION triage.count_routed(policy text, routed bigint, escalated bigint) RETURNS void
@@ -1302,13 +1438,9 @@ BEGIN
 	END IF;
 	key_col := triage.key_column(tbl);
 	PERFORM triage.check_text_column(tbl, input_column);
-	PERFORM triage.check_text_column(tbl, output_column);
+	PERFORM triage.check_output_column(tbl, output_column, policy);
 	IF provenance_column IS NOT NULL THEN
 		PERFORM triage.check_provenance_column(tbl, provenance_column);
-	END IF;
-	IF NOT EXISTS (SELECT FROM triage.policies p WHERE p.name = attach.policy) THEN
-		RAISE EXCEPTION 'policy "%" does not exist', policy
-			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
 	END IF;
 	args := format('%L, %L, %L, %L, %L', key_col, input_column, output_column, policy,
 				   coalesce(provenance_column, ''));
@@ -1342,6 +1474,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
 	key_col name := triage.key_column(tbl);
 	model text;
+	extraction boolean;
 	last_key text := NULL;
 	r record;
 	total bigint;
@@ -1350,14 +1483,15 @@ DECLARE
 	started timestamptz := clock_timestamp();
 BEGIN
 	PERFORM triage.check_text_column(tbl, input_column);
-	PERFORM triage.check_text_column(tbl, output_column);
+	PERFORM triage.check_output_column(tbl, output_column, policy);
 	IF provenance_column IS NOT NULL THEN
 		PERFORM triage.check_provenance_column(tbl, provenance_column);
 	END IF;
 	IF batch_size IS NULL OR batch_size < 1 THEN
 		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	SELECT p.model INTO model FROM triage.policies p WHERE p.name = process_table.policy;
+	SELECT coalesce(p.model, p.extractor), p.model IS NULL INTO model, extraction
+	  FROM triage.policies p WHERE p.name = process_table.policy;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'policy "%" does not exist', policy
 			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
@@ -1374,11 +1508,12 @@ BEGIN
 	-- stopped, since every committed batch has its outputs written.
 	LOOP
 		EXECUTE triage.route_rows_sql(tbl, key_col, input_column, output_column, provenance_column,
-			format('SELECT * FROM %s WHERE %I IS NULL AND %I IS NOT NULL %s ORDER BY %I LIMIT %s',
+			rows_sql => format('SELECT * FROM %s WHERE %I IS NULL AND %I IS NOT NULL %s ORDER BY %I LIMIT %s',
 				   tbl, output_column, input_column,
 				   CASE WHEN last_key IS NULL THEN ''
 						ELSE format('AND %I > %L', key_col, last_key) END,
-				   key_col, batch_size))
+				   key_col, batch_size),
+			extraction => extraction)
 		   INTO r USING policy, tbl, key_col, input_column, output_column, provenance_column,
 						model, triage.deployed_version(model);
 		PERFORM triage.count_routed(policy, r.routed, r.escalated);
