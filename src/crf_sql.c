@@ -404,6 +404,55 @@ triage_train_crf(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
 
+PG_FUNCTION_INFO_V1(triage_inspect_crf);
+
+/* Validate an extractor file and describe it: its fields and sizes */
+Datum
+triage_inspect_crf(PG_FUNCTION_ARGS)
+{
+	bytea	   *data = PG_GETARG_BYTEA_PP(0);
+	MemoryContext context;
+	TriageAllocator allocator;
+	CrfModel   *model;
+	TriageStatus status;
+	char		errbuf[256];
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	Datum	   *names;
+	int64		features,
+				weights,
+				lexicon;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage inspect extractor",
+									ALLOCSET_DEFAULT_SIZES);
+	allocator = ContextAllocator(context);
+	status = CrfLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), &allocator,
+					 &model, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ereport(ERROR,
+				(errcode(status == TRIAGE_UNSUPPORTED ? ERRCODE_FEATURE_NOT_SUPPORTED
+						 : status == TRIAGE_OUT_OF_MEMORY ? ERRCODE_OUT_OF_MEMORY
+						 : ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("invalid extractor file: %s", errbuf),
+				 errhint("Pass the bytes of an extractor saved by pg_triage (triage.export_extractor()).")));
+	names = palloc(sizeof(Datum) * Max(CrfFieldCount(model), 1));
+	for (int32 f = 0; f < CrfFieldCount(model); f++)
+		names[f] = CStringGetTextDatum(CrfFieldName(model, f));
+	values[0] = PointerGetDatum(construct_array(names, CrfFieldCount(model), TEXTOID, -1, false, TYPALIGN_INT));
+	CrfModelStats(model, &features, &weights, &lexicon);
+	values[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(psprintf(
+		"{\"format\": \"crf\", \"bytes\": %zu, \"fields\": %d, \"features\": %lld, "
+		"\"weights\": %lld, \"lexicon\": %lld}",
+		(size_t) VARSIZE_ANY_EXHDR(data), CrfFieldCount(model), (long long) features,
+		(long long) weights, (long long) lexicon)));
+	CrfFree(model);
+	MemoryContextDelete(context);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
 /* Run the extractor on input: fills model->crf_results, returns how many */
 int32
 ModelExtract(CachedModel *model, text *input)

@@ -26,11 +26,16 @@ CoreCheckForInterrupts(void)
 	CHECK_FOR_INTERRUPTS();
 }
 
-/* Lets core code inside malloc-based libraries stop cleanly first */
+/*
+ * Lets core code inside malloc-based libraries stop cleanly first: only for
+ * interrupts that end the statement (cancel, statement_timeout, terminate);
+ * others (catch-up signals, notifications) are served by the next
+ * CHECK_FOR_INTERRUPTS and must not stop anything.
+ */
 static bool
 CoreCancelPending(void)
 {
-	return InterruptPending;
+	return QueryCancelPending || ProcDiePending;
 }
 
 void

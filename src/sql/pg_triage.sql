@@ -211,6 +211,38 @@ $$;
 COMMENT ON FUNCTION triage.train_extractor(text, text, jsonb) IS
 	'Trains a field extractor on the (input text, fields jsonb) rows of query (fields: {"field": "value as written"}) and stores it as a new version of name.';
 
+CREATE FUNCTION triage.inspect_crf(model bytea, OUT fields text[], OUT params jsonb)
+	RETURNS record
+	AS 'MODULE_PATHNAME', 'triage_inspect_crf'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION triage.inspect_crf(bytea) IS
+	'Validates an extractor file and returns its fields and sizes.';
+
+CREATE FUNCTION triage.import_extractor(name text, model bytea) RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+DECLARE
+	info record;
+BEGIN
+	PERFORM triage.check_model_name(name);
+	IF EXISTS (SELECT FROM triage.models m WHERE m.name = import_extractor.name AND m.kind <> 'crf') THEN
+		RAISE EXCEPTION 'model "%" is a classifier; an extractor needs a name of its own', name
+			USING ERRCODE = 'wrong_object_type';
+	END IF;
+	SELECT * INTO info FROM triage.inspect_crf(model);
+	RETURN triage.store_model(name, 'crf', info.fields, info.params, '{}', model);
+END;
+$$;
+COMMENT ON FUNCTION triage.import_extractor(text, bytea) IS
+	'Stores an extractor file (from triage.export_extractor()) as a new version of name, deployed if it is the first.';
+
+CREATE FUNCTION triage.export_extractor(name text, version integer) RETURNS bytea
+LANGUAGE sql STABLE STRICT AS $$
+	SELECT data FROM triage.models m
+	 WHERE m.name = export_extractor.name AND m.version = export_extractor.version AND m.kind = 'crf'
+$$;
+COMMENT ON FUNCTION triage.export_extractor(text, integer) IS
+	'The bytes of a stored extractor version, for triage.import_extractor() elsewhere (NULL if there is none).';
+
 CREATE FUNCTION triage.extract(name text, input text) RETURNS jsonb
 	AS 'MODULE_PATHNAME', 'triage_extract'
 	LANGUAGE C STABLE STRICT PARALLEL SAFE;
@@ -311,12 +343,26 @@ COMMENT ON FUNCTION triage.deployed_version(text) IS 'The deployed version of a 
 
 -- Whether an extracted value is the one a person wrote: the same text, or
 -- the same ignoring case and white space, or the same number (1,299.00 and 1299)
+-- A number as written (1,299.00, 1.299,00, 1 299.00, 45) as numeric, or NULL:
+-- the last '.' or ',' followed by one or two digits is the decimal point
+CREATE FUNCTION triage.parse_number(value text) RETURNS numeric
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+	SELECT CASE
+		WHEN value !~ '^[0-9][0-9., '']*$' OR length(value) > 40 THEN NULL
+		WHEN value ~ '[.,][0-9]{1,2}$'
+		THEN (regexp_replace(left(value, -length(substring(value FROM '[.,][0-9]{1,2}$'))), '[^0-9]', '', 'g')
+			  || '.' || substring(value FROM '[.,]([0-9]{1,2})$'))::numeric
+		ELSE regexp_replace(value, '[^0-9]', '', 'g')::numeric
+	END
+$$;
+COMMENT ON FUNCTION triage.parse_number(text) IS
+	'A number as people write it (1,299.00, 1.299,00, 1 299.00) as numeric; NULL if it is not one.';
+
 CREATE FUNCTION triage.same_value(extracted text, expected text) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 	SELECT extracted = expected
 		OR lower(regexp_replace(extracted, '\s+', '', 'g')) = lower(regexp_replace(expected, '\s+', '', 'g'))
-		OR (extracted ~ '^[0-9]{1,3}(,?[0-9]{3})*(\.[0-9]+)?$' AND expected ~ '^[0-9]{1,3}(,?[0-9]{3})*(\.[0-9]+)?$'
-			AND replace(extracted, ',', '')::numeric = replace(expected, ',', '')::numeric)
+		OR triage.parse_number(extracted) = triage.parse_number(expected)
 $$;
 COMMENT ON FUNCTION triage.same_value(text, text) IS
 	'Whether an extracted value matches the expected one: equal, equal ignoring case and white space, or the same number.';
