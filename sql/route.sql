@@ -228,3 +228,58 @@ SELECT version = CASE WHEN :'distill_deployed' = 'true' THEN :'distill_new' ELSE
   FROM triage.deployments WHERE name = 'router';
 SELECT triage.distill('router', '{}');
 SELECT triage.distill('router', '{"heldout": "SELECT 1", "bogus": 1}');
+
+-- extraction policies: the extractor's fields go to a jsonb column, required
+-- or unsure fields escalate, the large model answers {"fields": {...}}
+\set crf :abs_srcdir '/models/business_fields.crf'
+SELECT triage.import_extractor('fields', pg_read_binary_file(:'crf')) AS extractor_version;
+SELECT triage.create_policy('orders', NULL, extractor => 'fields',
+       rules => '{"required_fields": ["order_id"], "min_field_confidence": 0.5}');
+SELECT name, model, extractor, fields FROM triage.policies WHERE name = 'orders';
+SELECT (d).escalate, (d).reason, (d).fields->'order_id'->>'value' AS order_id,
+       (d).confidence BETWEEN 0 AND 1 AS has_confidence
+  FROM (SELECT triage.route('orders', 'Hello, my order A-10293 for $129.99 never arrived. Maria Lopez') AS d) r;
+SELECT (triage.route('orders', 'Hello, the parcel never arrived. Maria Lopez')).reason;
+CREATE TABLE support (id int PRIMARY KEY, body text, fields jsonb, fields_by jsonb);
+SELECT triage.attach('support', 'body', 'fields', 'orders', 'fields_by');
+INSERT INTO support (id, body) VALUES
+  (1, 'Hello, my order A-10293 for $129.99 never arrived. Maria Lopez'),
+  (2, 'Hello, the parcel never arrived, please call me. Maria Lopez');
+SELECT id, fields->>'order_id' AS order_id, fields_by->>'by' AS by FROM support ORDER BY id;
+SELECT e.id AS fields_job, e.small_answer ? 'fields' AS small_has_fields, e.reason
+  FROM triage.escalations e WHERE e.source = 'support'::regclass \gset
+SELECT :'small_has_fields' AS small_has_fields, :'reason' AS reason;
+UPDATE triage.escalations SET visible_at = now() - interval '1 second' WHERE id = :fields_job;
+SELECT count(*) > 0 AS claimed FROM triage.claim('w1', 100, '1 minute', 'orders');
+-- the request asks for the policy's fields
+SELECT request->'messages'->1->>'content' LIKE '%Fields: amount, currency, customer_name%' AS asks_fields
+  FROM triage.escalations e, LATERAL (SELECT triage.build_request(p, e.input) AS request
+                                       FROM triage.policies p WHERE p.name = e.policy) r
+ WHERE e.id = :fields_job;
+-- answers of the wrong shape are failed attempts; the row is untouched
+SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "{\"fields\": {\"order_id\": 42}}"}}]}');
+UPDATE triage.escalations SET status = 'claimed' WHERE id = :fields_job;
+SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "{\"fields\": {\"shoe_size\": \"9\"}}"}}]}');
+UPDATE triage.escalations SET status = 'claimed' WHERE id = :fields_job;
+SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "{\"label\": \"great\"}"}}]}');
+UPDATE triage.escalations SET status = 'claimed' WHERE id = :fields_job;
+SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "not json"}}]}');
+SELECT status, attempts, left(error, 40) AS error FROM triage.escalations WHERE id = :fields_job;
+SELECT fields->>'order_id' AS order_id, fields_by->>'by' AS by FROM support WHERE id = 2;
+-- a good answer is written with its provenance and becomes an example of the extractor
+UPDATE triage.escalations SET visible_at = now() - interval '1 second', status = 'pending' WHERE id = :fields_job;
+SELECT count(*) > 0 AS claimed FROM triage.claim('w1', 100, '1 minute', 'orders');
+SELECT triage.complete(:fields_job, '{"model": "big", "choices": [{"message": {"content": "{\"fields\": {\"customer_name\": \"Maria Lopez\", \"order_id\": null}}"}}]}');
+SELECT fields, fields_by->>'by' AS by, fields_by->>'model' AS model FROM support WHERE id = 2;
+SELECT model, fields, source FROM triage.examples WHERE model = 'fields';
+-- a text output column does not fit an extraction policy
+CREATE TABLE support_text (id int PRIMARY KEY, body text, fields text);
+SELECT triage.attach('support_text', 'body', 'fields', 'orders');
+-- an extractor is not a classifier, and the other way round
+SELECT triage.classify('fields', 'x');
+SELECT triage.extract('router', 'x');
+SELECT triage.create_policy('bad', 'fields');
+SELECT triage.create_policy('bad', NULL);
+UPDATE triage.policies SET rules = '{"required_fields": "order_id"}' WHERE name = 'orders';
+UPDATE triage.policies SET rules = '{"min_field_confidence": 2}' WHERE name = 'orders';
+UPDATE triage.policies SET rules = '{"required_fields": ["order_id"]}' WHERE name = 'reviews';
