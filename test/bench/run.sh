@@ -294,6 +294,35 @@ t_copy_classify=$(copy_best classify)
 copy_filled=$(psql_q -At -c "SELECT count(*) FILTER (WHERE label IS NOT NULL) || ' of ' || count(*) FROM copy_escalated")
 copy_queued=$(psql_q -At -c "SELECT count(*) FROM triage.escalations WHERE source = 'copy_escalated'::regclass")
 
+# Extraction ------------------------------------------------------------------
+# triage.extract with the shipped extractor over 100,000 generated messages
+# (every phrasing, test/extract/gen_messages.py, a seed it was not trained
+# on) against to_tsvector('english', ...) over the same rows in the same
+# session, serial, best of RUNS.
+log "bench: extraction against to_tsvector"
+python3 "$ROOT/test/extract/gen_messages.py" --seed 11 --count "$ROWS" --phrasings all --out "$WORK/messages.csv"
+psql_q <<SQL
+CREATE TABLE bench_messages (input text, fields jsonb, kind text, template text);
+COPY bench_messages FROM '$WORK/messages.csv' WITH (FORMAT csv, HEADER);
+VACUUM (ANALYZE) bench_messages;
+SELECT triage.import_extractor('fields', pg_read_binary_file('$ROOT/models/business_fields.crf'));
+SQL
+msg_bytes=$(psql_q -At -c "SELECT round(avg(octet_length(input))) FROM bench_messages")
+: >"$WORK/extract_times.txt"
+for round in $(seq "$RUNS"); do
+	psql_q -At <<SQL | awk '/^Execution Time/ { print $3 }' | paste -sd ' ' >>"$WORK/extract_times.txt"
+SET max_parallel_workers_per_gather = 0;
+SELECT triage.extract('fields', 'warm up A-1');
+SELECT count(md5(input)) FROM bench_messages;
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF) SELECT count(triage.extract('fields', input)) FROM bench_messages;
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF) SELECT count(to_tsvector('english', input)) FROM bench_messages;
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF) SELECT count(md5(input)) FROM bench_messages;
+SQL
+done
+t_extract=$(awk '{ if (b == "" || $1 < b) b = $1 } END { printf "%.3f", b / 1000 }' "$WORK/extract_times.txt")
+t_tsvector=$(awk '{ if (b == "" || $2 < b) b = $2 } END { printf "%.3f", b / 1000 }' "$WORK/extract_times.txt")
+t_msg_md5=$(awk '{ if (b == "" || $3 < b) b = $3 } END { printf "%.3f", b / 1000 }' "$WORK/extract_times.txt")
+
 # Report --------------------------------------------------------------------
 row() {	# what, seconds, reference md5 seconds
 	awk -v what="$1" -v s="$2" -v cli="$t_cli" -v md5="$3" -v rows="$ROWS" 'BEGIN {
@@ -358,6 +387,12 @@ describe() {	# mode, workers launched
 		printf "  %-58s %8.3f s   trigger overhead %+.0f%% of classify\n", "the same with a provenance column (jsonb per row)", v, 100 * (v - p - c) / c
 		printf "  %-58s %8.3f s   %+.0f%%, %.1f%% of rows queued\n", "attached, threshold 0.9: escalations queued", e, 100 * (e - p - c) / c, 100 * q / rows }'
 	echo "  labels filled by the escalating COPY: $copy_filled"
+	echo
+	echo "field extraction: $ROWS generated messages (about $msg_bytes bytes each), serial, best of $RUNS:"
+	awk -v x="$t_extract" -v t="$t_tsvector" -v m="$t_msg_md5" -v rows="$ROWS" 'BEGIN {
+		printf "  %-58s %8.3f s %8.1f us/row\n", "triage.extract (models/business_fields.crf)", x, x / rows * 1e6
+		printf "  %-58s %8.3f s %8.1f us/row   extract takes %.2fx its time\n", "to_tsvector(\x27english\x27, input)", t, t / rows * 1e6, x / t
+		printf "  %-58s %8.3f s %8.1f us/row\n", "md5(input) (scanning the rows)", m, m / rows * 1e6 }'
 	echo
 	awk -v a="$agree" -v n="$total" -v m="$maxdiff" 'BEGIN {
 		printf "agreement with fasttext predict on %d rows: %d (%.1f%%) same top label; max |probability difference| %s\n",
