@@ -24,27 +24,6 @@
 
 #define ALIGN_MAX_SPANS 4
 
-typedef struct Rng
-{
-	uint64_t	state;
-} Rng;
-
-static inline uint64_t
-RngNext(Rng *rng)
-{
-	uint64_t	z = (rng->state += 0x9E3779B97F4A7C15ull);
-
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
-
-static inline double
-RngUniform(Rng *rng)
-{
-	return (double) (RngNext(rng) >> 11) * (1.0 / 9007199254740992.0);
-}
-
 void
 CrfTrainDefaults(CrfTrainOptions *options)
 {
@@ -411,7 +390,7 @@ TokenizeAndAlign(Trainer *tr, char *errbuf, size_t errlen)
 {
 	CrfTrainReport *rep = tr->report;
 	CrfToken   *buf = TriageAllocArray(tr->alloc, CRF_MAX_TOKENS, sizeof(CrfToken));
-	Rng			rng = {tr->opt->seed ^ 0x5EED0F01DULL};
+	TriageRng	rng = {tr->opt->seed ^ 0x5EED0F01DULL};
 
 	tr->seq_start = TriageAllocArray(tr->alloc, (size_t) tr->nexamples + 1, sizeof(int64_t));
 	tr->fold = TriageAllocArray(tr->alloc, (size_t) tr->nexamples + 1, 1);
@@ -430,7 +409,7 @@ TokenizeAndAlign(Trainer *tr, char *errbuf, size_t errlen)
 		if ((e & 255) == 0)
 			TRIAGE_CHECK_INTERRUPTS();
 		tr->seq_start[e] = tr->ntokens;
-		tr->fold[e] = tr->opt->lexicon_folds > 0 ? (uint8_t) (RngNext(&rng) % (uint64_t) tr->opt->lexicon_folds) : 0;
+		tr->fold[e] = tr->opt->lexicon_folds > 0 ? (uint8_t) (TriageRngNext(&rng) % (uint64_t) tr->opt->lexicon_folds) : 0;
 		if (!Reserve(tr->alloc, (void **) &tr->tokens, &tr->tokens_cap, tr->ntokens + n, sizeof(CrfToken)) ||
 			!Reserve(tr->alloc, (void **) &tr->gold, &tr->gold_cap, tr->ntokens + n, 1))
 		{
@@ -618,7 +597,7 @@ ExtractFeatures(Trainer *tr, char *errbuf, size_t errlen)
 {
 	CrfTokenInfo *info = TriageAllocArray(tr->alloc, (size_t) tr->max_seq + 1, sizeof(CrfTokenInfo));
 	uint64_t	hashes[CRF_MAX_TOKEN_FEATURES];
-	Rng			rng = {tr->opt->seed ^ 0xD50F0DULL};
+	TriageRng	rng = {tr->opt->seed ^ 0xD50F0DULL};
 	bool		lexicon = tr->opt->lexicon_folds > 0 && (tr->opt->features & CRF_FEAT_LEXICON);
 	int32_t		W = tr->label_words;
 
@@ -662,7 +641,7 @@ ExtractFeatures(Trainer *tr, char *errbuf, size_t errlen)
 				int64_t		id;
 
 				if (h >= nfixed && tr->opt->context_dropout > 0 &&
-					RngUniform(&rng) < tr->opt->context_dropout)
+					TriageRngUniform(&rng) < tr->opt->context_dropout)
 					continue;
 				id = KeyMapAdd(&tr->feats, hashes[h], &added);
 				if (id < 0 ||

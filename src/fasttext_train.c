@@ -27,28 +27,6 @@
 #include "fasttext_train.h"
 
 /* splitmix64: small, fast, and good enough for SGD sampling */
-typedef struct TrainRng
-{
-	uint64_t	state;
-} TrainRng;
-
-static inline uint64_t
-RngNext(TrainRng *rng)
-{
-	uint64_t	z = (rng->state += 0x9E3779B97F4A7C15ull);
-
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
-
-/* uniform in [0, 1) */
-static inline double
-RngUniform(TrainRng *rng)
-{
-	return (double) (RngNext(rng) >> 11) * (1.0 / 9007199254740992.0);
-}
-
 void
 FastTextTrainDefaults(FastTextTrainOptions *options)
 {
@@ -319,7 +297,7 @@ typedef struct Trainer
 	FastTextScratch scratch;
 	float	   *grad;
 	float	   *output;
-	TrainRng	rng;
+	TriageRng	rng;
 	int32_t    *negatives;		/* ns: labels in proportion to sqrt(count) */
 	int64_t		nnegatives;
 	int64_t		negpos;
@@ -456,7 +434,7 @@ InitNegatives(Trainer *t, char *errbuf, size_t errlen)
 	/* Fisher-Yates, seeded */
 	for (int64_t i = n - 1; i > 0; i--)
 	{
-		int64_t		j = (int64_t) (RngNext(&t->rng) % (uint64_t) (i + 1));
+		int64_t		j = (int64_t) (TriageRngNext(&t->rng) % (uint64_t) (i + 1));
 		int32_t		tmp = t->negatives[i];
 
 		t->negatives[i] = t->negatives[j];
@@ -544,7 +522,7 @@ RunSgd(Trainer *t, const FastTextExample *examples, int64_t n, const int32_t *nt
 		/* a new epoch: a new order */
 		for (int64_t i = n - 1; i > 0; i--)
 		{
-			int64_t		j = (int64_t) (RngNext(&t->rng) % (uint64_t) (i + 1));
+			int64_t		j = (int64_t) (TriageRngNext(&t->rng) % (uint64_t) (i + 1));
 			int64_t		tmp = order[i];
 
 			order[i] = order[j];
@@ -812,7 +790,7 @@ FastTextTrain(const FastTextTrainOptions *options, const char *const *labels, in
 		(status = AllocDense(&model->output, model->nlabels, dim, allocator, errbuf, errlen)) != TRIAGE_OK)
 		goto done;
 	for (int64_t i = 0; i < model->input.m * dim; i++)
-		model->input.dense[i] = (float) (RngUniform(&trainer.rng) * 2.0 - 1.0) * bound;
+		model->input.dense[i] = (float) (TriageRngUniform(&trainer.rng) * 2.0 - 1.0) * bound;
 	memset(model->output.dense, 0, sizeof(float) * (size_t) (model->output.m * dim));
 
 	if (options->loss == FASTTEXT_LOSS_HS &&

@@ -60,6 +60,32 @@ extern bool (*TriageCancelPendingHook) (void);
 #define TRIAGE_CANCEL_PENDING() \
 	(TriageCancelPendingHook != NULL && TriageCancelPendingHook())
 
+/*
+ * The core's random numbers: splitmix64, small and fast, and the same
+ * sequence on every platform, so that training is reproducible for a seed.
+ */
+typedef struct TriageRng
+{
+	uint64_t	state;
+} TriageRng;
+
+static inline uint64_t
+TriageRngNext(TriageRng *rng)
+{
+	uint64_t	z = (rng->state += 0x9E3779B97F4A7C15ull);
+
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+/* uniform in [0, 1) */
+static inline double
+TriageRngUniform(TriageRng *rng)
+{
+	return (double) (TriageRngNext(rng) >> 11) * (1.0 / 9007199254740992.0);
+}
+
 extern void *TriageAlloc(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocZero(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocArray(const TriageAllocator *allocator, size_t count, size_t size);
