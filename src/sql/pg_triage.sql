@@ -1432,7 +1432,7 @@ LANGUAGE sql IMMUTABLE AS $$
 		CASE WHEN provenance_col IS NOT NULL THEN format(
 			$p$, %I = jsonb_build_object('by', 'model', 'model', $7, 'version', $8,
 										 'confidence', round((r.d).confidence::numeric, 4),
-										 'at', statement_timestamp())$p$, provenance_col)
+										 'at', now())$p$, provenance_col)
 			 ELSE '' END,
 		CASE WHEN extraction THEN 'triage.field_values((r.d).fields)' ELSE '(r.d).label' END)
 $$;
