@@ -283,3 +283,12 @@ SELECT triage.create_policy('bad', NULL);
 UPDATE triage.policies SET rules = '{"required_fields": "order_id"}' WHERE name = 'orders';
 UPDATE triage.policies SET rules = '{"min_field_confidence": 2}' WHERE name = 'orders';
 UPDATE triage.policies SET rules = '{"required_fields": ["order_id"]}' WHERE name = 'reviews';
+-- people's answers become examples too; distill retrains an extractor from them and
+-- deploys the new version only if its field F1 is better
+SELECT triage.add_examples('fields', 'SELECT body, fields FROM support WHERE id = 1');
+SELECT triage.add_examples('nope', 'SELECT 1, 2');
+SELECT source, count(*) FROM triage.examples WHERE model = 'fields' GROUP BY 1 ORDER BY 1;
+SELECT d->'before' ? 'f1' AS has_f1,
+       (d->>'deployed')::boolean = ((d->'after'->>'f1')::numeric > (d->'before'->>'f1')::numeric)
+         AS deployed_only_if_better
+  FROM triage.distill('fields', '{"heldout": "SELECT body, fields FROM support", "train": {"max_iterations": 20}}') d;

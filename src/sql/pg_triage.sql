@@ -799,6 +799,42 @@ COMMENT ON TABLE triage.examples IS 'Training data, including the large model''s
 SELECT pg_catalog.pg_extension_config_dump('triage.examples', '');
 SELECT pg_catalog.pg_extension_config_dump('triage.examples_id_seq', '');
 
+-- Labeled rows people checked, as training examples of a model: (input,
+-- label) rows for a classifier, (input, fields jsonb) rows for an extractor
+CREATE FUNCTION triage.add_examples(model text, query text, source text DEFAULT 'human') RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	kind text;
+	n bigint;
+BEGIN
+	SELECT m.kind INTO kind FROM triage.models m WHERE m.name = add_examples.model ORDER BY m.version DESC LIMIT 1;
+	IF kind IS NULL THEN
+		RAISE EXCEPTION 'model "%" does not exist', model
+			USING ERRCODE = 'undefined_object', HINT = 'Train or import it first: examples belong to a model.';
+	END IF;
+	IF source NOT IN ('human', 'llm', 'import') THEN
+		RAISE EXCEPTION 'source must be human, llm or import, not "%"', source
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'crf' THEN
+		EXECUTE format('INSERT INTO triage.examples (model, input, fields, source)
+						SELECT $1, q.input::text, q.fields::jsonb, $2 FROM (%s) AS q(input, fields)
+						 WHERE q.input IS NOT NULL AND jsonb_typeof(q.fields::jsonb) = ''object''', query)
+		  USING model, source;
+	ELSE
+		EXECUTE format('INSERT INTO triage.examples (model, input, label, source)
+						SELECT $1, q.input::text, q.label::text, $2 FROM (%s) AS q(input, label)
+						 WHERE q.input IS NOT NULL AND q.label IS NOT NULL', query)
+		  USING model, source;
+	END IF;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END;
+$$;
+COMMENT ON FUNCTION triage.add_examples(text, text, text) IS
+	'Adds the labeled rows of query as training examples of model (source human by default): (input, label) for a classifier, (input, fields) for an extractor; distill() trains on them. Returns how many.';
+
 CREATE TABLE triage.workers (
 	name text PRIMARY KEY,
 	host text,
@@ -1657,6 +1693,7 @@ DECLARE
 	before jsonb;
 	after jsonb;
 	improved boolean;
+	extractor boolean;
 BEGIN
 	IF heldout IS NULL THEN
 		RAISE EXCEPTION 'distill needs options->>''heldout'', a query of labeled (input, label) rows to compare versions on'
@@ -1668,13 +1705,23 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	old_version := triage.deployed_version(name);
+	extractor := EXISTS (SELECT FROM triage.models m WHERE m.name = distill.name AND m.version = old_version
+							AND m.kind = 'crf');
 	-- the examples of this model (human and large-model answers), and any other labeled rows
-	training_query := format('SELECT input, label FROM triage.examples WHERE model = %L AND label IS NOT NULL',
-							 name) || coalesce(' UNION ALL SELECT * FROM (' || extra || ') AS extra', '');
+	training_query := format('SELECT input, %s FROM triage.examples WHERE model = %L AND %s IS NOT NULL',
+							 CASE WHEN extractor THEN 'fields' ELSE 'label' END, name,
+							 CASE WHEN extractor THEN 'fields' ELSE 'label' END)
+		|| coalesce(' UNION ALL SELECT * FROM (' || extra || ') AS extra', '');
 	before := triage.evaluate(name, heldout, old_version);
-	new_version := triage.train(name, training_query, train_options);
+	IF extractor THEN
+		new_version := triage.train_extractor(name, training_query, train_options);
+	ELSE
+		new_version := triage.train(name, training_query, train_options);
+	END IF;
 	after := triage.evaluate(name, heldout, new_version);
-	improved := (after->>'accuracy')::numeric > (before->>'accuracy')::numeric;
+	-- classifiers by accuracy, extractors by field F1
+	improved := coalesce((after->>'accuracy')::numeric, (after->>'f1')::numeric)
+				> coalesce((before->>'accuracy')::numeric, (before->>'f1')::numeric);
 	IF improved THEN
 		PERFORM triage.deploy(name, new_version);
 	END IF;
@@ -1683,8 +1730,10 @@ BEGIN
 	RETURN jsonb_build_object(
 		'previous_version', old_version, 'new_version', new_version, 'deployed', improved,
 		'examples', (SELECT count(*) FROM triage.examples e WHERE e.model = distill.name),
-		'before', jsonb_build_object('accuracy', before->'accuracy', 'macro_f1', before->'macro_f1'),
-		'after', jsonb_build_object('accuracy', after->'accuracy', 'macro_f1', after->'macro_f1'));
+		'before', CASE WHEN extractor THEN jsonb_build_object('f1', before->'f1', 'rows_all_correct', before->'rows_all_correct')
+					   ELSE jsonb_build_object('accuracy', before->'accuracy', 'macro_f1', before->'macro_f1') END,
+		'after', CASE WHEN extractor THEN jsonb_build_object('f1', after->'f1', 'rows_all_correct', after->'rows_all_correct')
+					  ELSE jsonb_build_object('accuracy', after->'accuracy', 'macro_f1', after->'macro_f1') END);
 END;
 $$;
 COMMENT ON FUNCTION triage.distill(text, jsonb) IS
