@@ -1187,6 +1187,8 @@ DECLARE
 	curve jsonb;
 	per_label jsonb := '{}';
 	per_label_escalated integer;
+	kept_n integer;
+	kept_correct integer;
 	result jsonb;
 BEGIN
 	IF policy IS NULL OR query IS NULL THEN
@@ -1233,16 +1235,12 @@ BEGIN
 		   triage_calibration_rows
 	 GROUP BY t;
 
-	-- A threshold qualifies for a target only if the kept accuracy stays at
-	-- or above it for every higher threshold too (ignoring the top few rows):
-	-- the first crossing alone is often a lucky dip that unseen rows miss.
+	-- The least escalation whose kept accuracy reaches the target.  (Also
+	-- requiring it at every higher threshold, against lucky dips, was measured
+	-- to escalate more and keep less accuracy on unseen rows: see 009.)
 	SELECT threshold, kept, correct INTO chosen
-	  FROM (SELECT *, min(CASE WHEN kept >= greatest(10, n / 50) THEN correct::float8 / kept END)
-						  OVER (ORDER BY threshold DESC ROWS UNBOUNDED PRECEDING) AS floor_accuracy
-			  FROM triage_calibration_curve) c
-	 WHERE (target_accuracy IS NULL OR kept = 0
-			OR (kept > 0 AND correct::float8 / kept >= target_accuracy
-				AND coalesce(floor_accuracy, 1) >= target_accuracy))
+	  FROM triage_calibration_curve c
+	 WHERE (target_accuracy IS NULL OR kept = 0 OR correct::float8 / kept >= target_accuracy)
 	   AND (max_escalation IS NULL OR 1 - kept::float8 / n <= max_escalation + 1e-9)
 	 ORDER BY CASE WHEN target_accuracy IS NULL
 				   THEN -(CASE WHEN kept > 0 THEN correct::float8 / kept ELSE 0 END) ELSE 0 END,
@@ -1278,6 +1276,16 @@ BEGIN
 		END IF;
 	END IF;
 
+	-- what the stored thresholds keep: per label when those are used
+	IF per_label <> '{}' THEN
+		SELECT count(*), count(*) FILTER (WHERE r.ok) INTO kept_n, kept_correct
+		  FROM triage_calibration_rows r
+		 WHERE r.l IS NOT NULL AND r.c >= (per_label->>r.l)::real;
+	ELSE
+		kept_n := chosen.kept;
+		kept_correct := chosen.correct;
+	END IF;
+
 	SELECT jsonb_agg(jsonb_build_object('threshold', round(threshold::numeric, 4),
 										'escalation_rate', round(1 - kept::numeric / n, 4),
 										'kept_accuracy', CASE WHEN kept > 0 THEN round(correct::numeric / kept, 4) END)
@@ -1292,9 +1300,8 @@ BEGIN
 		'rows', n,
 		'threshold', round(chosen.threshold::numeric, 4),
 		'label_thresholds', per_label,
-		'escalation_rate', round(1 - coalesce(
-			CASE WHEN per_label <> '{}' THEN n - per_label_escalated END, chosen.kept)::numeric / n, 4),
-		'kept_accuracy', CASE WHEN chosen.kept > 0 THEN round(chosen.correct::numeric / chosen.kept, 4) END,
+		'escalation_rate', round(1 - kept_n::numeric / n, 4),
+		'kept_accuracy', CASE WHEN kept_n > 0 THEN round(kept_correct::numeric / kept_n, 4) END,
 		'target_accuracy', target_accuracy,
 		'max_escalation', max_escalation,
 		'curve', curve);
