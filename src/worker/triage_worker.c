@@ -31,6 +31,8 @@
 #include "triage_worker.h"
 
 /* When nothing is claimable, look again this often even without NOTIFY */
+/* --once stops after the breaker opened this many times in a row */
+#define ONCE_MAX_BREAKER_OPENINGS 3
 #define IDLE_POLL_MS 2000
 #define HEARTBEAT_MS 10000
 /* Longest pause after a 429, whatever its Retry-After says */
@@ -63,6 +65,7 @@ typedef struct Worker
 	bool		hurry;			/* a second signal: give back everything now */
 	int64_t		stop_deadline;
 	int			exit_code;
+	int			breaker_openings;	/* in a row, without the endpoint answering */
 } Worker;
 
 static volatile sig_atomic_t stop_signals = 0;
@@ -456,14 +459,24 @@ collect(Worker *w)
 			release_queued(w, "circuit breaker open");
 			/* the probe goes as soon as the breaker allows */
 			w->claim_wanted = true;
+			w->breaker_openings++;
 			if (w->cfg.once && (job->http_status == 401 || job->http_status == 403))
 			{
 				w->exit_code = EXIT_FATAL;
 				begin_stop(w, now, "the endpoint refuses the API key");
 			}
+			/* --once is for cron: give up (jobs unharmed) rather than wait forever */
+			else if (w->cfg.once && w->breaker_openings >= ONCE_MAX_BREAKER_OPENINGS)
+			{
+				w->exit_code = EXIT_FATAL;
+				begin_stop(w, now, "the endpoint is down (its probes failed)");
+			}
 		}
 		else if (job->probe && w->breaker.state == BREAKER_CLOSED)
+		{
+			w->breaker_openings = 0;
 			log_msg("info", "circuit breaker closed: the endpoint answers again");
+		}
 		queue_push(&w->finished, job);
 	}
 }
