@@ -323,6 +323,12 @@ t_extract=$(awk '{ if (b == "" || $1 < b) b = $1 } END { printf "%.3f", b / 1000
 t_tsvector=$(awk '{ if (b == "" || $2 < b) b = $2 } END { printf "%.3f", b / 1000 }' "$WORK/extract_times.txt")
 t_msg_md5=$(awk '{ if (b == "" || $3 < b) b = $3 } END { printf "%.3f", b / 1000 }' "$WORK/extract_times.txt")
 
+# Worker ----------------------------------------------------------------------
+# triage-worker against an instant stub endpoint (test/bench/worker.sh):
+# escalations per second and resident memory at concurrency 1, 8 and 32.
+log "bench: triage-worker throughput"
+bash "$ROOT/test/bench/worker.sh" >"$WORK/worker_bench.txt"
+
 # Report --------------------------------------------------------------------
 row() {	# what, seconds, reference md5 seconds
 	awk -v what="$1" -v s="$2" -v cli="$t_cli" -v md5="$3" -v rows="$ROWS" 'BEGIN {
@@ -393,6 +399,9 @@ describe() {	# mode, workers launched
 		printf "  %-58s %8.3f s %8.1f us/row\n", "triage.extract (models/business_fields.crf)", x, x / rows * 1e6
 		printf "  %-58s %8.3f s %8.1f us/row   extract takes %.2fx its time\n", "to_tsvector(\x27english\x27, input)", t, t / rows * 1e6, x / t
 		printf "  %-58s %8.3f s %8.1f us/row\n", "md5(input) (scanning the rows)", m, m / rows * 1e6 }'
+	echo
+	echo "triage-worker against an instant stub endpoint on 127.0.0.1 (test/bench/worker.sh):"
+	cat "$WORK/worker_bench.txt"
 	echo
 	awk -v a="$agree" -v n="$total" -v m="$maxdiff" 'BEGIN {
 		printf "agreement with fasttext predict on %d rows: %d (%.1f%%) same top label; max |probability difference| %s\n",
