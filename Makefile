@@ -37,14 +37,17 @@ OBJS = \
 	src/crf_decode.o \
 	src/crf_model.o
 
+CRF_CORE_SRCS = src/triage_core.c src/crf_tokenize.c src/crf_features.c src/crf_align.c \
+	src/crf_train.c src/crf_decode.c src/crf_model.c
 CORE_SRCS = src/triage_core.c src/fasttext_load.c src/fasttext_dict.c src/fasttext_predict.c \
 	src/fasttext_train.c src/fasttext_quantize.c src/fasttext_save.c
 
 DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
 EXTRA_CLEAN = $(DATA_built) test/core/test_core test/fuzz/fuzz_fasttext_load \
-	test/fuzz/fuzz_fasttext_standalone
+	test/fuzz/fuzz_fasttext_standalone \
+	test/fuzz/fuzz_crf_load
 
-REGRESS = fasttext model_store errors train route
+REGRESS = fasttext model_store errors train route extract
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 # fastText accumulates in float, in order: keep the compiler from fusing
@@ -101,6 +104,8 @@ bench: deps
 fuzz: deps
 	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
 		test/fuzz/fuzz_fasttext_load.c $(CORE_SRCS) -lm -o test/fuzz/fuzz_fasttext_load
+	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
+		test/fuzz/fuzz_crf_load.c $(CRF_CORE_SRCS) -llbfgs -lm -o test/fuzz/fuzz_crf_load
 
 models: deps
 	$(MAKE) all

@@ -334,8 +334,8 @@ ResolveDeployment(const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist", name),
-				 errhint("Import one with triage.import_fasttext(), or list models with "
-						 "SELECT name, version FROM triage.models.")));
+				 errhint("Create it with triage.train(), triage.train_extractor() or an import "
+						 "function, or list models with SELECT name, version FROM triage.models.")));
 	if (version == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -3,7 +3,8 @@
 # one line "N passed, M failed"; exits non-zero if anything failed.
 #
 #   1. core: C unit tests of the server-independent code, under ASan/UBSan
-#   2. fuzz: the model loader on the corpus and random mutations of it
+#   2. fuzz: the model loaders (fastText, CRF) on their corpus and random
+#      mutations of it
 #   3. pg_regress: sql/*.sql against a throwaway cluster
 #   4. TAP: test/t/*.pl, each with its own clusters (PostgreSQL::Test::Cluster)
 #
@@ -24,6 +25,9 @@ PGXS_DIR=$(dirname "$("$PG_CONFIG" --pgxs)")/../..
 SANITIZE="-g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -ffp-contract=off"
 CORE_SRCS="src/triage_core.c src/fasttext_load.c src/fasttext_dict.c src/fasttext_predict.c
 	src/fasttext_train.c src/fasttext_quantize.c src/fasttext_save.c"
+# the CRF extractor's core (crf_sql.c is the server glue, not core)
+CRF_SRCS="src/triage_core.c src/crf_tokenize.c src/crf_features.c src/crf_align.c
+	src/crf_train.c src/crf_decode.c src/crf_model.c"
 
 record() {	# record NAME STATUS
 	if [ "$2" = 0 ]; then
@@ -71,7 +75,26 @@ else
 	record "quantize unit tests (build)" 1
 fi
 
-# 2. the loader under sanitizers, on the corpus and its mutations
+# the CRF extractor: tokenizer, alignment, training, decoding, model format
+if gcc $SANITIZE -Isrc test/core/test_crf.c $CRF_SRCS -llbfgs -lm -o "$WORK/test_crf"; then
+	"$WORK/test_crf" >"$WORK/crf.out" 2>&1
+	status=$?
+	grep -E '^(not ok|# )' "$WORK/crf.out" | head -40
+	n_ok=$(grep -c '^ok ' "$WORK/crf.out")
+	n_bad=$(grep -c '^not ok ' "$WORK/crf.out")
+	echo "test_crf: $n_ok ok, $n_bad not ok"
+	PASSED=$((PASSED + n_ok))
+	FAILED=$((FAILED + n_bad))
+	[ "$n_bad" -gt 0 ] && FAILURES+=("crf unit tests")
+	if [ "$status" != 0 ] && [ "$n_bad" = 0 ]; then
+		record "crf unit tests (crashed)" 1
+		tail -30 "$WORK/crf.out"
+	fi
+else
+	record "crf unit tests (build)" 1
+fi
+
+# 2. the loaders under sanitizers, on the corpus and its mutations
 section "fuzz smoke (ASan/UBSan)"
 if [ -f test/fuzz/fuzz_fasttext_standalone.c ]; then
 	if gcc $SANITIZE -Isrc test/fuzz/fuzz_fasttext_standalone.c test/fuzz/fuzz_fasttext_load.c \
@@ -80,6 +103,18 @@ if [ -f test/fuzz/fuzz_fasttext_standalone.c ]; then
 		record "fuzz smoke" $?
 	else
 		record "fuzz smoke (build)" 1
+	fi
+fi
+# CRF models: about 6,000 inputs (20-25 s), each mutant's checksum repaired
+# so that it reaches every check; the time limit only guards a slow machine
+if [ -f test/fuzz/fuzz_crf_standalone.c ]; then
+	if gcc $SANITIZE -Isrc test/fuzz/fuzz_crf_standalone.c test/fuzz/fuzz_crf_load.c \
+		$CRF_SRCS -llbfgs -lm -o "$WORK/fuzz_crf_standalone"; then
+		"$WORK/fuzz_crf_standalone" -n 1200 -seed 1 -max_total_time 60 -crashdir "$WORK" \
+			test/fuzz/crf_corpus
+		record "fuzz smoke (CRF)" $?
+	else
+		record "fuzz smoke (CRF build)" 1
 	fi
 fi
 
