@@ -506,14 +506,12 @@ ExtractJsonb(CachedModel *model, text *input)
 	JsonbValue *result;
 	uint32		byte_at = 0;
 	int64		char_at = 0;
-	CrfResult  *sorted;
 
 	/* jsonb sorts keys itself; offsets are counted walking the text once, in order */
-	sorted = model->crf_results;
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	for (int32 i = 0; i < n; i++)
 	{
-		CrfResult  *r = &sorted[i];
+		CrfResult  *r = &model->crf_results[i];
 		int64		start,
 					end;
 		JsonbValue	v;

@@ -354,10 +354,11 @@ FieldRules(Policy *policy, RouteResult *result)
 
 /*
  * Route input under the policy: rules first, then the model's confidence,
- * then the audit sample.  want_reason: also say why when the row is kept.
+ * then the audit sample.  describe (for route(), not the trigger): also say
+ * why a kept row is kept, and give the extractor's fields as jsonb.
  */
 static void
-RouteInput(RouteState *state, Policy *policy, text *input, bool want_reason, RouteResult *result)
+RouteInput(RouteState *state, Policy *policy, text *input, bool describe, RouteResult *result)
 {
 	CachedModel *model;
 	const char *bytes = VARDATA_ANY(input);
@@ -393,7 +394,10 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool want_reason, Rou
 
 		ModelRequireKind(extractor, MODEL_KIND_CRF);
 		result->extractor = extractor;
-		result->fields = ExtractJsonb(extractor, input);
+		if (describe)
+			result->fields = ExtractJsonb(extractor, input);
+		else
+			ModelExtract(extractor, input);
 		if (model == NULL)
 		{
 			/* an extraction policy: as sure as its least sure field */
@@ -467,7 +471,7 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool want_reason, Rou
 		return;
 	}
 	result->escalate = false;
-	if (want_reason)
+	if (describe)
 		result->reason = model != NULL
 			? psprintf("confidence %.3f >= threshold %s", result->confidence, FormatReal(threshold))
 			: pstrdup("every rule passed");
@@ -670,7 +674,7 @@ RouteTriggerStateGet(FunctionCallInfo fcinfo, TriggerData *trigdata)
  * extraction policy, {"fields", "confidence"}
  */
 static Datum
-SmallAnswer(Policy *policy, text *input, RouteResult *result)
+SmallAnswer(Policy *policy, RouteResult *result, Jsonb *field_values)
 {
 	StringInfoData buf;
 
@@ -679,7 +683,7 @@ SmallAnswer(Policy *policy, text *input, RouteResult *result)
 	if (policy->model[0] == '\0')
 	{
 		appendStringInfoString(&buf, "\"fields\": ");
-		appendStringInfoString(&buf, JsonbToCString(NULL, &FieldValuesJsonb(result->extractor, input)->root, 0));
+		appendStringInfoString(&buf, JsonbToCString(NULL, &field_values->root, 0));
 		appendStringInfoString(&buf, ", ");
 	}
 	else if (result->label >= 0)
@@ -698,7 +702,7 @@ SmallAnswer(Policy *policy, text *input, RouteResult *result)
 /* Queue one escalation, as the owner of the queue */
 static void
 Enqueue(RouteTriggerState *state, TriggerData *trigdata, Policy *policy, text *input,
-		Datum key, RouteResult *result)
+		Datum key, RouteResult *result, Jsonb *field_values)
 {
 	Oid			argtypes[10] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 	JSONBOID, TEXTOID, TEXTOID};
@@ -716,7 +720,7 @@ Enqueue(RouteTriggerState *state, TriggerData *trigdata, Policy *policy, text *i
 	args[4] = CStringGetTextDatum(trigger->tgargs[1]);
 	args[5] = CStringGetTextDatum(trigger->tgargs[2]);
 	args[6] = PointerGetDatum(input);
-	args[7] = SmallAnswer(policy, input, result);
+	args[7] = SmallAnswer(policy, result, field_values);
 	args[8] = CStringGetTextDatum(result->reason);
 	args[9] = CStringGetTextDatum(trigger->tgargs[4]);
 
@@ -791,6 +795,7 @@ triage_route_row(PG_FUNCTION_ARGS)
 	text	   *input;
 	Policy	   *policy;
 	RouteResult result;
+	Jsonb	   *field_values = NULL;
 	PendingCount *count;
 	Datum		values[2];
 	bool		replace_nulls[2] = {false, false};
@@ -827,13 +832,16 @@ triage_route_row(PG_FUNCTION_ARGS)
 	policy = RoutePolicy(&state->route, trigdata->tg_trigger->tgargs[3],
 						 strlen(trigdata->tg_trigger->tgargs[3]));
 	RouteInput(&state->route, policy, input, false, &result);
+	/* an extraction policy's answer: the values, for the row and the queue */
+	if (policy->model[0] == '\0')
+		field_values = FieldValuesJsonb(result.extractor, input);
 
-	if (policy->model[0] == '\0' || result.label >= 0)
+	if (field_values != NULL || result.label >= 0)
 	{
 		CheckOutputType(state, policy, rel);
 		columns[ncolumns] = state->output_attno;
-		values[ncolumns++] = policy->model[0] == '\0'
-			? JsonbPGetDatum(FieldValuesJsonb(result.extractor, input))
+		values[ncolumns++] = field_values != NULL
+			? JsonbPGetDatum(field_values)
 			: PointerGetDatum(FastTextLabelText(result.model->fasttext, result.label));
 		if (state->provenance_attno > 0)
 		{
@@ -853,7 +861,7 @@ triage_route_row(PG_FUNCTION_ARGS)
 					 errmsg("the key column \"%s\" of %s is NULL", trigdata->tg_trigger->tgargs[0],
 							RelationGetRelationName(rel)),
 					 errhint("Escalated answers are written back by key.")));
-		Enqueue(state, trigdata, policy, input, key, &result);
+		Enqueue(state, trigdata, policy, input, key, &result, field_values);
 	}
 
 	/* counted at the end of the statement (triage.count_routed_rows) */
