@@ -97,7 +97,7 @@ fi
 # 2. the loaders under sanitizers, on the corpus and its mutations
 section "fuzz smoke (ASan/UBSan)"
 if [ -f test/fuzz/fuzz_fasttext_standalone.c ]; then
-	if gcc $SANITIZE -Isrc test/fuzz/fuzz_fasttext_standalone.c test/fuzz/fuzz_fasttext_load.c \
+	if gcc $SANITIZE -Isrc test/fuzz/fuzz_fasttext_standalone.c test/fuzz/fuzz_runner.c test/fuzz/fuzz_fasttext_load.c \
 		$CORE_SRCS -lm -o "$WORK/fuzz_standalone"; then
 		"$WORK/fuzz_standalone" -n 300 -seed 1 test/fuzz/corpus
 		record "fuzz smoke" $?
@@ -108,7 +108,7 @@ fi
 # CRF models: about 6,000 inputs (20-25 s), each mutant's checksum repaired
 # so that it reaches every check; the time limit only guards a slow machine
 if [ -f test/fuzz/fuzz_crf_standalone.c ]; then
-	if gcc $SANITIZE -Isrc test/fuzz/fuzz_crf_standalone.c test/fuzz/fuzz_crf_load.c \
+	if gcc $SANITIZE -Isrc test/fuzz/fuzz_crf_standalone.c test/fuzz/fuzz_runner.c test/fuzz/fuzz_crf_load.c \
 		$CRF_SRCS -llbfgs -lm -o "$WORK/fuzz_crf_standalone"; then
 		"$WORK/fuzz_crf_standalone" -n 1200 -seed 1 -max_total_time 60 -crashdir "$WORK" \
 			test/fuzz/crf_corpus
