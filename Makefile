@@ -17,6 +17,7 @@ OBJS = \
 	src/model_cache.o \
 	src/fasttext_sql.o \
 	src/train_sql.o \
+	src/query_rows.o \
 	src/train_options.o \
 	src/calibration_sql.o \
 	src/quantize_sql.o \

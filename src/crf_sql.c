@@ -34,6 +34,7 @@ typedef struct ExtractorTrainingSet
 	int64		n;
 	int64		capacity;
 	int64		skipped_null_input;
+	MemoryContext target;		/* where the rows are copied */
 } ExtractorTrainingSet;
 
 /* One numeric option of train_extractor */
@@ -202,79 +203,68 @@ ReadFields(Jsonb *fields, int64 row, CrfExample *example)
 	example->values = values;
 }
 
-/* Run query and copy its (input, fields) rows into target, through a cursor */
+static void
+CheckExtractorColumns(TupleDesc tupdesc, void *arg)
+{
+	if (tupdesc->natts != 2 ||
+		(SPI_gettypeid(tupdesc, 1) != TEXTOID && SPI_gettypeid(tupdesc, 1) != VARCHAROID) ||
+		SPI_gettypeid(tupdesc, 2) != JSONBOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("training query must return two columns (input text, fields jsonb)"),
+				 errhint("Cast the columns: SELECT body::text, fields::jsonb FROM ...")));
+}
+
+/* Copy one (input, fields) row into the set, out of SPI's memory */
+static void
+AddExtractorRow(HeapTuple tuple, TupleDesc tupdesc, int64 row, void *arg)
+{
+	ExtractorTrainingSet *set = (ExtractorTrainingSet *) arg;
+	bool		input_null,
+				fields_null;
+	Datum		input = SPI_getbinval(tuple, tupdesc, 1, &input_null);
+	Datum		fields = SPI_getbinval(tuple, tupdesc, 2, &fields_null);
+	MemoryContext old;
+	text	   *input_text;
+	CrfExample *example;
+
+	if (input_null || fields_null)
+	{
+		set->skipped_null_input++;
+		return;
+	}
+	old = MemoryContextSwitchTo(set->target);
+	if (set->n == set->capacity)
+	{
+		set->capacity = set->capacity ? set->capacity * 2 : 1024;
+		set->examples = set->examples == NULL
+			? MemoryContextAllocHuge(set->target, sizeof(CrfExample) * set->capacity)
+			: repalloc_huge(set->examples, sizeof(CrfExample) * set->capacity);
+	}
+	example = &set->examples[set->n];
+	input_text = (text *) PG_DETOAST_DATUM_COPY(input);
+	example->text = VARDATA_ANY(input_text);
+	example->len = VARSIZE_ANY_EXHDR(input_text);
+	ReadFields(DatumGetJsonbP(fields), row, example);
+	set->n++;
+	MemoryContextSwitchTo(old);
+}
+
+/* Run query and copy its (input, fields) rows into target */
 static void
 ReadExtractorTrainingSet(const char *query, ExtractorTrainingSet *set, MemoryContext target)
 {
-	SPIPlanPtr	plan;
-	Portal		portal;
-	int64		row = 0;
+	static const QueryRowsSpec spec = {
+		.purpose = "training",
+		.columns = "(input text, fields jsonb)",
+		.example = "SELECT body, fields FROM labeled_messages",
+		.batch = 1000,
+		.check = CheckExtractorColumns,
+		.row = AddExtractorRow
+	};
 
-	SPI_connect();
-	plan = SPI_prepare(query, 0, NULL);
-	if (plan == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("training query could not be prepared: %s", SPI_result_code_string(SPI_result)),
-				 errhint("Pass a query such as SELECT body, fields FROM labeled_messages.")));
-	if (!SPI_is_cursor_plan(plan))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("training query must be a single SELECT returning (input text, fields jsonb)")));
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
-	for (;;)
-	{
-		TupleDesc	tupdesc;
-
-		CHECK_FOR_INTERRUPTS();
-		SPI_cursor_fetch(portal, true, 1000);
-		if (SPI_processed == 0)
-			break;
-		tupdesc = SPI_tuptable->tupdesc;
-		if (tupdesc->natts != 2 ||
-			(SPI_gettypeid(tupdesc, 1) != TEXTOID && SPI_gettypeid(tupdesc, 1) != VARCHAROID) ||
-			SPI_gettypeid(tupdesc, 2) != JSONBOID)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("training query must return two columns (input text, fields jsonb)"),
-					 errhint("Cast the columns: SELECT body::text, fields::jsonb FROM ...")));
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tuple = SPI_tuptable->vals[i];
-			bool		input_null,
-						fields_null;
-			Datum		input = SPI_getbinval(tuple, tupdesc, 1, &input_null);
-			Datum		fields = SPI_getbinval(tuple, tupdesc, 2, &fields_null);
-			MemoryContext old;
-			text	   *input_text;
-			CrfExample *example;
-
-			row++;
-			if (input_null || fields_null)
-			{
-				set->skipped_null_input++;
-				continue;
-			}
-			old = MemoryContextSwitchTo(target);
-			if (set->n == set->capacity)
-			{
-				set->capacity = set->capacity ? set->capacity * 2 : 1024;
-				set->examples = set->examples == NULL
-					? MemoryContextAllocHuge(target, sizeof(CrfExample) * set->capacity)
-					: repalloc_huge(set->examples, sizeof(CrfExample) * set->capacity);
-			}
-			example = &set->examples[set->n];
-			input_text = (text *) PG_DETOAST_DATUM_COPY(input);
-			example->text = VARDATA_ANY(input_text);
-			example->len = VARSIZE_ANY_EXHDR(input_text);
-			ReadFields(DatumGetJsonbP(fields), row, example);
-			set->n++;
-			MemoryContextSwitchTo(old);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
-	SPI_finish();
+	set->target = target;
+	ForEachQueryRow(query, &spec, set);
 	if (set->n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),

@@ -40,6 +40,7 @@ typedef struct TrainingSet
 	int32		nlabels;
 	int64		skipped_null_input;
 	HTAB	   *label_index;
+	MemoryContext target;		/* where the rows are copied */
 } TrainingSet;
 
 typedef struct LabelEntry
@@ -91,105 +92,88 @@ LabelId(TrainingSet *set, const char *label, int64 row)
 	return entry->label_id;
 }
 
-/*
- * Run query and copy its (input, label) rows, in batches through a cursor
- * so that SPI never holds more than one batch.
- */
+static void
+CheckTrainingColumns(TupleDesc tupdesc, void *arg)
+{
+	if (tupdesc->natts != 2 ||
+		!IsTextType(SPI_gettypeid(tupdesc, 1)) || !IsTextType(SPI_gettypeid(tupdesc, 2)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("training query must return two text columns (input, label), not (%s)",
+						ColumnTypes(tupdesc)),
+				 errhint("Cast the columns: SELECT body::text, label::text FROM ...")));
+}
+
+/* Copy one (input, label) row into the set, out of SPI's memory */
+static void
+AddTrainingRow(HeapTuple tuple, TupleDesc tupdesc, int64 row, void *arg)
+{
+	TrainingSet *set = (TrainingSet *) arg;
+	bool		input_null,
+				label_null;
+	Datum		input = SPI_getbinval(tuple, tupdesc, 1, &input_null);
+	Datum		label = SPI_getbinval(tuple, tupdesc, 2, &label_null);
+	MemoryContext old;
+	char	   *label_str;
+	text	   *input_text;
+
+	if (label_null)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("label of training row %lld is NULL", (long long) row),
+				 errhint("Filter unlabeled rows out: ... WHERE label IS NOT NULL.")));
+	if (input_null)
+	{
+		set->skipped_null_input++;
+		return;
+	}
+	old = MemoryContextSwitchTo(set->target);
+	label_str = TextDatumGetCString(label);
+	if (SPI_gettypeid(tupdesc, 2) == BPCHAROID)
+		label_str = TextDatumGetCString(DirectFunctionCall1(rtrim1, label));
+	if (label_str[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("label of training row %lld is empty", (long long) row),
+				 errhint("Every row needs a non-empty label.")));
+	input_text = DatumGetTextPP(input);
+	if ((Pointer) input_text == DatumGetPointer(input))
+		input_text = (text *) PG_DETOAST_DATUM_COPY(input);
+	if (set->n == set->capacity)
+	{
+		set->capacity = set->capacity ? set->capacity * 2 : 1024;
+		set->examples = set->examples == NULL
+			? MemoryContextAllocHuge(set->target, sizeof(FastTextExample) * set->capacity)
+			: repalloc_huge(set->examples, sizeof(FastTextExample) * set->capacity);
+	}
+	set->examples[set->n].text = VARDATA_ANY(input_text);
+	set->examples[set->n].len = VARSIZE_ANY_EXHDR(input_text);
+	set->examples[set->n].label = LabelId(set, label_str, row);
+	set->n++;
+	MemoryContextSwitchTo(old);
+}
+
+/* Run query and copy its (input, label) rows into target */
 static void
 ReadTrainingSet(const char *query, TrainingSet *set, MemoryContext target)
 {
-	SPIPlanPtr	plan;
-	Portal		portal;
+	static const QueryRowsSpec spec = {
+		.purpose = "training",
+		.columns = "(input text, label text)",
+		.example = "SELECT body, label FROM tickets",
+		.batch = 10000,
+		.check = CheckTrainingColumns,
+		.row = AddTrainingRow
+	};
 	HASHCTL		ctl;
-	int64		row = 0;
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = NAMEDATALEN * 4;
 	ctl.entrysize = sizeof(LabelEntry);
 	ctl.hcxt = target;
 	set->label_index = hash_create("pg_triage labels", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-
-	SPI_connect();
-	plan = SPI_prepare(query, 0, NULL);
-	if (plan == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("training query could not be prepared: %s", SPI_result_code_string(SPI_result)),
-				 errhint("Pass a query such as SELECT body, label FROM tickets.")));
-	if (!SPI_is_cursor_plan(plan))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("training query must be a single SELECT returning (input text, label text)")));
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
-
-	for (;;)
-	{
-		TupleDesc	tupdesc;
-
-		CHECK_FOR_INTERRUPTS();
-		SPI_cursor_fetch(portal, true, 10000);
-		if (SPI_processed == 0)
-			break;
-		tupdesc = SPI_tuptable->tupdesc;
-		if (tupdesc->natts != 2 ||
-			!IsTextType(SPI_gettypeid(tupdesc, 1)) || !IsTextType(SPI_gettypeid(tupdesc, 2)))
-			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("training query must return two text columns (input, label), not (%s)",
-							ColumnTypes(tupdesc)),
-					 errhint("Cast the columns: SELECT body::text, label::text FROM ...")));
-
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tuple = SPI_tuptable->vals[i];
-			bool		input_null,
-						label_null;
-			Datum		input = SPI_getbinval(tuple, tupdesc, 1, &input_null);
-			Datum		label = SPI_getbinval(tuple, tupdesc, 2, &label_null);
-			MemoryContext old;
-			char	   *label_str;
-			text	   *input_text;
-
-			row++;
-			if (label_null)
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("label of training row %lld is NULL", (long long) row),
-						 errhint("Filter unlabeled rows out: ... WHERE label IS NOT NULL.")));
-			if (input_null)
-			{
-				set->skipped_null_input++;
-				continue;
-			}
-			old = MemoryContextSwitchTo(target);
-			label_str = TextDatumGetCString(label);
-			if (SPI_gettypeid(tupdesc, 2) == BPCHAROID)
-				label_str = TextDatumGetCString(DirectFunctionCall1(rtrim1, label));
-			if (label_str[0] == '\0')
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("label of training row %lld is empty", (long long) row),
-						 errhint("Every row needs a non-empty label.")));
-			input_text = DatumGetTextPP(input);
-			if ((Pointer) input_text == DatumGetPointer(input))
-				input_text = (text *) PG_DETOAST_DATUM_COPY(input);
-			if (set->n == set->capacity)
-			{
-				set->capacity = set->capacity ? set->capacity * 2 : 1024;
-				set->examples = set->examples == NULL
-					? MemoryContextAllocHuge(target, sizeof(FastTextExample) * set->capacity)
-					: repalloc_huge(set->examples, sizeof(FastTextExample) * set->capacity);
-			}
-			set->examples[set->n].text = VARDATA_ANY(input_text);
-			set->examples[set->n].len = VARSIZE_ANY_EXHDR(input_text);
-			set->examples[set->n].label = LabelId(set, label_str, row);
-			set->n++;
-			MemoryContextSwitchTo(old);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
-	SPI_finish();
+	set->target = target;
+	ForEachQueryRow(query, &spec, set);
 
 	if (set->n == 0)
 		ereport(ERROR,

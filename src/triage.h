@@ -7,6 +7,7 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
 #include "access/tupdesc.h"
 #include "fmgr.h"
 #include "utils/jsonb.h"
@@ -64,6 +65,19 @@ extern FastTextModel *LoadModelBytea(bytea *data, MemoryContext context);
 extern bytea *SaveModelBytea(const FastTextModel *model, MemoryContext context, const char *what);
 extern void ModelRequireKind(CachedModel *model, ModelKind kind);
 extern void ReportCoreError(TriageStatus status, const char *message, const char *context);
+
+/* query_rows.c */
+typedef struct QueryRowsSpec
+{
+	const char *purpose;		/* "training": in "training query must ..." */
+	const char *columns;		/* the columns it must return, for errors */
+	const char *example;		/* a query that would do, for hints */
+	int			batch;			/* rows per fetch */
+	void		(*check) (TupleDesc tupdesc, void *arg);	/* error if the columns do not fit */
+	void		(*row) (HeapTuple tuple, TupleDesc tupdesc, int64 row, void *arg);
+} QueryRowsSpec;
+
+extern void ForEachQueryRow(const char *query, const QueryRowsSpec *spec, void *arg);
 
 /* crf_sql.c */
 extern int32 ModelExtract(CachedModel *model, text *input);
