@@ -292,3 +292,6 @@ SELECT d->'before' ? 'f1' AS has_f1,
        (d->>'deployed')::boolean = ((d->'after'->>'f1')::numeric > (d->'before'->>'f1')::numeric)
          AS deployed_only_if_better
   FROM triage.distill('fields', '{"heldout": "SELECT body, fields FROM support", "train": {"max_iterations": 20}}') d;
+SELECT triage.add_examples('fields', 'SELECT body, fields FROM support', 'robot');
+SELECT triage.add_examples('fields', 'SELECT body FROM support');
+SELECT triage.add_examples('fields', NULL) IS NULL AS strict;
