@@ -212,7 +212,8 @@ typedef struct CrfResult
  * Per-call scratch for CrfExtract.  It grows on first use to fit the
  * longest text seen (at most CRF_MAX_TOKENS tokens) and is reused after, so
  * steady-state extraction allocates nothing.  Not shareable between
- * concurrent callers; it may serve different models one after the other.
+ * concurrent callers; it may serve different models one after the other
+ * (its token cache, 2 MB, is emptied when the model changes).
  */
 typedef struct CrfWorkspace
 {
@@ -222,10 +223,26 @@ typedef struct CrfWorkspace
 	struct CrfTokenInfo *info;
 	CrfToken   *tokens;			/* CRF_MAX_TOKENS */
 	float	   *scores;			/* token_capacity * label_capacity */
-	float	   *alpha;			/* Viterbi scores, then the scaled forward */
-	float	   *beta;			/* scaled backward */
+	float	   *potential;		/* exp(score - max) */
+	float	   *alpha;			/* scaled forward */
+	float	   *beta;			/* Viterbi scores, then the scaled backward */
 	float	   *scale;			/* token_capacity */
 	int16_t    *path;			/* token_capacity */
+
+	/*
+	 * Per distinct token (by CrfOwnKey), for the model numbered
+	 * cache_model: the summed weights of its own features, then of the
+	 * features it gives a neighbour at offsets -2, -1, 1 and 2, each
+	 * cache_lpad floats.  Two-way set-associative, cache_slots entries
+	 * (cache_recent: the way each set used last), key 0 when empty.  Words recur across messages, so most tokens cost a few
+	 * vector additions instead of some forty weight lookups.
+	 */
+	uint64_t	cache_model;
+	int32_t		cache_slots;
+	int32_t		cache_lpad;
+	uint64_t   *cache_keys;
+	float	   *cache_sums;
+	uint8_t    *cache_recent;
 } CrfWorkspace;
 
 /* Set up an empty workspace that allocates from allocator (NULL: malloc) */

@@ -244,13 +244,20 @@ EmitLex(uint64_t *out, int k, uint64_t kind, uint64_t mask)
 	return k;
 }
 
-int
-CrfTokenFeatures(uint32_t groups, const char *text, const CrfToken *tokens,
-				 const CrfTokenInfo *info, int32_t n, int32_t t, uint64_t *out, int *nfixed)
+uint64_t
+CrfOwnKey(const CrfTokenInfo *in)
 {
-	const CrfTokenInfo *in = &info[t];
-	const char *s = text + tokens[t].start;
-	uint32_t	len = tokens[t].end - tokens[t].start;
+	uint64_t	h = CrfMix(in->word, in->shape) ^ CrfMix(in->cshape, in->flags);
+
+	return h | 1;				/* never 0, which marks an empty cache slot */
+}
+
+int
+CrfOwnFeatures(uint32_t groups, const char *text, const CrfToken *token,
+			   const CrfTokenInfo *in, uint64_t *out)
+{
+	const char *s = text + token->start;
+	uint32_t	len = token->end - token->start;
 	int			k = 0;
 
 	out[k++] = CrfMix(K_BIAS, 0);
@@ -302,6 +309,35 @@ CrfTokenFeatures(uint32_t groups, const char *text, const CrfToken *tokens,
 				out[k++] = CrfMix(K_NGRAM, h);
 			}
 	}
+	return k;
+}
+
+int
+CrfNeighbourFeatures(uint32_t groups, const CrfTokenInfo *nb, int d, uint64_t *out, int *nfixed)
+{
+	uint64_t	edge = d < 0 ? 1 : 2;
+	int			k = 0;
+
+	*nfixed = 0;
+	if (!(groups & CRF_FEAT_CONTEXT))
+		return 0;
+	out[k++] = CrfMix(K_CSHAPE_AT + 64 * (d + 2), nb ? nb->cshape : edge);
+	if (d == -1 || d == 1)
+		out[k++] = CrfMix(K_SHAPE_AT + 64 * (d + 2), nb ? nb->shape : edge);
+	*nfixed = k;
+	out[k++] = CrfMix(K_WORD_AT + 64 * (d + 2), nb ? nb->word : edge);
+	return k;
+}
+
+int
+CrfContextFeatures(uint32_t groups, const CrfTokenInfo *info, int32_t n, int32_t t,
+				   bool neighbours_in_text, uint64_t *out, int *nfixed)
+{
+	const CrfTokenInfo *in = &info[t];
+	uint64_t	words[4];
+	int			nwords = 0;
+	int			k = 0;
+
 	if (groups & CRF_FEAT_LEXICON)
 	{
 		k = EmitLex(out, k, K_LEX, in->lex);
@@ -334,41 +370,31 @@ CrfTokenFeatures(uint32_t groups, const char *text, const CrfToken *tokens,
 		if (in->last_in_line)
 			out[k++] = CrfMix(K_LINEEND, 0);
 	}
-	if (groups & CRF_FEAT_CONTEXT)
+	/* neighbours' shapes here, their words after the fixed features */
+	for (int d = -2; d <= 2; d++)
 	{
-		for (int d = -2; d <= 2; d++)
-		{
-			int32_t		j = t + d;
-			uint64_t	v;
+		int32_t		j = t + d;
+		bool		inside = j >= 0 && j < n;
+		uint64_t	nbf[3];
+		int			nbfixed;
+		int			nnb;
 
-			if (d == 0)
-				continue;
-			v = (j >= 0 && j < n) ? info[j].cshape : (uint64_t) (d < 0 ? 1 : 2);
-			out[k++] = CrfMix(K_CSHAPE_AT + 64 * (d + 2), v);
-			if (d == -1 || d == 1)
-			{
-				v = (j >= 0 && j < n) ? info[j].shape : (uint64_t) (d < 0 ? 1 : 2);
-				out[k++] = CrfMix(K_SHAPE_AT + 64 * (d + 2), v);
-			}
+		if (d == 0 || (inside && !neighbours_in_text))
+			continue;
+		nnb = CrfNeighbourFeatures(groups, inside ? &info[j] : NULL, d, nbf, &nbfixed);
+		for (int i = 0; i < nnb; i++)
+		{
+			if (i < nbfixed)
+				out[k++] = nbf[i];
+			else
+				words[nwords++] = nbf[i];
 		}
 	}
-
 	*nfixed = k;
 
 	/* context words: what dropout may remove in training */
-	if (groups & CRF_FEAT_CONTEXT)
-	{
-		for (int d = -2; d <= 2; d++)
-		{
-			int32_t		j = t + d;
-			uint64_t	v;
-
-			if (d == 0)
-				continue;
-			v = (j >= 0 && j < n) ? info[j].word : (uint64_t) (d < 0 ? 1 : 2);
-			out[k++] = CrfMix(K_WORD_AT + 64 * (d + 2), v);
-		}
-	}
+	for (int i = 0; i < nwords; i++)
+		out[k++] = words[i];
 	if (groups & CRF_FEAT_BAG)
 	{
 		for (int32_t j = t - 4; j < t; j++)
@@ -386,12 +412,24 @@ CrfTokenFeatures(uint32_t groups, const char *text, const CrfToken *tokens,
 	return k;
 }
 
+int
+CrfTokenFeatures(uint32_t groups, const char *text, const CrfToken *tokens,
+				 const CrfTokenInfo *info, int32_t n, int32_t t, uint64_t *out, int *nfixed)
+{
+	int			own = CrfOwnFeatures(groups, text, &tokens[t], &info[t], out);
+	int			k = CrfContextFeatures(groups, info, n, t, true, out + own, nfixed);
+
+	*nfixed += own;
+	return own + k;
+}
+
 bool
 CrfPrepareTransitions(CrfModel *m)
 {
 	int32_t		L = m->nlabels;
 	int32_t		P = (L + 3) & ~3;
-	size_t		total = (size_t) 3 * L * P + 4 * (size_t) P;
+	int32_t		Q = ((L + 1) / 2 + 3) & ~3;	/* O and every B-f */
+	size_t		total = (size_t) 3 * L * P + 5 * (size_t) P + (size_t) 2 * L * Q;
 	float	   *x;
 
 	TriageFree(&m->allocator, m->xblock);
@@ -406,6 +444,12 @@ CrfPrepareTransitions(CrfModel *m)
 	m->vend = m->vstart + P;
 	m->estart = m->vend + P;
 	m->eend = m->estart + P;
+	m->padding = m->eend + P;
+	m->bpad = Q;
+	m->vtrans_b = m->padding + P;
+	m->etrans_b = m->vtrans_b + (size_t) L * Q;
+	for (int32_t j = 0; j < P; j++)
+		m->padding[j] = j < L ? 0.0f : -INFINITY;
 	memset(m->etrans_t, 0, (size_t) L * P * sizeof(float));
 	for (int32_t i = 0; i < L; i++)
 		for (int32_t j = 0; j < P; j++)
@@ -417,6 +461,15 @@ CrfPrepareTransitions(CrfModel *m)
 			m->etrans[i * P + j] = ok ? expf(w) : 0.0f;
 			if (j < L)
 				m->etrans_t[j * P + i] = m->etrans[i * P + j];
+		}
+	/* the moves into O (column 0) and B-f (column f + 1), which every label may make */
+	for (int32_t i = 0; i < L; i++)
+		for (int32_t q = 0; q < Q; q++)
+		{
+			int32_t		j = q == 0 ? CRF_LABEL_O : CRF_LABEL_B(q - 1);
+
+			m->vtrans_b[i * Q + q] = j < L ? m->vtrans[i * P + j] : -INFINITY;
+			m->etrans_b[i * Q + q] = j < L ? m->etrans[i * P + j] : 0.0f;
 		}
 	{
 		float		lo = INFINITY,
@@ -432,6 +485,7 @@ CrfPrepareTransitions(CrfModel *m)
 				}
 		m->vbeam = hi - lo;
 	}
+
 	for (int32_t j = 0; j < P; j++)
 	{
 		bool		ok = j < L && CrfAllowed(-1, j);
@@ -455,7 +509,8 @@ CrfTableBuild(const uint64_t *keys, int64_t n, const TriageAllocator *allocator,
 	*mask = 0;
 	if (n < 0 || n >= (int64_t) UINT32_MAX)
 		return TRIAGE_INVALID_MODEL;
-	while (size < (uint64_t) n * 2)
+	/* load factor at most 0.6: a smaller table stays in cache */
+	while (size * 3 < (uint64_t) n * 5)
 		size *= 2;
 	s = TriageAllocArray(allocator, (size_t) size, sizeof(CrfSlot));
 	if (s == NULL)
@@ -482,6 +537,9 @@ CrfTableBuild(const uint64_t *keys, int64_t n, const TriageAllocator *allocator,
 	*mask = size - 1;
 	return TRIAGE_OK;
 }
+
+/* Numbers CrfIndexModel gives models (the server is single-threaded) */
+static uint64_t last_model_id = 0;
 
 /* A feature with more weights than this per padded row of 4 labels is stored dense */
 #define DENSE_SHARE 4
@@ -548,5 +606,7 @@ CrfIndexModel(CrfModel *m)
 		if (m->slots[s].row != UINT32_MAX)
 			m->slots[s].row = where[m->slots[s].row];
 	TriageFree(&m->allocator, where);
+	/* new weights: caches keyed by the id must not mistake this model for another */
+	m->id = ++last_model_id;
 	return TRIAGE_OK;
 }

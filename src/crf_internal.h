@@ -94,6 +94,10 @@ struct CrfModel
 	float	   *vend;
 	float	   *estart;
 	float	   *eend;
+	float	   *padding;		/* lpad: 0 for a label, -inf for padding */
+	int32_t		bpad;			/* nfields + 1 padded to a multiple of 4 */
+	float	   *vtrans_b;		/* nlabels * bpad: the columns of O and each B-f */
+	float	   *etrans_b;		/* of vtrans and etrans, [from * bpad + (0 or f + 1)] */
 	float		vbeam;			/* max - min of the allowed moves into O and B-f */
 
 	/* state weights: feature i has labels[offsets[i] .. offsets[i + 1]) */
@@ -114,6 +118,7 @@ struct CrfModel
 	CrfSlot    *slots;
 	uint64_t	slot_mask;
 	uint8_t    *blob;
+	uint64_t	id;				/* unique in the process, for workspaces' caches */
 
 	/* value lexicon: word hash -> field mask */
 	int64_t		nlex;
@@ -170,7 +175,7 @@ CrfTableFind(const CrfSlot *slots, uint64_t mask, uint64_t key)
 }
 
 /*
- * Build a table of keys[0..n) (n < UINT32_MAX) at load factor <= 1/2.
+ * Build a table of keys[0..n) (n < UINT32_MAX) at load factor <= 0.6.
  * Returns TRIAGE_INVALID_MODEL on a duplicate key, TRIAGE_OUT_OF_MEMORY.
  */
 extern TriageStatus CrfTableBuild(const uint64_t *keys, int64_t n, const TriageAllocator *allocator,
@@ -190,10 +195,37 @@ extern void CrfApplyLexicon(const CrfModel *model, CrfTokenInfo *info, int32_t n
  * Feature hashes of token t into out[0..CRF_MAX_TOKEN_FEATURES): returns
  * how many.  The first *nfixed describe the token itself and its
  * neighbours' shapes; the rest are context words (what dropout may drop).
+ * They are CrfOwnFeatures followed by CrfContextFeatures.
  */
 extern int	CrfTokenFeatures(uint32_t groups, const char *text, const CrfToken *tokens,
 							 const CrfTokenInfo *info, int32_t n, int32_t t, uint64_t *out,
 							 int *nfixed);
+
+/*
+ * The features of the token alone (its word, shapes, affixes, flags,
+ * character n-grams): a function of what CrfOwnKey hashes, so decoding can
+ * cache their summed weights per distinct token.
+ */
+extern int	CrfOwnFeatures(uint32_t groups, const char *text, const CrfToken *token,
+						   const CrfTokenInfo *in, uint64_t *out);
+extern uint64_t CrfOwnKey(const CrfTokenInfo *in);
+
+/*
+ * The features of token t that depend on its neighbours or the lexicon;
+ * the first *nfixed are not context words.  Without neighbours_in_text, the
+ * CrfNeighbourFeatures of neighbours inside the text are left out (the
+ * decoder caches those per distinct token); those of the text's ends stay.
+ */
+extern int	CrfContextFeatures(uint32_t groups, const CrfTokenInfo *info, int32_t n, int32_t t,
+							   bool neighbours_in_text, uint64_t *out, int *nfixed);
+
+/*
+ * The features a token gets from its neighbour at offset d (-2..2, not 0),
+ * nb, or NULL past an end of the text: shapes (the first *nfixed), then
+ * the word.  A function of what CrfOwnKey hashes of the neighbour.
+ */
+extern int	CrfNeighbourFeatures(uint32_t groups, const CrfTokenInfo *nb, int d, uint64_t *out,
+								 int *nfixed);
 
 /* Fill the padded decoding transitions (xblock) from trans, start and end */
 extern bool CrfPrepareTransitions(CrfModel *model);

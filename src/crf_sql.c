@@ -483,6 +483,39 @@ PushNumber(JsonbParseState **state, Datum numeric)
 	pushJsonbValue(state, WJB_VALUE, &v);
 }
 
+/* An offset as a numeric */
+static Datum
+OffsetNumeric(int64 offset)
+{
+#if PG_VERSION_NUM >= 140000
+	return NumericGetDatum(int64_to_numeric(offset));
+#else
+	return DirectFunctionCall1(int8_numeric, Int64GetDatum(offset));
+#endif
+}
+
+/*
+ * A confidence rounded to 4 decimals, as the numeric float8_numeric would
+ * give (no trailing zeros) without printing and parsing the float.
+ */
+static Datum
+ConfidenceNumeric(float confidence)
+{
+#if PG_VERSION_NUM >= 140000
+	int64		units = (int64) llround((double) confidence * 10000.0);
+	int			decimals = 4;
+
+	while (decimals > 0 && units % 10 == 0)
+	{
+		units /= 10;
+		decimals--;
+	}
+	return NumericGetDatum(int64_div_fast_to_numeric(units, decimals));
+#else
+	return DirectFunctionCall1(float8_numeric, Float8GetDatum(round(confidence * 10000.0) / 10000.0));
+#endif
+}
+
 /*
  * The fields of input as jsonb: {"field": {"value", "start", "end",
  * "confidence"}}, offsets in characters (end exclusive).
@@ -525,12 +558,11 @@ ExtractJsonb(CachedModel *model, text *input)
 		v.val.string.len = r->end - r->start;
 		pushJsonbValue(&state, WJB_VALUE, &v);
 		PushKey(&state, "start");
-		PushNumber(&state, DirectFunctionCall1(int8_numeric, Int64GetDatum(start)));
+		PushNumber(&state, OffsetNumeric(start));
 		PushKey(&state, "end");
-		PushNumber(&state, DirectFunctionCall1(int8_numeric, Int64GetDatum(end)));
+		PushNumber(&state, OffsetNumeric(end));
 		PushKey(&state, "confidence");
-		PushNumber(&state, DirectFunctionCall1(float8_numeric,
-											   Float8GetDatum(round(r->confidence * 10000.0) / 10000.0)));
+		PushNumber(&state, ConfidenceNumeric(r->confidence));
 		pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	}
 	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);

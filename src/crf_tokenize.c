@@ -10,6 +10,16 @@
  */
 #include "crf_internal.h"
 
+static inline CrfCharClass
+AsciiClass(unsigned char c)
+{
+	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+		return CRF_CHAR_ALNUM;
+	if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f' || c == 0)
+		return CRF_CHAR_SPACE;
+	return CRF_CHAR_PUNCT;
+}
+
 /*
  * Decode one character at text[i], i < len: its class and byte length.
  * Invalid UTF-8 (bad lead, truncated, overlong, surrogate) is one byte of
@@ -25,14 +35,8 @@ CrfCharAt(const char *text, size_t len, size_t i, int *nbytes)
 
 	if (s[0] < 0x80)
 	{
-		unsigned char c = s[0];
-
 		*nbytes = 1;
-		if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-			return CRF_CHAR_ALNUM;
-		if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f' || c == 0)
-			return CRF_CHAR_SPACE;
-		return CRF_CHAR_PUNCT;
+		return AsciiClass(s[0]);
 	}
 	*nbytes = 1;
 	if (s[0] >= 0xC2 && s[0] <= 0xDF)
@@ -102,6 +106,18 @@ IsJoiner(char c)
 	}
 }
 
+/* CrfCharAt with the ASCII case inline: most text is ASCII */
+static inline CrfCharClass
+CharAt(const char *text, size_t len, size_t i, int *nbytes)
+{
+	unsigned char c = (unsigned char) text[i];
+
+	if (c >= 0x80)
+		return CrfCharAt(text, len, i, nbytes);
+	*nbytes = 1;
+	return AsciiClass(c);
+}
+
 int32_t
 CrfTokenize(const char *text, size_t len, CrfToken *tokens, int32_t max_tokens)
 {
@@ -118,7 +134,7 @@ CrfTokenize(const char *text, size_t len, CrfToken *tokens, int32_t max_tokens)
 	while (i < len && n < max_tokens)
 	{
 		int			nb;
-		CrfCharClass cls = CrfCharAt(text, len, i, &nb);
+		CrfCharClass cls = CharAt(text, len, i, &nb);
 		size_t		start = i;
 
 		if (cls == CRF_CHAR_SPACE)
@@ -132,7 +148,7 @@ CrfTokenize(const char *text, size_t len, CrfToken *tokens, int32_t max_tokens)
 			while (i < len)
 			{
 				int			nb2;
-				CrfCharClass c2 = CrfCharAt(text, len, i, &nb2);
+				CrfCharClass c2 = CharAt(text, len, i, &nb2);
 
 				if (c2 == CRF_CHAR_ALNUM)
 					i += nb2;
@@ -140,7 +156,7 @@ CrfTokenize(const char *text, size_t len, CrfToken *tokens, int32_t max_tokens)
 				{
 					int			nb3;
 
-					if (CrfCharAt(text, len, i + 1, &nb3) != CRF_CHAR_ALNUM)
+					if (CharAt(text, len, i + 1, &nb3) != CRF_CHAR_ALNUM)
 						break;
 					i += 1 + nb3;
 				}

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "crf.h"
+#include "crf_internal.h"
 
 static int	failures = 0;
 static int	checks = 0;
@@ -328,6 +328,208 @@ CancelHook(void)
 	return false;
 }
 
+/*
+ * The state score of label y for token t, summed from the model's stored
+ * weights (keys, offsets, labels, weights, scales) by a linear search:
+ * independent of the decoder's lookup tables and its per-token cache.
+ */
+static double
+PlainStateScore(const CrfModel *m, const char *text, const CrfToken *tok,
+				const CrfTokenInfo *info, int32_t n, int32_t t, int32_t y)
+{
+	uint64_t	hashes[CRF_MAX_TOKEN_FEATURES];
+	int			nfixed;
+	int			nh = CrfTokenFeatures(m->features, text, tok, info, n, t, hashes, &nfixed);
+	double		s = 0.0;
+
+	for (int h = 0; h < nh; h++)
+		for (int64_t i = 0; i < m->nfeatures; i++)
+			if (m->keys[i] == hashes[h])
+				for (uint32_t k = m->offsets[i]; k < m->offsets[i + 1]; k++)
+					if (m->labels[k] == y)
+						s += (double) m->scales[i] * m->weights[k];
+	return s;
+}
+
+/*
+ * Every field CrfExtract finds in a short text against enumerating all
+ * label paths: the span is one of the best path's, and its confidence is
+ * the exact posterior probability of that span.
+ */
+static void
+TestPosteriors(const CrfModel *m)
+{
+	static const char *texts[] = {
+		"Order A-12345 paid", "John Smith $12.50", "mail x@y.com now", "on 2024-03-05 Jane",
+		"ref B-77 for $9", "Zoe Quinn wrote"
+	};
+	int32_t		L = m->nlabels;
+	int			spans_ok = 1,
+				conf_ok = 1,
+				checked = 0;
+	double		worst = 0.0;
+	CrfWorkspace ws;
+
+	CrfWorkspaceInit(&ws, NULL);
+	for (size_t x = 0; x < sizeof(texts) / sizeof(texts[0]); x++)
+	{
+		const char *text = texts[x];
+		CrfToken	tok[8];
+		CrfTokenInfo info[8];
+		double		state[8][CRF_MAX_LABELS];
+		int32_t		n = CrfTokenize(text, strlen(text), tok, 8);
+		int32_t		y[8] = {0};
+		int32_t		best[8] = {0};
+		double		best_score = -INFINITY,
+					z = 0.0;
+		double		span_mass[CRF_MAX_FIELDS] = {0};
+		CrfResult	r[CRF_MAX_FIELDS];
+		int32_t		nr;
+
+		if (n < 1 || n > 5)
+			continue;
+		CrfPrepareTokens(text, tok, n, info);
+		CrfApplyLexicon(m, info, n);
+		for (int32_t t = 0; t < n; t++)
+			for (int32_t l = 0; l < L; l++)
+				state[t][l] = PlainStateScore(m, text, tok, info, n, t, l);
+		CrfExtract(m, &ws, text, strlen(text), r, &nr, NULL, 0);
+
+		/* the best path and its score, over every path (an odometer over the labels) */
+		for (;;)
+		{
+			bool		allowed = CrfAllowed(-1, y[0]);
+			double		s = 0.0;
+
+			for (int32_t t = 1; t < n && allowed; t++)
+				allowed = CrfAllowed(y[t - 1], y[t]);
+			if (allowed)
+			{
+				s = m->start[y[0]] + state[0][y[0]] + m->end[y[n - 1]];
+				for (int32_t t = 1; t < n; t++)
+					s += m->trans[y[t - 1] * L + y[t]] + state[t][y[t]];
+				if (s > best_score)
+				{
+					best_score = s;
+					memcpy(best, y, sizeof(best));
+				}
+			}
+			{
+				int32_t		t = 0;
+
+				while (t < n && ++y[t] == L)
+					y[t++] = 0;
+				if (t == n)
+					break;
+			}
+		}
+		/* again, summing exp(score - best) into Z and into each extracted span's mass */
+		memset(y, 0, sizeof(y));
+		for (;;)
+		{
+			bool		allowed = CrfAllowed(-1, y[0]);
+
+			for (int32_t t = 1; t < n && allowed; t++)
+				allowed = CrfAllowed(y[t - 1], y[t]);
+			if (allowed)
+			{
+				double		s = m->start[y[0]] + state[0][y[0]] + m->end[y[n - 1]];
+				double		p;
+
+				for (int32_t t = 1; t < n; t++)
+					s += m->trans[y[t - 1] * L + y[t]] + state[t][y[t]];
+				p = exp(s - best_score);
+				z += p;
+				for (int32_t k = 0; k < nr; k++)
+				{
+					int32_t		f = r[k].field;
+					int32_t		s0 = -1,
+								e0 = -1;
+
+					for (int32_t t = 0; t < n; t++)
+					{
+						if (tok[t].start == r[k].start)
+							s0 = t;
+						if (tok[t].end == r[k].end)
+							e0 = t;
+					}
+					if (s0 < 0 || e0 < s0)
+						continue;
+					{
+						bool		match = y[s0] == CRF_LABEL_B(f);
+
+						for (int32_t t = s0 + 1; t <= e0 && match; t++)
+							match = y[t] == CRF_LABEL_I(f);
+						if (match && e0 + 1 < n)
+							match = y[e0 + 1] != CRF_LABEL_I(f);
+						if (match)
+							span_mass[k] += p;
+					}
+				}
+			}
+			{
+				int32_t		t = 0;
+
+				while (t < n && ++y[t] == L)
+					y[t++] = 0;
+				if (t == n)
+					break;
+			}
+		}
+		for (int32_t k = 0; k < nr; k++)
+		{
+			int32_t		f = r[k].field;
+			bool		on_path = false;
+			double		exact = span_mass[k] / z;
+
+			for (int32_t t = 0; t < n; t++)
+				if (tok[t].start == r[k].start && best[t] == CRF_LABEL_B(f))
+					on_path = true;
+			spans_ok &= on_path;
+			if (fabs(exact - r[k].confidence) > worst)
+				worst = fabs(exact - r[k].confidence);
+			conf_ok &= fabs(exact - r[k].confidence) <= 1e-4;
+			checked++;
+		}
+	}
+	CrfWorkspaceFree(&ws);
+	printf("# posteriors: %d spans, largest confidence error %.2g\n", checked, worst);
+	Check(checked >= 4 && spans_ok, "extract: each span found starts a B of the best path (all paths enumerated)");
+	Check(checked >= 4 && conf_ok, "extract: each confidence is the exact posterior of its span, within 1e-4");
+}
+
+/*
+ * The decoder's per-token cache: texts extracted in one workspace, where
+ * later texts hit the sums cached for earlier ones, give what a fresh
+ * workspace gives each text.
+ */
+static void
+TestTokenCache(const CrfModel *m, FixRow *rows, int n)
+{
+	CrfWorkspace warm;
+	int			same = 1;
+
+	CrfWorkspaceInit(&warm, NULL);
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < n; i++)
+		{
+			CrfWorkspace cold;
+			CrfResult	r1[CRF_MAX_FIELDS],
+						r2[CRF_MAX_FIELDS];
+			int32_t		n1,
+						n2;
+
+			CrfWorkspaceInit(&cold, NULL);
+			CrfExtract(m, &warm, rows[i].text, strlen(rows[i].text), r1, &n1, NULL, 0);
+			CrfExtract(m, &cold, rows[i].text, strlen(rows[i].text), r2, &n2, NULL, 0);
+			CrfWorkspaceFree(&cold);
+			if (n1 != n2 || memcmp(r1, r2, n1 * sizeof(CrfResult)) != 0)
+				same = 0;
+		}
+	CrfWorkspaceFree(&warm);
+	Check(same, "extract: a workspace's cached token sums change no result");
+}
+
 static void
 TestTrainAndModel(void)
 {
@@ -379,6 +581,8 @@ TestTrainAndModel(void)
 		printf("# fixture accuracy %.3f\n", acc);
 		Check(acc >= 0.97, "extract: held-out fixture texts' fields found exactly");
 	}
+	TestPosteriors(model);
+	TestTokenCache(model, test, NTEST);
 
 	/* save / load */
 	st = CrfSave(model, NULL, &bytes, &len, err, sizeof(err));
