@@ -11,18 +11,8 @@
 #include <string.h>
 
 #include "fasttext.h"
+#include "check.h"
 
-static int	failures = 0;
-static int	checks = 0;
-
-static void
-Check(int ok, const char *what)
-{
-	checks++;
-	printf("%s %d - %s\n", ok ? "ok" : "not ok", checks, what);
-	if (!ok)
-		failures++;
-}
 
 static uint8_t *
 ReadFile(const char *path, size_t *len)

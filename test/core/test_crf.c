@@ -13,18 +13,8 @@
 #include <time.h>
 
 #include "crf_internal.h"
+#include "check.h"
 
-static int	failures = 0;
-static int	checks = 0;
-
-static void
-Check(int ok, const char *what)
-{
-	checks++;
-	printf("%s %d - %s\n", ok ? "ok" : "not ok", checks, what);
-	if (!ok)
-		failures++;
-}
 
 /* ---------------------------------------------------------------------
  * Tokenizer

@@ -51,22 +51,11 @@
 #include <string.h>
 
 #include "fasttext_quantize.h"
+#include "check.h"
 
 #define MAX_LINES 500
 #define SEED 1234
 
-static int	failures = 0;
-static int	checks = 0;
-
-static void
-Check(int ok, const char *what)
-{
-	checks++;
-	printf("%s %d - %s\n", ok ? "ok" : "not ok", checks, what);
-	if (!ok)
-		failures++;
-	fflush(stdout);
-}
 
 static void
 Skip(const char *what)

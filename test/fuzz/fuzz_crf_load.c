@@ -28,54 +28,11 @@
 #include <string.h>
 
 #include "crf.h"
+#include "fuzz_alloc.h"
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 long		FuzzCrfLoaded = 0;
-
-/* A malloc allocator that counts live bytes; the header keeps malloc's alignment */
-typedef struct TrackedHeader
-{
-	size_t		size;
-	size_t		pad;
-} TrackedHeader;
-
-typedef struct Tracker
-{
-	size_t		live;
-	size_t		limit;			/* abort when live would exceed it */
-	const char *phase;
-} Tracker;
-
-static void *
-TrackedAlloc(void *context, size_t size)
-{
-	Tracker    *tracker = context;
-	TrackedHeader *header;
-
-	if (size > tracker->limit || tracker->live > tracker->limit - size)
-	{
-		fprintf(stderr, "fuzz: %s allocates %zu bytes with %zu live, over the limit of %zu\n",
-				tracker->phase, size, tracker->live, tracker->limit);
-		abort();
-	}
-	header = malloc(sizeof(TrackedHeader) + (size == 0 ? 1 : size));
-	if (header == NULL)
-		return NULL;
-	header->size = size;
-	tracker->live += size;
-	return header + 1;
-}
-
-static void
-TrackedFree(void *context, void *pointer)
-{
-	Tracker    *tracker = context;
-	TrackedHeader *header = (TrackedHeader *) pointer - 1;
-
-	tracker->live -= header->size;
-	free(header);
-}
 
 /* The texts every loaded model extracts from: tokenizer and decoder edge cases */
 static const char *FixedTexts[] = {

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "fasttext.h"
+#include "fuzz_alloc.h"
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -28,53 +29,6 @@ long		FuzzFastTextNaN = 0;
 
 /* FUZZ_FASTTEXT_STRICT set: a NaN probability aborts instead of being counted */
 static int	Strict = -1;
-
-/*
- * A malloc allocator that counts live bytes.  Each block carries
- * its size in a header padded to 16 bytes, keeping malloc's alignment.
- */
-typedef struct TrackedHeader
-{
-	size_t		size;
-	size_t		pad;
-} TrackedHeader;
-
-typedef struct Tracker
-{
-	size_t		live;
-	size_t		limit;			/* abort when live would exceed it */
-	const char *phase;
-} Tracker;
-
-static void *
-TrackedAlloc(void *context, size_t size)
-{
-	Tracker    *tracker = context;
-	TrackedHeader *header;
-
-	if (size > tracker->limit || tracker->live > tracker->limit - size)
-	{
-		fprintf(stderr, "fuzz: %s allocates %zu bytes with %zu live, over the limit of %zu\n",
-				tracker->phase, size, tracker->live, tracker->limit);
-		abort();
-	}
-	header = malloc(sizeof(TrackedHeader) + (size == 0 ? 1 : size));
-	if (header == NULL)
-		return NULL;
-	header->size = size;
-	tracker->live += size;
-	return header + 1;
-}
-
-static void
-TrackedFree(void *context, void *pointer)
-{
-	Tracker    *tracker = context;
-	TrackedHeader *header = (TrackedHeader *) pointer - 1;
-
-	tracker->live -= header->size;
-	free(header);
-}
 
 /* The lines every loaded model predicts: tokenizer edge cases */
 static const char *FixedLines[] = {

@@ -22,6 +22,7 @@ use Time::HiRes qw(sleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use TriageTest qw(triage_worker);
 
 my $started = time;
 my $root = abs_path(dirname(__FILE__) . '/../..');
@@ -29,16 +30,7 @@ my $csv = "$root/test/data/fine_foods_train.csv";
 my $stub_py = "$root/test/stub/stub_llm.py";
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 
-my $worker = $ENV{TRIAGE_WORKER};
-if (!$worker)
-{
-	my $pg_config = $ENV{PG_CONFIG} || 'pg_config';
-	my $bindir = `$pg_config --bindir 2>/dev/null`;
-	chomp $bindir if defined $bindir;
-	$worker = (defined $bindir && -x "$bindir/triage-worker")
-	  ? "$bindir/triage-worker"
-	  : "$root/src/worker/triage-worker";
-}
+my $worker = triage_worker($root);
 plan skip_all => "no triage-worker at $worker (make it, or set TRIAGE_WORKER)"
   unless -x $worker;
 plan skip_all => 'python3 is needed for the stub LLM'
