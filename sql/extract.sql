@@ -84,6 +84,10 @@ SELECT triage.extract('ex_classifier', 'Order number: A-10293');
 SELECT triage.extract('ex_classifier', 1, 'Order number: A-10293');
 SELECT triage.classify('ex_fields', 'Order number: A-10293');
 SELECT triage.train_extractor('ex_classifier', 'SELECT input, fields FROM extract_msgs');
+-- nor can a classifier take an extractor's name, and nothing is stored
+SELECT triage.import_fasttext('ex_fields', pg_read_binary_file(:'v1'));
+SELECT triage.train('ex_fields', $$SELECT 'great food', 'great' UNION ALL SELECT 'bad food', 'other'$$);
+SELECT kind, count(*) FROM triage.models WHERE name = 'ex_fields' GROUP BY kind;
 
 -- bad training sets: fields must be an object of strings
 SELECT triage.train_extractor('ex_bad', $$SELECT 'Order A-1'::text, '["A-1"]'::jsonb$$);

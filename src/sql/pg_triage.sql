@@ -94,6 +94,27 @@ CREATE FUNCTION triage.inspect_fasttext(model bytea, OUT labels text[], OUT para
 COMMENT ON FUNCTION triage.inspect_fasttext(bytea) IS
 	'Validates a fastText .bin or .ftz supervised model and returns its labels and parameters.';
 
+-- The versions of a name are all classifiers or all extractors
+CREATE FUNCTION triage.check_model_kind(name text, kind text) RETURNS void
+LANGUAGE plpgsql STABLE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	other_kind text;
+BEGIN
+	SELECT m.kind INTO other_kind FROM triage.models m
+	 WHERE m.name = check_model_kind.name AND m.kind <> check_model_kind.kind LIMIT 1;
+	IF other_kind IS NOT NULL THEN
+		RAISE EXCEPTION 'model "%" is %; %', name,
+			CASE other_kind WHEN 'crf' THEN 'an extractor' ELSE 'a classifier' END,
+			CASE kind WHEN 'crf' THEN 'an extractor needs a name of its own'
+				 ELSE 'a classifier needs a name of its own' END
+			USING ERRCODE = 'wrong_object_type';
+	END IF;
+END;
+$$;
+COMMENT ON FUNCTION triage.check_model_kind(text, text) IS
+	'Raises an error if name already holds models of another kind (classifier or extractor).';
+
 CREATE FUNCTION triage.store_model(name text, kind text, labels text[], params jsonb,
 									metrics jsonb, data bytea) RETURNS integer
 LANGUAGE plpgsql VOLATILE STRICT AS $$
@@ -105,6 +126,7 @@ BEGIN
 	-- one writer per name at a time, so version numbers never collide
 	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('triage.models'),
 											 pg_catalog.hashtext(store_model.name));
+	PERFORM triage.check_model_kind(store_model.name, store_model.kind);
 	SELECT coalesce(max(m.version), 0) + 1 INTO new_version
 		FROM triage.models m WHERE m.name = store_model.name;
 	INSERT INTO triage.models (name, version, kind, labels, params, metrics, data)
@@ -174,6 +196,7 @@ DECLARE
 	trained record;
 BEGIN
 	PERFORM triage.check_model_name(name);
+	PERFORM triage.check_model_kind(name, 'fasttext');
 	SELECT * INTO trained FROM triage.train_fasttext(query, options);
 	RETURN triage.store_model(name, 'fasttext', trained.labels, trained.params,
 							  trained.metrics, trained.data);
@@ -199,10 +222,7 @@ DECLARE
 	trained record;
 BEGIN
 	PERFORM triage.check_model_name(name);
-	IF EXISTS (SELECT FROM triage.models m WHERE m.name = train_extractor.name AND m.kind <> 'crf') THEN
-		RAISE EXCEPTION 'model "%" is a classifier; an extractor needs a name of its own', name
-			USING ERRCODE = 'wrong_object_type';
-	END IF;
+	PERFORM triage.check_model_kind(name, 'crf');
 	SELECT * INTO trained FROM triage.train_crf(query, options);
 	RETURN triage.store_model(name, 'crf', trained.fields, trained.params,
 							  trained.metrics, trained.data);
@@ -224,10 +244,6 @@ DECLARE
 	info record;
 BEGIN
 	PERFORM triage.check_model_name(name);
-	IF EXISTS (SELECT FROM triage.models m WHERE m.name = import_extractor.name AND m.kind <> 'crf') THEN
-		RAISE EXCEPTION 'model "%" is a classifier; an extractor needs a name of its own', name
-			USING ERRCODE = 'wrong_object_type';
-	END IF;
 	SELECT * INTO info FROM triage.inspect_crf(model);
 	RETURN triage.store_model(name, 'crf', info.fields, info.params, '{}', model);
 END;
