@@ -28,7 +28,7 @@
 #include <string.h>
 
 #include "crf.h"
-#include "fuzz_alloc.h"
+#include "fuzz_harness.h"
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -57,31 +57,9 @@ static char LongText[40000];
 static void
 InitLongText(void)
 {
-	static const char *words[] = {"Order ", "A-10293 ", "total ", "45.00 ", "EUR ", "\xc3\x87" "elik ", "; "};
-	size_t		pos = 0;
+	static const char *const words[] = {"Order ", "A-10293 ", "total ", "45.00 ", "EUR ", "\xc3\x87" "elik ", "; "};
 
-	if (LongText[0] != '\0')
-		return;
-	for (int i = 0; pos < 30000; i++)
-	{
-		size_t		len = strlen(words[i % 7]);
-
-		memcpy(LongText + pos, words[i % 7], len);
-		pos += len;
-	}
-	while (pos < sizeof(LongText) - 1)
-	{
-		LongText[pos] = (char) ('a' + pos % 26);
-		pos++;
-	}
-	LongText[pos] = '\0';
-}
-
-static void
-Fail(const char *what)
-{
-	fprintf(stderr, "fuzz: invariant broken: %s\n", what);
-	abort();
+	FillLongText(LongText, sizeof(LongText), words, 7, 30000);
 }
 
 /* What the SQL layer does with a loaded model's metadata */

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "fasttext.h"
-#include "fuzz_alloc.h"
+#include "fuzz_harness.h"
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -51,31 +51,9 @@ static char LongLine[4000];
 static void
 InitLongLine(void)
 {
-	static const char *words[] = {"great ", "food ", "the ", "taste ", "not ", "good "};
-	size_t		pos = 0;
+	static const char *const words[] = {"great ", "food ", "the ", "taste ", "not ", "good "};
 
-	if (LongLine[0] != '\0')
-		return;
-	for (int i = 0; pos < 2500; i++)
-	{
-		size_t		len = strlen(words[i % 6]);
-
-		memcpy(LongLine + pos, words[i % 6], len);
-		pos += len;
-	}
-	while (pos < sizeof(LongLine) - 1)
-	{
-		LongLine[pos] = (char) ('a' + pos % 26);
-		pos++;
-	}
-	LongLine[pos] = '\0';
-}
-
-static void
-Fail(const char *what)
-{
-	fprintf(stderr, "fuzz: invariant broken: %s\n", what);
-	abort();
+	FillLongText(LongLine, sizeof(LongLine), words, 6, 2500);
 }
 
 /* What the SQL layer does with a loaded model, checking what it relies on */

@@ -271,6 +271,21 @@ InterestingValue(size_t len, int width, uint64_t old)
 	}
 }
 
+/* Replace a little-endian field of width bytes (4 or 8) with an interesting value */
+static void
+MutateField(const Seed *seed, uint8_t *buf, size_t n, int width)
+{
+	size_t		off;
+	uint64_t	old = 0;
+
+	if (n < (size_t) width)
+		return;
+	off = PickFieldOffset(seed, n, width);
+	for (int i = width - 1; i >= 0; i--)
+		old = old << 8 | (off + i < n ? buf[off + i] : 0);
+	Store(buf, n, off, InterestingValue(n, width, old), width);
+}
+
 /* Apply one random mutation to buf[0..*len); capacity is buf's size */
 static void
 MutateOnce(const Seed *seed, uint8_t *buf, size_t *len, size_t capacity)
@@ -301,26 +316,10 @@ MutateOnce(const Seed *seed, uint8_t *buf, size_t *len, size_t capacity)
 			break;
 		case 4:					/* an int32 field */
 		case 5:
-			if (n >= 4)
-			{
-				size_t		off = PickFieldOffset(seed, n, 4);
-				uint64_t	old = 0;
-
-				for (int i = 3; i >= 0; i--)
-					old = old << 8 | (off + i < n ? buf[off + i] : 0);
-				Store(buf, n, off, InterestingValue(n, 4, old), 4);
-			}
+			MutateField(seed, buf, n, 4);
 			break;
 		case 6:					/* an int64 field */
-			if (n >= 8)
-			{
-				size_t		off = PickFieldOffset(seed, n, 8);
-				uint64_t	old = 0;
-
-				for (int i = 7; i >= 0; i--)
-					old = old << 8 | (off + i < n ? buf[off + i] : 0);
-				Store(buf, n, off, InterestingValue(n, 8, old), 8);
-			}
+			MutateField(seed, buf, n, 8);
 			break;
 		case 7:					/* append bytes */
 			{

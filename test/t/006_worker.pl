@@ -18,17 +18,13 @@ use Time::HiRes qw(sleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use TriageTest qw(triage_worker);
+use TriageTest qw(worker_and_stub);
 
 my $root = abs_path(dirname(__FILE__) . '/../..');
 my $stub_py = "$root/test/stub/stub_llm.py";
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 
-my $worker = triage_worker($root);
-plan skip_all => "no triage-worker at $worker (make it, or set TRIAGE_WORKER)"
-  unless -x $worker;
-plan skip_all => 'python3 is needed for the stub LLM'
-  if system('python3 -c "import http.server" 2>/dev/null') != 0;
+my $worker = worker_and_stub($root);
 note "worker: $worker";
 
 my $node = PostgreSQL::Test::Cluster->new('worker');

@@ -22,7 +22,7 @@ use Time::HiRes qw(sleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use TriageTest qw(triage_worker);
+use TriageTest qw(worker_and_stub);
 
 my $started = time;
 my $root = abs_path(dirname(__FILE__) . '/../..');
@@ -30,11 +30,7 @@ my $csv = "$root/test/data/fine_foods_train.csv";
 my $stub_py = "$root/test/stub/stub_llm.py";
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 
-my $worker = triage_worker($root);
-plan skip_all => "no triage-worker at $worker (make it, or set TRIAGE_WORKER)"
-  unless -x $worker;
-plan skip_all => 'python3 is needed for the stub LLM'
-  if system('python3 -c "import http.server" 2>/dev/null') != 0;
+my $worker = worker_and_stub($root);
 
 my $node = PostgreSQL::Test::Cluster->new('loop');
 $node->init;
