@@ -341,6 +341,36 @@ PlainStateScore(const CrfModel *m, const char *text, const CrfToken *tok,
 	return s;
 }
 
+/* The score of label path y[0..n), or -inf if the BIO constraints forbid it */
+static double
+PathScore(const CrfModel *m, double state[][CRF_MAX_LABELS], const int32_t *y, int32_t n)
+{
+	int32_t		L = m->nlabels;
+	double		s;
+
+	if (!CrfAllowed(-1, y[0]))
+		return -INFINITY;
+	s = m->start[y[0]] + state[0][y[0]] + m->end[y[n - 1]];
+	for (int32_t t = 1; t < n; t++)
+	{
+		if (!CrfAllowed(y[t - 1], y[t]))
+			return -INFINITY;
+		s += m->trans[y[t - 1] * L + y[t]] + state[t][y[t]];
+	}
+	return s;
+}
+
+/* The next label path after y[0..n), as an odometer; false (and all 0) after the last */
+static bool
+NextPath(int32_t *y, int32_t n, int32_t L)
+{
+	int32_t		t = 0;
+
+	while (t < n && ++y[t] == L)
+		y[t++] = 0;
+	return t < n;
+}
+
 /*
  * Every field CrfExtract finds in a short text against enumerating all
  * label paths: the span is one of the best path's, and its confidence is
@@ -374,6 +404,8 @@ TestPosteriors(const CrfModel *m)
 					z = 0.0;
 		double		span_mass[CRF_MAX_FIELDS] = {0};
 		CrfResult	r[CRF_MAX_FIELDS];
+		int32_t		first[CRF_MAX_FIELDS],
+					last[CRF_MAX_FIELDS];
 		int32_t		nr;
 
 		if (n < 1 || n > 5)
@@ -385,87 +417,52 @@ TestPosteriors(const CrfModel *m)
 				state[t][l] = PlainStateScore(m, text, tok, info, n, t, l);
 		CrfExtract(m, &ws, text, strlen(text), r, &nr, NULL, 0);
 
-		/* the best path and its score, over every path (an odometer over the labels) */
-		for (;;)
+		/* each extracted span as token indices */
+		for (int32_t k = 0; k < nr; k++)
 		{
-			bool		allowed = CrfAllowed(-1, y[0]);
-			double		s = 0.0;
-
-			for (int32_t t = 1; t < n && allowed; t++)
-				allowed = CrfAllowed(y[t - 1], y[t]);
-			if (allowed)
+			first[k] = -1;
+			last[k] = -1;
+			for (int32_t t = 0; t < n; t++)
 			{
-				s = m->start[y[0]] + state[0][y[0]] + m->end[y[n - 1]];
-				for (int32_t t = 1; t < n; t++)
-					s += m->trans[y[t - 1] * L + y[t]] + state[t][y[t]];
-				if (s > best_score)
-				{
-					best_score = s;
-					memcpy(best, y, sizeof(best));
-				}
-			}
-			{
-				int32_t		t = 0;
-
-				while (t < n && ++y[t] == L)
-					y[t++] = 0;
-				if (t == n)
-					break;
+				if (tok[t].start == r[k].start)
+					first[k] = t;
+				if (tok[t].end == r[k].end)
+					last[k] = t;
 			}
 		}
+
+		/* the best path and its score, over every path */
+		do
+		{
+			double		s = PathScore(m, state, y, n);
+
+			if (s > best_score)
+			{
+				best_score = s;
+				memcpy(best, y, sizeof(best));
+			}
+		} while (NextPath(y, n, L));
+
 		/* again, summing exp(score - best) into Z and into each extracted span's mass */
-		memset(y, 0, sizeof(y));
-		for (;;)
+		do
 		{
-			bool		allowed = CrfAllowed(-1, y[0]);
+			double		p = exp(PathScore(m, state, y, n) - best_score);
 
-			for (int32_t t = 1; t < n && allowed; t++)
-				allowed = CrfAllowed(y[t - 1], y[t]);
-			if (allowed)
+			z += p;
+			for (int32_t k = 0; k < nr; k++)
 			{
-				double		s = m->start[y[0]] + state[0][y[0]] + m->end[y[n - 1]];
-				double		p;
+				int32_t		f = r[k].field;
+				bool		match = first[k] >= 0 && last[k] >= first[k] && y[first[k]] == CRF_LABEL_B(f);
 
-				for (int32_t t = 1; t < n; t++)
-					s += m->trans[y[t - 1] * L + y[t]] + state[t][y[t]];
-				p = exp(s - best_score);
-				z += p;
-				for (int32_t k = 0; k < nr; k++)
-				{
-					int32_t		f = r[k].field;
-					int32_t		s0 = -1,
-								e0 = -1;
-
-					for (int32_t t = 0; t < n; t++)
-					{
-						if (tok[t].start == r[k].start)
-							s0 = t;
-						if (tok[t].end == r[k].end)
-							e0 = t;
-					}
-					if (s0 < 0 || e0 < s0)
-						continue;
-					{
-						bool		match = y[s0] == CRF_LABEL_B(f);
-
-						for (int32_t t = s0 + 1; t <= e0 && match; t++)
-							match = y[t] == CRF_LABEL_I(f);
-						if (match && e0 + 1 < n)
-							match = y[e0 + 1] != CRF_LABEL_I(f);
-						if (match)
-							span_mass[k] += p;
-					}
-				}
+				for (int32_t t = first[k] + 1; t <= last[k] && match; t++)
+					match = y[t] == CRF_LABEL_I(f);
+				if (match && last[k] + 1 < n)
+					match = y[last[k] + 1] != CRF_LABEL_I(f);
+				if (match)
+					span_mass[k] += p;
 			}
-			{
-				int32_t		t = 0;
+		} while (NextPath(y, n, L));
 
-				while (t < n && ++y[t] == L)
-					y[t++] = 0;
-				if (t == n)
-					break;
-			}
-		}
 		for (int32_t k = 0; k < nr; k++)
 		{
 			int32_t		f = r[k].field;
