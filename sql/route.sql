@@ -27,9 +27,9 @@ SELECT count(*) FILTER (WHERE (triage.route('reviews', 'great tea number ' || g)
 UPDATE triage.policies SET audit_rate = 0 WHERE name = 'reviews';
 
 -- calibrate on labeled rows
-CREATE TABLE food (product text, review text, score text);
-COPY food FROM :'csv' WITH (FORMAT csv, HEADER);
-CREATE TABLE heldout AS SELECT row_number() OVER () AS n, review, score FROM food;
+CREATE TABLE food_reviews (product text, review text, score text);
+COPY food_reviews FROM :'csv' WITH (FORMAT csv, HEADER);
+CREATE TABLE heldout AS SELECT row_number() OVER () AS n, review, score FROM food_reviews;
 UPDATE triage.policies SET rules = '{}' WHERE name = 'reviews';
 SELECT (c->>'kept_accuracy')::float >= 0.9 AS reaches_target,
        (c->>'escalation_rate')::float < 1 AS keeps_some,
@@ -40,6 +40,30 @@ SELECT (thresholds->>'default')::real > 0.5 AS stored FROM triage.policies WHERE
 SELECT (c->>'escalation_rate')::float <= 0.2 AS within_budget
   FROM triage.calibrate('reviews', 'SELECT review, score FROM heldout WHERE n % 4 = 0',
                         max_escalation => 0.2) c;
+-- train_and_calibrate: thresholds chosen on every row's out-of-fold answer,
+-- for a model trained on all the rows, deployed with them
+SELECT triage.import_fasttext('router_cv', pg_read_binary_file(:'v1')) AS version;
+SELECT triage.create_policy('reviews_cv', 'router_cv');
+CREATE TABLE cv_result AS
+  SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout WHERE n % 2 = 0',
+                                    '{"dim": 10, "epoch": 5, "seed": 1}', target_accuracy => 0.9, folds => 3) AS c;
+SELECT c->'rows' AS rows, c->'folds' AS folds, c->'version' AS version,
+       (c->>'kept_accuracy')::float >= 0.9 AS reaches_target,
+       (SELECT version FROM triage.deployments WHERE name = 'router_cv') AS deployed,
+       abs((p.thresholds->>'default')::float - (c->>'threshold')::float) < 1e-4 AS threshold_stored,
+       p.calibration = c AS result_stored
+  FROM cv_result, triage.policies p WHERE p.name = 'reviews_cv';
+-- what it reports is what the out-of-fold answers give
+SELECT abs((c->>'escalation_rate')::float
+           - (SELECT avg((coalesce(x.confidence, 0) < (c->>'threshold')::float - 5e-5)::int)
+                FROM triage.cross_validate('SELECT review, score FROM heldout WHERE n % 2 = 0',
+                                           '{"dim": 10, "epoch": 5, "seed": 1}', 3) x)) < 0.01 AS same_escalation
+  FROM cv_result WHERE c->'label_thresholds' = '{}';
+SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout', folds => 1,
+                                  target_accuracy => 0.9);
+SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout');
+SELECT triage.train_and_calibrate('nope', 'SELECT review, score FROM heldout', target_accuracy => 0.9);
+DELETE FROM triage.policies WHERE name = 'reviews_cv';
 SELECT triage.calibrate('reviews', 'SELECT review, score FROM heldout');
 SELECT triage.calibrate('reviews', 'SELECT review, score FROM heldout', target_accuracy => 1.5);
 SELECT triage.calibrate('nope', 'SELECT review, score FROM heldout', target_accuracy => 0.9);

@@ -114,6 +114,27 @@ SELECT metrics->'calibration' ? 'temperature' AS stored
   FROM triage.models WHERE name = 'food' AND version = 1;
 SELECT triage.calibrate_temperature('food_hs', 'SELECT review, score FROM food_test');
 
+-- cross-validation: every row once, answered by a model trained on the other folds
+CREATE TABLE food_cv AS
+  SELECT * FROM triage.cross_validate('SELECT review, score FROM food_split WHERE n % 5 <> 0 ORDER BY n',
+                                      :'small', 4);
+SELECT count(*) AS rows, min(fold), max(fold),
+       count(*) = (SELECT count(*) FROM food_split WHERE n % 5 <> 0) AS every_row_once,
+       avg((predicted = label)::int) > 0.72 AS beats_majority
+  FROM food_cv;
+-- copies of a text share a fold, so no row is answered by a model that saw it
+SELECT count(*) AS texts_in_two_folds
+  FROM (SELECT input FROM food_cv GROUP BY input HAVING count(DISTINCT fold) > 1) s;
+-- fold 2's answers are exactly those of a model trained on the other folds' rows, in order
+SELECT triage.train('food_not_fold2', 'SELECT review, score FROM food_split WHERE n % 5 <> 0
+                    AND review NOT IN (SELECT input FROM food_cv WHERE fold = 2) ORDER BY n', :'small');
+SELECT count(*) > 500 AS fold_rows,
+       bool_and((triage.classify('food_not_fold2', input)).label = predicted
+                AND (triage.classify('food_not_fold2', input)).confidence = confidence) AS same_answers
+  FROM food_cv WHERE fold = 2;
+SELECT triage.cross_validate('SELECT review, score FROM food_train', :'small', 1);
+SELECT triage.cross_validate('SELECT review, score FROM food_train LIMIT 1', :'small', 2);
+
 -- bad training data and options fail clearly, naming what is wrong
 SELECT triage.train('bad', 'SELECT review, score FROM food_train WHERE false');
 SELECT triage.train('bad', 'SELECT review, NULL::text FROM food_train');

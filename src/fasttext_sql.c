@@ -135,7 +135,7 @@ triage_inspect_fasttext(PG_FUNCTION_ARGS)
  * materialize mode, in the query's memory (PostgreSQL 15's
  * InitMaterializedSRF, written out so that 13 and 14 build too).
  */
-static Tuplestorestate *
+Tuplestorestate *
 BeginMaterialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;

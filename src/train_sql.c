@@ -3,7 +3,8 @@
  *		triage.train_fasttext(query, options): train a classifier on the rows
  *		of a query and return the model file, its labels, parameters and
  *		training metrics.  The SQL function triage.train() stores the result
- *		as a new version.
+ *		as a new version.  triage.cross_validate(query, options, folds): each
+ *		row's answer from a model trained on the other folds.
  *
  * Memory: the examples and the model live in one context, deleted at the
  * end; an error or a cancel (CHECK_FOR_INTERRUPTS in the progress callback
@@ -14,6 +15,7 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
@@ -24,6 +26,7 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/tuplestore.h"
 
 #include "fasttext_quantize.h"
 #include "fasttext_train.h"
@@ -192,6 +195,7 @@ typedef struct ProgressState
 	instr_time	start;
 	instr_time	last;
 	int32		epochs;
+	const char *what;			/* "training", "fold 2 of 5" */
 } ProgressState;
 
 /*
@@ -255,12 +259,41 @@ TrainProgress(void *arg, double done, double loss, int64_t examples)
 	{
 		elapsed = INSTR_TIME_GET_DOUBLE(now) - INSTR_TIME_GET_DOUBLE(state->start);
 		ereport(NOTICE,
-				(errmsg("training: epoch %d of %d (%.0f%%), loss %.4f, %.0f examples/s",
-						Min((int) (done * state->epochs) + 1, state->epochs), state->epochs,
+				(errmsg("%s: epoch %d of %d (%.0f%%), loss %.4f, %.0f examples/s",
+						state->what, Min((int) (done * state->epochs) + 1, state->epochs), state->epochs,
 						done * 100.0, loss, elapsed > 0 ? examples / elapsed : 0.0)));
 		state->last = now;
 	}
 	return true;
+}
+
+/*
+ * Train (and quantize, if the options say so) a model on the set, in
+ * context; errors are reported.
+ */
+static FastTextModel *
+TrainModel(TriageTrainOptions *options, TrainingSet *set, MemoryContext context,
+		   ProgressState *progress, FastTextTrainStats *stats)
+{
+	TriageAllocator allocator = ContextAllocator(context);
+	FastTextModel *model;
+	TriageStatus status;
+	char		errbuf[256];
+
+	options->fasttext.progress = TrainProgress;
+	options->fasttext.progress_arg = progress;
+	options->fasttext.progress_every = 500;
+	status = FastTextTrain(&options->fasttext, (const char *const *) set->labels, set->nlabels,
+						   set->examples, set->n, &allocator, &model, stats, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportCoreError(status, errbuf, "training a fastText model");
+	if (options->quantize)
+	{
+		status = QuantizeTrainedModel(model, options, set, &allocator, errbuf, sizeof(errbuf));
+		if (status != TRIAGE_OK)
+			ReportCoreError(status, errbuf, "quantizing the trained model");
+	}
+	return model;
 }
 
 PG_FUNCTION_INFO_V1(triage_train_fasttext);
@@ -277,13 +310,10 @@ triage_train_fasttext(PG_FUNCTION_ARGS)
 	TriageTrainOptions options;
 	MemoryContext context;
 	MemoryContext old;
-	TriageAllocator allocator;
 	TrainingSet set;
 	FastTextModel *model;
 	FastTextTrainStats stats;
 	ProgressState progress;
-	TriageStatus status;
-	char		errbuf[256];
 	size_t		nbytes;
 	bytea	   *data;
 	Datum	   *labels;
@@ -307,22 +337,8 @@ triage_train_fasttext(PG_FUNCTION_ARGS)
 
 	progress.start = progress.last = start;
 	progress.epochs = options.fasttext.epoch;
-	options.fasttext.progress = TrainProgress;
-	options.fasttext.progress_arg = &progress;
-	options.fasttext.progress_every = 500;
-
-	allocator = ContextAllocator(context);
-	status = FastTextTrain(&options.fasttext, (const char *const *) set.labels, set.nlabels,
-						   set.examples, set.n, &allocator, &model, &stats, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, "training a fastText model");
-
-	if (options.quantize)
-	{
-		status = QuantizeTrainedModel(model, &options, &set, &allocator, errbuf, sizeof(errbuf));
-		if (status != TRIAGE_OK)
-			ReportCoreError(status, errbuf, "quantizing the trained model");
-	}
+	progress.what = "training";
+	model = TrainModel(&options, &set, context, &progress, &stats);
 
 	data = SaveModelBytea(model, context, "the trained model");
 	nbytes = VARSIZE(data) - VARHDRSZ;
@@ -348,4 +364,130 @@ triage_train_fasttext(PG_FUNCTION_ARGS)
 
 	tupdesc = BlessTupleDesc(tupdesc);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * The fold of an example: from a hash of its text, so that copies of one
+ * text share a fold and are never both trained on and predicted.
+ */
+static int32
+FoldOf(const FastTextExample *example, int32 folds, uint64 seed)
+{
+	return (int32) (hash_bytes_extended((const unsigned char *) example->text,
+										(int) example->len, seed) % (uint64) folds);
+}
+
+PG_FUNCTION_INFO_V1(triage_cross_validate);
+
+/*
+ * cross_validate(query text, options jsonb, folds integer) returns setof
+ * (input text, label text, predicted text, confidence real, fold integer):
+ * every row of query with the answer of a model trained, with options, on
+ * the other folds.  Out-of-fold answers are what a model trained on all the
+ * rows will do on new ones, so thresholds can be chosen on every labeled row
+ * instead of a held-out part (see triage.train_and_calibrate).
+ */
+Datum
+triage_cross_validate(PG_FUNCTION_ARGS)
+{
+	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *options_json = PG_GETARG_JSONB_P(1);
+	int32		folds = PG_GETARG_INT32(2);
+	TriageTrainOptions options;
+	MemoryContext context;
+	MemoryContext old;
+	TrainingSet set;
+	int32	   *fold_of;
+	TupleDesc	tupdesc;
+	Tuplestorestate *store;
+	ProgressState progress;
+
+	if (folds < 2 || folds > 100)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("folds must be between 2 and 100, not %d", folds),
+				 errhint("5 is usual: each model trains on 80%% of the rows.")));
+	ParseTrainOptions(options_json, &options);
+	store = BeginMaterialize(fcinfo, &tupdesc);
+
+	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage cross-validation", ALLOCSET_DEFAULT_SIZES);
+	memset(&set, 0, sizeof(set));
+	old = MemoryContextSwitchTo(context);
+	ReadTrainingSet(query, &set, context);
+	fold_of = palloc(sizeof(int32) * set.n);
+	for (int64 i = 0; i < set.n; i++)
+		fold_of[i] = FoldOf(&set.examples[i], folds, options.fasttext.seed);
+	MemoryContextSwitchTo(old);
+
+	INSTR_TIME_SET_CURRENT(progress.start);
+	progress.last = progress.start;
+	progress.epochs = options.fasttext.epoch;
+	for (int32 f = 0; f < folds; f++)
+	{
+		MemoryContext fold_context = AllocSetContextCreate(context, "pg_triage fold", ALLOCSET_DEFAULT_SIZES);
+		TrainingSet rest = set;
+		FastTextModel *model;
+		FastTextTrainStats stats;
+		FastTextScratch scratch;
+		FastTextPrediction *predictions;
+		TriageAllocator allocator = ContextAllocator(fold_context);
+		int64		held_out = 0;
+
+		old = MemoryContextSwitchTo(fold_context);
+		/* the other folds' rows, in their order */
+		rest.examples = MemoryContextAllocHuge(fold_context, sizeof(FastTextExample) * Max(set.n, 1));
+		rest.n = 0;
+		for (int64 i = 0; i < set.n; i++)
+		{
+			if (fold_of[i] != f)
+				rest.examples[rest.n++] = set.examples[i];
+			else
+				held_out++;
+		}
+		if (held_out == 0 || rest.n == 0)
+		{
+			/* too few distinct texts to fill every fold */
+			MemoryContextSwitchTo(old);
+			MemoryContextDelete(fold_context);
+			continue;
+		}
+		progress.what = psprintf("cross-validation, fold %d of %d", f + 1, folds);
+		model = TrainModel(&options, &rest, fold_context, &progress, &stats);
+
+		FastTextScratchInit(&scratch, &allocator);
+		predictions = palloc(sizeof(FastTextPrediction) * model->nlabels);
+		for (int64 i = 0; i < set.n; i++)
+		{
+			const FastTextExample *example = &set.examples[i];
+			Datum		values[5];
+			bool		nulls[5] = {false, false, false, false, false};
+			int32		n;
+			char		errbuf[256];
+			TriageStatus status;
+
+			if (fold_of[i] != f)
+				continue;
+			CHECK_FOR_INTERRUPTS();
+			status = FastTextPredict(model, &scratch, example->text, example->len, 1, 0.0f,
+									 predictions, &n, errbuf, sizeof(errbuf));
+			if (status != TRIAGE_OK)
+				ReportCoreError(status, errbuf, "predicting a held-out row");
+			values[0] = PointerGetDatum(cstring_to_text_with_len(example->text, (int) example->len));
+			values[1] = CStringGetTextDatum(set.labels[example->label]);
+			if (n > 0)
+			{
+				values[2] = PointerGetDatum(FastTextLabelText(model, predictions[0].label));
+				values[3] = Float4GetDatum(predictions[0].probability);
+			}
+			else
+				nulls[2] = nulls[3] = true; /* no word of the row is known */
+			values[4] = Int32GetDatum(f + 1);
+			tuplestore_putvalues(store, tupdesc, values, nulls);
+		}
+		FastTextScratchFree(&scratch);
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(fold_context);
+	}
+	MemoryContextDelete(context);
+	return (Datum) 0;
 }

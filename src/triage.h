@@ -91,5 +91,6 @@ extern void RouteInit(void);
 extern int32 ModelPredict(CachedModel *model, text *input, int32 k, float threshold);
 extern text *FastTextLabelText(const FastTextModel *model, int32 label);
 extern void CheckFastTextLabels(const FastTextModel *model);
+extern struct Tuplestorestate *BeginMaterialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc);
 
 #endif

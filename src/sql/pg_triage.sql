@@ -1191,21 +1191,14 @@ CREATE FUNCTION triage.route(policy text, input text) RETURNS triage.decision
 COMMENT ON FUNCTION triage.route(text, text) IS
 	'Routes one input under a policy: the small model''s label and confidence, and whether to escalate, with the reason (rule, threshold or audit sample).';
 
-CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL,
-								 max_escalation real DEFAULT NULL) RETURNS jsonb
+-- The checks calibrate and train_and_calibrate share, before any work: the
+-- arguments, and the policy, locked until the thresholds are stored.
+CREATE FUNCTION triage.lock_policy_for_calibration(policy text, query text, target_accuracy real,
+												   max_escalation real) RETURNS triage.policies
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
 	p triage.policies;
-	rows jsonb;
-	n integer;
-	chosen record;
-	curve jsonb;
-	per_label jsonb := '{}';
-	per_label_escalated integer;
-	kept_n integer;
-	kept_correct integer;
-	result jsonb;
 BEGIN
 	IF policy IS NULL OR query IS NULL THEN
 		RAISE EXCEPTION 'policy and query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -1219,20 +1212,31 @@ BEGIN
 		RAISE EXCEPTION 'target_accuracy and max_escalation are shares between 0 and 1'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	SELECT * INTO p FROM triage.policies x WHERE x.name = calibrate.policy FOR UPDATE;
+	SELECT * INTO p FROM triage.policies x WHERE x.name = lock_policy_for_calibration.policy FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'policy "%" does not exist', policy USING ERRCODE = 'undefined_object';
 	END IF;
+	RETURN p;
+END;
+$$;
 
-	-- the model's answer and confidence on every labeled row
-	EXECUTE format($q$
-		SELECT jsonb_agg(jsonb_build_object('l', (c).label, 'c', coalesce((c).confidence, 0),
-											'ok', (c).label IS NOT DISTINCT FROM gold))
-		  FROM (SELECT q.label::text AS gold, triage.classify($1, q.input::text) AS c
-				  FROM (%s) AS q(input, label)
-				 WHERE q.input IS NOT NULL AND q.label IS NOT NULL) s
-	$q$, query) INTO rows USING p.model;
-	n := coalesce(jsonb_array_length(rows), 0);
+-- Chooses and stores a policy's thresholds from rows of the model's answers
+-- ([{"l": label, "c": confidence, "ok": right?}]): the part of calibrate and
+-- train_and_calibrate after the answers are known.
+CREATE FUNCTION triage.calibrate_answers(policy text, rows jsonb, target_accuracy real,
+										 max_escalation real) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	n integer := coalesce(jsonb_array_length(rows), 0);
+	chosen record;
+	curve jsonb;
+	per_label jsonb := '{}';
+	per_label_escalated integer;
+	kept_n integer;
+	kept_correct integer;
+	result jsonb;
+BEGIN
 	IF n = 0 THEN
 		RAISE EXCEPTION 'calibration query returned no labeled rows'
 			USING ERRCODE = 'no_data_found', HINT = 'It must return (input text, label text) rows.';
@@ -1324,12 +1328,78 @@ BEGIN
 	UPDATE triage.policies x
 	   SET thresholds = jsonb_build_object('default', chosen.threshold, 'labels', per_label),
 		   calibration = result, updated_at = now()
-	 WHERE x.name = calibrate.policy;
+	 WHERE x.name = calibrate_answers.policy;
 	RETURN result;
+END;
+$$;
+CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL,
+								 max_escalation real DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	p triage.policies;
+	rows jsonb;
+BEGIN
+	p := triage.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
+
+	-- the model's answer and confidence on every labeled row
+	EXECUTE format($q$
+		SELECT jsonb_agg(jsonb_build_object('l', (c).label, 'c', coalesce((c).confidence, 0),
+											'ok', (c).label IS NOT DISTINCT FROM gold))
+		  FROM (SELECT q.label::text AS gold, triage.classify($1, q.input::text) AS c
+				  FROM (%s) AS q(input, label)
+				 WHERE q.input IS NOT NULL AND q.label IS NOT NULL) s
+	$q$, query) INTO rows USING p.model;
+	RETURN triage.calibrate_answers(policy, rows, target_accuracy, max_escalation);
 END;
 $$;
 COMMENT ON FUNCTION triage.calibrate(text, text, real, real) IS
 	'Chooses the policy''s confidence threshold (per label when that escalates fewer rows) from labeled held-out rows: the fewest escalations reaching target_accuracy on kept rows, or the best kept accuracy within max_escalation; stores it and returns the curve.';
+
+CREATE FUNCTION triage.cross_validate(query text, options jsonb DEFAULT '{}', folds integer DEFAULT 5)
+	RETURNS TABLE (input text, label text, predicted text, confidence real, fold integer)
+	AS 'MODULE_PATHNAME', 'triage_cross_validate'
+	LANGUAGE C VOLATILE STRICT ROWS 1000;
+COMMENT ON FUNCTION triage.cross_validate(text, jsonb, integer) IS
+	'Every (input, label) row of query with the answer of a model trained with options on the other folds (rows go to folds by a hash of their input, so copies share one): how a model trained on all of them will do on new rows.';
+
+CREATE FUNCTION triage.train_and_calibrate(policy text, query text, options jsonb DEFAULT '{}',
+										   target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL,
+										   folds integer DEFAULT 5) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	p triage.policies;
+	rows jsonb;
+	version integer;
+	result jsonb;
+BEGIN
+	p := triage.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
+	IF options IS NULL OR folds IS NULL THEN
+		RAISE EXCEPTION 'options and folds must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF p.model IS NULL THEN
+		RAISE EXCEPTION 'policy "%" has no classifier to train', policy
+			USING ERRCODE = 'wrong_object_type',
+				HINT = 'train_and_calibrate trains the policy''s model; an extraction policy has none.';
+	END IF;
+	PERFORM triage.check_model_kind(p.model, 'fasttext');
+	-- thresholds from every row's out-of-fold answer ...
+	SELECT jsonb_agg(jsonb_build_object('l', x.predicted, 'c', coalesce(x.confidence, 0),
+										'ok', x.predicted IS NOT DISTINCT FROM x.label))
+	  INTO rows
+	  FROM triage.cross_validate(query, options, folds) x;
+	-- ... for the model of all of them, deployed with its thresholds
+	version := triage.train(p.model, query, options);
+	PERFORM triage.deploy(p.model, version);
+	result := triage.calibrate_answers(policy, rows, target_accuracy, max_escalation);
+	result := result || jsonb_build_object('model', p.model, 'version', version, 'folds', folds);
+	UPDATE triage.policies x SET calibration = result WHERE x.name = train_and_calibrate.policy;
+	RETURN result;
+END;
+$$;
+COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer) IS
+	'Uses every labeled row of query twice: thresholds chosen as calibrate does, on each row''s answer from a model trained on the other folds (cross_validate), for a model trained on all of them, which becomes the deployed version of the policy''s model.';
 
 -- Batch classification ------------------------------------------------------------
 
