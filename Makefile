@@ -5,6 +5,7 @@
 #   make demo       install what is missing, build, install, run the demo
 #   make test       install what is missing, build, install, run every test
 #   make bench      benchmarks (ratios against fastText and md5 in one run)
+#   make study      how often calibration holds on unseen rows, over random splits
 #   make fuzz       libFuzzer harness of the model loader (clang-14)
 #   make models     rebuild the shipped models
 
@@ -79,7 +80,7 @@ $(OBJS): $(wildcard src/*.h)
 src/sql/$(EXTENSION)--$(EXTVERSION).sql: src/sql/$(EXTENSION).sql
 	cp $< $@
 
-.PHONY: deps demo test bench fuzz models core-tests
+.PHONY: deps demo test bench study fuzz models core-tests
 
 # Debian packages the build, the tests and the demo need (apt, as root)
 deps:
@@ -99,6 +100,11 @@ bench: deps
 	$(MAKE) all
 	$(MAKE) install
 	test/bench/run.sh
+
+study: deps
+	$(MAKE) all
+	$(MAKE) install
+	test/study/run.sh
 
 # A coverage-guided fuzzer of the fastText loader; run it with
 #   test/fuzz/fuzz_fasttext_load test/fuzz/corpus

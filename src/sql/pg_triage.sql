@@ -1243,17 +1243,22 @@ BEGIN
 	END IF;
 
 	-- every threshold worth trying: each distinct confidence, and above them all
-	CREATE TEMP TABLE IF NOT EXISTS triage_calibration_rows (l text, c real, ok boolean) ON COMMIT DROP;
+	-- (created once per transaction: IF NOT EXISTS would say so in a NOTICE)
+	IF to_regclass('pg_temp.triage_calibration_rows') IS NULL THEN
+		CREATE TEMP TABLE triage_calibration_rows (l text, c real, ok boolean) ON COMMIT DROP;
+		CREATE TEMP TABLE triage_calibration_curve (threshold real, kept integer, correct integer) ON COMMIT DROP;
+	END IF;
 	TRUNCATE triage_calibration_rows;
 	INSERT INTO triage_calibration_rows SELECT * FROM jsonb_to_recordset(rows) AS r(l text, c real, ok boolean);
-	CREATE TEMP TABLE IF NOT EXISTS triage_calibration_curve
-		(threshold real, kept integer, correct integer) ON COMMIT DROP;
 	TRUNCATE triage_calibration_curve;
+	-- (running sums from the most confident down: linear in the rows after the sort)
 	INSERT INTO triage_calibration_curve
-	SELECT t, count(*) FILTER (WHERE c >= t), count(*) FILTER (WHERE c >= t AND ok)
-	  FROM (SELECT DISTINCT c AS t FROM triage_calibration_rows UNION SELECT 1.000001) ts,
-		   triage_calibration_rows
-	 GROUP BY t;
+	SELECT c, sum(n) OVER w, sum(n_ok) OVER w
+	  FROM (SELECT c, count(*) AS n, count(*) FILTER (WHERE ok) AS n_ok
+			  FROM triage_calibration_rows GROUP BY c) g
+	WINDOW w AS (ORDER BY c DESC)
+	UNION ALL
+	SELECT 1.000001, 0, 0;
 
 	-- The least escalation whose kept accuracy reaches the target.  (Also
 	-- requiring it at every higher threshold, against lucky dips, was measured
@@ -1276,18 +1281,18 @@ BEGIN
 
 	-- per label, for a target accuracy: each label's own least threshold
 	IF target_accuracy IS NOT NULL THEN
-		SELECT jsonb_object_agg(l, t), sum(escalated) INTO per_label, per_label_escalated
-		  FROM (SELECT DISTINCT ON (r.l) r.l, ts.t,
-					   (SELECT count(*) FROM triage_calibration_rows x WHERE x.l = r.l AND x.c < ts.t) AS escalated
-				  FROM (SELECT DISTINCT l FROM triage_calibration_rows WHERE l IS NOT NULL) r
-				  CROSS JOIN LATERAL (
-					SELECT t FROM (SELECT DISTINCT c AS t FROM triage_calibration_rows x WHERE x.l = r.l
-								   UNION SELECT 1.000001) u
-					 WHERE (SELECT avg(ok::int) FROM triage_calibration_rows x WHERE x.l = r.l AND x.c >= u.t)
-						   >= target_accuracy
-						OR NOT EXISTS (SELECT FROM triage_calibration_rows x WHERE x.l = r.l AND x.c >= u.t)
-					 ORDER BY t LIMIT 1) ts
-				 ORDER BY r.l, ts.t) per;
+		SELECT jsonb_object_agg(l, t), sum(total - kept) INTO per_label, per_label_escalated
+		  FROM (SELECT DISTINCT ON (l) l, t, kept, total
+				  FROM (SELECT l, c AS t, sum(n) OVER w AS kept, sum(n_ok) OVER w AS correct,
+							   sum(n) OVER (PARTITION BY l) AS total
+						  FROM (SELECT l, c, count(*) AS n, count(*) FILTER (WHERE ok) AS n_ok
+								  FROM triage_calibration_rows WHERE l IS NOT NULL GROUP BY l, c) g
+						WINDOW w AS (PARTITION BY l ORDER BY c DESC)
+						UNION ALL
+						SELECT l, 1.000001, 0, 0, count(*)
+						  FROM triage_calibration_rows WHERE l IS NOT NULL GROUP BY l) per_threshold
+				 WHERE kept = 0 OR correct / kept >= target_accuracy
+				 ORDER BY l, t) per;
 		per_label_escalated := per_label_escalated
 			+ (SELECT count(*) FROM triage_calibration_rows WHERE l IS NULL);
 		-- per label only when it clearly helps: fitted on fewer rows, it generalises worse
