@@ -134,6 +134,7 @@ SELECT count(*) > 500 AS fold_rows,
   FROM food_cv WHERE fold = 2;
 SELECT triage.cross_validate('SELECT review, score FROM food_train', :'small', 1);
 SELECT triage.cross_validate('SELECT review, score FROM food_train LIMIT 1', :'small', 2);
+SELECT triage.cross_validate($$SELECT 'same text', 'great' UNION ALL SELECT 'same text', 'other'$$, '{}', 5);
 
 -- bad training data and options fail clearly, naming what is wrong
 SELECT triage.train('bad', 'SELECT review, score FROM food_train WHERE false');

@@ -398,6 +398,8 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 	MemoryContext old;
 	TrainingSet set;
 	int32	   *fold_of;
+	int64	   *fold_rows;
+	int32		nonempty_folds = 0;
 	TupleDesc	tupdesc;
 	Tuplestorestate *store;
 	ProgressState progress;
@@ -415,41 +417,45 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 	old = MemoryContextSwitchTo(context);
 	ReadTrainingSet(query, &set, context);
 	fold_of = palloc(sizeof(int32) * set.n);
+	fold_rows = palloc0(sizeof(int64) * folds);
 	for (int64 i = 0; i < set.n; i++)
+	{
 		fold_of[i] = FoldOf(&set.examples[i], folds, options.fasttext.seed);
+		if (fold_rows[fold_of[i]]++ == 0)
+			nonempty_folds++;
+	}
 	MemoryContextSwitchTo(old);
+	if (nonempty_folds < 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cross-validation needs rows with at least two different inputs"),
+				 errhint("Copies of one input share a fold, so every row here would be held out at once.")));
 
 	INSTR_TIME_SET_CURRENT(progress.start);
 	progress.last = progress.start;
 	progress.epochs = options.fasttext.epoch;
 	for (int32 f = 0; f < folds; f++)
 	{
-		MemoryContext fold_context = AllocSetContextCreate(context, "pg_triage fold", ALLOCSET_DEFAULT_SIZES);
+		MemoryContext fold_context;
 		TrainingSet rest = set;
 		FastTextModel *model;
 		FastTextTrainStats stats;
 		FastTextScratch scratch;
 		FastTextPrediction *predictions;
-		TriageAllocator allocator = ContextAllocator(fold_context);
-		int64		held_out = 0;
+		TriageAllocator allocator;
 
+		if (fold_rows[f] == 0)
+			continue;			/* fewer distinct inputs than folds */
+		fold_context = AllocSetContextCreate(context, "pg_triage fold", ALLOCSET_DEFAULT_SIZES);
+		allocator = ContextAllocator(fold_context);
 		old = MemoryContextSwitchTo(fold_context);
 		/* the other folds' rows, in their order */
-		rest.examples = MemoryContextAllocHuge(fold_context, sizeof(FastTextExample) * Max(set.n, 1));
+		rest.examples = MemoryContextAllocHuge(fold_context, sizeof(FastTextExample) * (set.n - fold_rows[f]));
 		rest.n = 0;
 		for (int64 i = 0; i < set.n; i++)
 		{
 			if (fold_of[i] != f)
 				rest.examples[rest.n++] = set.examples[i];
-			else
-				held_out++;
-		}
-		if (held_out == 0 || rest.n == 0)
-		{
-			/* too few distinct texts to fill every fold */
-			MemoryContextSwitchTo(old);
-			MemoryContextDelete(fold_context);
-			continue;
 		}
 		progress.what = psprintf("cross-validation, fold %d of %d", f + 1, folds);
 		model = TrainModel(&options, &rest, fold_context, &progress, &stats);
