@@ -143,22 +143,24 @@ KeyMapGrow(KeyMap *m)
 	return true;
 }
 
+/* The slot of key (linear probing): the one holding it, or the empty one where it would go */
+static inline uint64_t
+KeyMapSlot(const KeyMap *m, uint64_t key)
+{
+	uint64_t	s = CrfFmix(key) & m->mask;
+
+	while (m->slots[s] != 0 && m->keys[m->slots[s] - 1] != key)
+		s = (s + 1) & m->mask;
+	return s;
+}
+
 /* id of key, or -1 */
 static inline int64_t
 KeyMapFind(const KeyMap *m, uint64_t key)
 {
-	uint64_t	s;
-
 	if (m->n == 0)
 		return -1;
-	s = CrfFmix(key) & m->mask;
-	while (m->slots[s] != 0)
-	{
-		if (m->keys[m->slots[s] - 1] == key)
-			return m->slots[s] - 1;
-		s = (s + 1) & m->mask;
-	}
-	return -1;
+	return (int64_t) m->slots[KeyMapSlot(m, key)] - 1;
 }
 
 /* id of key, added if new (*added set); -1 when out of memory */
@@ -170,13 +172,9 @@ KeyMapAdd(KeyMap *m, uint64_t key, bool *added)
 	*added = false;
 	if (m->n == m->capacity && !KeyMapGrow(m))
 		return -1;
-	s = CrfFmix(key) & m->mask;
-	while (m->slots[s] != 0)
-	{
-		if (m->keys[m->slots[s] - 1] == key)
-			return m->slots[s] - 1;
-		s = (s + 1) & m->mask;
-	}
+	s = KeyMapSlot(m, key);
+	if (m->slots[s] != 0)
+		return m->slots[s] - 1;
 	m->keys[m->n] = key;
 	m->slots[s] = (uint32_t) (m->n + 1);
 	*added = true;
