@@ -190,17 +190,27 @@ CREATE FUNCTION triage.train_fasttext(query text, options jsonb,
 COMMENT ON FUNCTION triage.train_fasttext(text, jsonb) IS
 	'Trains a fastText classifier on the (input, label) rows of query and returns it without storing it.';
 
-CREATE FUNCTION triage.train(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
+-- train and train_extractor: the name checked before a long training, then
+-- the trainer of the kind, then stored as the next version
+CREATE FUNCTION triage.train_model(name text, kind text, query text, options jsonb) RETURNS integer
 LANGUAGE plpgsql VOLATILE STRICT AS $$
 DECLARE
 	trained record;
 BEGIN
 	PERFORM triage.check_model_name(name);
-	PERFORM triage.check_model_kind(name, 'fasttext');
-	SELECT * INTO trained FROM triage.train_fasttext(query, options);
-	RETURN triage.store_model(name, 'fasttext', trained.labels, trained.params,
-							  trained.metrics, trained.data);
+	PERFORM triage.check_model_kind(name, kind);
+	IF kind = 'crf' THEN
+		SELECT data, fields AS names, params, metrics INTO trained FROM triage.train_crf(query, options);
+	ELSE
+		SELECT data, labels AS names, params, metrics INTO trained FROM triage.train_fasttext(query, options);
+	END IF;
+	RETURN triage.store_model(name, kind, trained.names, trained.params, trained.metrics, trained.data);
 END;
+$$;
+
+CREATE FUNCTION triage.train(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
+LANGUAGE sql VOLATILE STRICT AS $$
+	SELECT triage.train_model(name, 'fasttext', query, options)
 $$;
 COMMENT ON FUNCTION triage.train(text, text, jsonb) IS
 	'Trains a classifier on the (input, label) rows of query and stores it as a new version of name.';
@@ -217,16 +227,8 @@ COMMENT ON FUNCTION triage.train_crf(text, jsonb) IS
 	'Trains a CRF field extractor on the (input, fields) rows of query and returns it without storing it.';
 
 CREATE FUNCTION triage.train_extractor(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
-LANGUAGE plpgsql VOLATILE STRICT AS $$
-DECLARE
-	trained record;
-BEGIN
-	PERFORM triage.check_model_name(name);
-	PERFORM triage.check_model_kind(name, 'crf');
-	SELECT * INTO trained FROM triage.train_crf(query, options);
-	RETURN triage.store_model(name, 'crf', trained.fields, trained.params,
-							  trained.metrics, trained.data);
-END;
+LANGUAGE sql VOLATILE STRICT AS $$
+	SELECT triage.train_model(name, 'crf', query, options)
 $$;
 COMMENT ON FUNCTION triage.train_extractor(text, text, jsonb) IS
 	'Trains a field extractor on the (input text, fields jsonb) rows of query (fields: {"field": "value as written"}) and stores it as a new version of name.';
@@ -1811,11 +1813,8 @@ BEGIN
 							 CASE WHEN extractor THEN 'fields' ELSE 'label' END)
 		|| coalesce(' UNION ALL SELECT * FROM (' || extra || ') AS extra', '');
 	before := triage.evaluate(name, heldout, old_version);
-	IF extractor THEN
-		new_version := triage.train_extractor(name, training_query, train_options);
-	ELSE
-		new_version := triage.train(name, training_query, train_options);
-	END IF;
+	new_version := triage.train_model(name, CASE WHEN extractor THEN 'crf' ELSE 'fasttext' END,
+									  training_query, train_options);
 	after := triage.evaluate(name, heldout, new_version);
 	-- classifiers by accuracy, extractors by field F1
 	improved := coalesce((after->>'accuracy')::numeric, (after->>'f1')::numeric)
