@@ -1224,9 +1224,10 @@ $$;
 
 -- Chooses and stores a policy's thresholds from rows of the model's answers
 -- ([{"l": label, "c": confidence, "ok": right?}]): the part of calibrate and
--- train_and_calibrate after the answers are known.
+-- train_and_calibrate after the answers are known.  source (what gave the
+-- answers) is stored and returned with the result.
 CREATE FUNCTION triage.calibrate_answers(policy text, rows jsonb, target_accuracy real,
-										 max_escalation real) RETURNS jsonb
+										 max_escalation real, source jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
@@ -1331,7 +1332,7 @@ BEGIN
 		'kept_accuracy', CASE WHEN kept_n > 0 THEN round(kept_correct::numeric / kept_n, 4) END,
 		'target_accuracy', target_accuracy,
 		'max_escalation', max_escalation,
-		'curve', curve);
+		'curve', curve) || source;
 	UPDATE triage.policies x
 	   SET thresholds = jsonb_build_object('default', chosen.threshold, 'labels', per_label),
 		   calibration = result, updated_at = now()
@@ -1339,6 +1340,7 @@ BEGIN
 	RETURN result;
 END;
 $$;
+
 CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL,
 								 max_escalation real DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$
@@ -1379,7 +1381,6 @@ DECLARE
 	p triage.policies;
 	rows jsonb;
 	version integer;
-	result jsonb;
 BEGIN
 	p := triage.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
 	IF options IS NULL OR folds IS NULL THEN
@@ -1399,10 +1400,8 @@ BEGIN
 	-- ... for the model of all of them, deployed with its thresholds
 	version := triage.train(p.model, query, options);
 	PERFORM triage.deploy(p.model, version);
-	result := triage.calibrate_answers(policy, rows, target_accuracy, max_escalation);
-	result := result || jsonb_build_object('model', p.model, 'version', version, 'folds', folds);
-	UPDATE triage.policies x SET calibration = result WHERE x.name = train_and_calibrate.policy;
-	RETURN result;
+	RETURN triage.calibrate_answers(policy, rows, target_accuracy, max_escalation,
+									jsonb_build_object('model', p.model, 'version', version, 'folds', folds));
 END;
 $$;
 COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer) IS
