@@ -205,15 +205,7 @@ RunLoad(const uint8_t *data, size_t size, int expect_reject)
 	status = CrfLoad(data, size, &allocator, &model, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 	{
-		if (model != NULL)
-			Fail("a failed load returned a model");
-		if (status != TRIAGE_INVALID_MODEL && status != TRIAGE_UNSUPPORTED &&
-			status != TRIAGE_OUT_OF_MEMORY)
-			Fail("load failed with an unexpected status");
-		if (errbuf[0] == '\0')
-			Fail("load failed without a message");
-		if (tracker.live != 0)
-			Fail("a failed load leaked memory");
+		CheckFailedLoad(status, model, errbuf, &tracker);
 		return;
 	}
 	if (model == NULL)

@@ -2,7 +2,7 @@
  * fuzz_harness.h
  *		What the loader harnesses (fuzz_fasttext_load.c, fuzz_crf_load.c)
  *		share: an allocator that counts live bytes, a long input text, and
- *		aborting on a broken invariant.
+ *		aborting on a broken invariant, such as what a failed load leaves.
  */
 #ifndef TRIAGE_FUZZ_HARNESS_H
 #define TRIAGE_FUZZ_HARNESS_H
@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "triage_core.h"
 
 /*
  * malloc that counts live bytes and aborts, naming the phase, when a model
@@ -69,6 +71,25 @@ Fail(const char *what)
 {
 	fprintf(stderr, "fuzz: invariant broken: %s\n", what);
 	abort();
+}
+
+/*
+ * What a load that failed must leave: no model, a status that says why
+ * (a bad file, an unsupported one, or no memory), a message, and nothing
+ * allocated.
+ */
+static void
+CheckFailedLoad(TriageStatus status, const void *model, const char *errbuf, const Tracker *tracker)
+{
+	if (model != NULL)
+		Fail("a failed load returned a model");
+	if (status != TRIAGE_INVALID_MODEL && status != TRIAGE_UNSUPPORTED &&
+		status != TRIAGE_OUT_OF_MEMORY)
+		Fail("load failed with an unexpected status");
+	if (errbuf[0] == '\0')
+		Fail("load failed without a message");
+	if (tracker->live != 0)
+		Fail("a failed load leaked memory");
 }
 
 /*
