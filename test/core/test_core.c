@@ -12,30 +12,7 @@
 
 #include "fasttext.h"
 #include "check.h"
-
-
-static uint8_t *
-ReadFile(const char *path, size_t *len)
-{
-	FILE	   *f = fopen(path, "rb");
-	uint8_t    *buf;
-	long		n;
-
-	if (f == NULL)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc((size_t) n);
-	if (fread(buf, 1, (size_t) n, f) != (size_t) n)
-	{
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	*len = (size_t) n;
-	return buf;
-}
+#include "read_file.h"
 
 /* fasttext-format.md 2.1: values of the C++ function, sign-extension included */
 static void

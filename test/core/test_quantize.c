@@ -52,6 +52,7 @@
 
 #include "fasttext_quantize.h"
 #include "check.h"
+#include "read_file.h"
 
 #define MAX_LINES 500
 #define SEED 1234
@@ -64,29 +65,6 @@ Skip(const char *what)
 	printf("ok %d # SKIP %s\n", checks, what);
 }
 
-static uint8_t *
-ReadFile(const char *path, size_t *len)
-{
-	FILE	   *f = fopen(path, "rb");
-	uint8_t    *buf;
-	long		n;
-
-	*len = 0;
-	if (f == NULL)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc(n > 0 ? (size_t) n : 1);
-	if (fread(buf, 1, (size_t) n, f) != (size_t) n)
-	{
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	*len = (size_t) n;
-	return buf;
-}
 
 static void
 WriteFile(const char *dir, const char *name, const uint8_t *data, size_t len)

@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "crf.h"
+#include "../core/read_file.h"
 
 typedef struct Row
 {
@@ -123,31 +124,6 @@ ReadTsv(const char *path, int64_t *nrows)
 	return rows;
 }
 
-static uint8_t *
-ReadFile(const char *path, size_t *len)
-{
-	FILE	   *f = fopen(path, "rb");
-	uint8_t    *buf;
-	long		n;
-
-	if (f == NULL)
-	{
-		perror(path);
-		exit(1);
-	}
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc(n > 0 ? n : 1);
-	if (fread(buf, 1, n, f) != (size_t) n)
-	{
-		fprintf(stderr, "short read on %s\n", path);
-		exit(1);
-	}
-	fclose(f);
-	*len = n;
-	return buf;
-}
 
 static const char *group_names[] = {
 	"word", "shape", "affix", "flags", "ngram", "context", "lexicon", "caprun", "line", "bag"
@@ -387,6 +363,11 @@ Eval(int argc, char **argv)
 			show_errors = atoi(argv[i] + 7);
 		else if (strncmp(argv[i], "repeat=", 7) == 0)
 			repeat = atoi(argv[i] + 7);
+	}
+	if (bytes == NULL)
+	{
+		fprintf(stderr, "cannot read %s\n", argv[2]);
+		return 1;
 	}
 	if (CrfLoad(bytes, len, NULL, &model, err, sizeof(err)) != TRIAGE_OK)
 	{
