@@ -22,7 +22,7 @@ use Time::HiRes qw(sleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use TriageTest qw(worker_and_stub);
+use TriageTest qw(split_reviews worker_and_stub);
 
 my $started = time;
 my $root = abs_path(dirname(__FILE__) . '/../..');
@@ -52,21 +52,10 @@ my @prices = (0.0025, 0.01);	# per 1,000 prompt and completion tokens
 
 # 1. The split: 500 labeled by people, 3,000 arriving unlabeled, 250 held out
 # to calibrate the policy and judge distill, 250 held out to measure
-sql(qq{
-	CREATE TABLE food (product text, review text, score text);
-	COPY food FROM '$csv' WITH (FORMAT csv, HEADER);
-	CREATE TABLE labeled AS
-	SELECT r, review, score,
-		   CASE WHEN r <= 500 THEN 'human' WHEN r <= 3500 THEN 'inbox'
-				WHEN r <= 3750 THEN 'calibration' ELSE 'test' END AS split
-	  FROM (SELECT row_number() OVER (ORDER BY md5(review), n) AS r, review, score
-			  FROM (SELECT row_number() OVER () AS n, review, score FROM food) f) s;
-});
+split_reviews($node, $csv, [human => 500], [inbox => 3500], [calibration => 3750], ['test']);
 is(sql("SELECT string_agg(split || ':' || n, ',' ORDER BY split)
 		  FROM (SELECT split, count(*) AS n FROM labeled GROUP BY split) s"),
 	'calibration:250,human:500,inbox:3000,test:250', 'the split: 500 human, 3,000 new, 250 + 250 held out');
-is(sql("SELECT count(*) FROM (SELECT review FROM labeled GROUP BY review HAVING count(DISTINCT split) > 1) s"),
-	'0', 'no review text is in two parts of the split');
 my $majority = sql("SELECT round(max(n)::numeric / sum(n), 4)
 					  FROM (SELECT count(*) AS n FROM labeled WHERE split = 'test' GROUP BY score) s");
 

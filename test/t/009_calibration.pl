@@ -36,6 +36,7 @@ use Time::HiRes qw(time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use TriageTest qw(split_reviews);
 
 my $started = time;
 my $root = abs_path(dirname(__FILE__) . '/../..');
@@ -61,20 +62,10 @@ my $target = 0.90;
 my $n_draws = 20;		# random choices of rows, averaged
 
 # 1. The split
-sql(qq{
-	CREATE TABLE food (product text, review text, score text);
-	COPY food FROM '$csv' WITH (FORMAT csv, HEADER);
-	CREATE TABLE labeled AS
-	SELECT r, review, score,
-		   CASE WHEN r <= 2400 THEN 'train' WHEN r <= 3200 THEN 'calibration' ELSE 'routing' END AS split
-	  FROM (SELECT row_number() OVER (ORDER BY md5(review), n) AS r, review, score
-			  FROM (SELECT row_number() OVER () AS n, review, score FROM food) f) s;
-});
+split_reviews($node, $csv, [train => 2400], [calibration => 3200], ['routing']);
 is(sql("SELECT string_agg(split || ':' || n, ',' ORDER BY split)
 		  FROM (SELECT split, count(*) AS n FROM labeled GROUP BY split) s"),
 	'calibration:800,routing:800,train:2400', 'the split: 2,400 to train, 800 to calibrate, 800 to route');
-is(sql("SELECT count(*) FROM (SELECT review FROM labeled GROUP BY review HAVING count(DISTINCT split) > 1) s"),
-	'0', 'no review is in two parts');
 
 # 2. The model and the calibrated policy
 is(sql("SELECT triage.train('food', 'SELECT review, score FROM labeled WHERE split = ''train''', '$train_options')"),
