@@ -62,6 +62,7 @@ SELECT abs((c->>'escalation_rate')::float
 SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout', folds => 1,
                                   target_accuracy => 0.9);
 SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout');
+SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout', NULL, target_accuracy => 0.9);
 SELECT triage.train_and_calibrate('nope', 'SELECT review, score FROM heldout', target_accuracy => 0.9);
 DELETE FROM triage.policies WHERE name = 'reviews_cv';
 SELECT triage.calibrate('reviews', 'SELECT review, score FROM heldout');
@@ -260,6 +261,8 @@ SELECT triage.import_extractor('fields', pg_read_binary_file(:'crf')) AS extract
 SELECT triage.create_policy('orders', NULL, extractor => 'fields',
        rules => '{"required_fields": ["order_id"], "min_field_confidence": 0.5}');
 SELECT name, model, extractor, fields FROM triage.policies WHERE name = 'orders';
+-- an extraction policy has no classifier to train and calibrate
+SELECT triage.train_and_calibrate('orders', 'SELECT review, score FROM heldout', target_accuracy => 0.9);
 SELECT (d).escalate, (d).reason, (d).fields->'order_id'->>'value' AS order_id,
        (d).confidence BETWEEN 0 AND 1 AS has_confidence
   FROM (SELECT triage.route('orders', 'Hello, my order A-10293 for $129.99 never arrived. Maria Lopez') AS d) r;
