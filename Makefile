@@ -39,11 +39,13 @@ OBJS = \
 	src/crf_decode.o \
 	src/crf_model.o
 
-CRF_CORE_SRCS = src/triage_core.c src/crf_tokenize.c src/crf_features.c src/crf_align.c \
-	src/crf_train.c src/crf_decode.c src/crf_model.c
-CORE_SRCS = src/triage_core.c src/fasttext_load.c src/fasttext_dict.c src/fasttext_predict.c \
-	src/fasttext_train.c src/fasttext_quantize.c src/fasttext_save.c
+include src/core.mk
 
+# The extension script, one file per concept, concatenated in this order
+# (roles last: their grants cover every object before them)
+SQL_PARTS = $(addprefix src/sql/,models.sql fasttext.sql extractors.sql evaluation.sql \
+	temperature.sql quantization.sql policies.sql queue.sql routing.sql tables.sql \
+	distill.sql roles.sql)
 DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
 EXTRA_CLEAN = $(DATA_built) test/core/test_core test/fuzz/fuzz_fasttext_load \
 	test/fuzz/fuzz_fasttext_standalone \
@@ -61,9 +63,10 @@ PG_CFLAGS = -O3 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -Wno-sign-
 	-Wno-missing-field-initializers -Wno-cast-function-type $(TRIAGE_CFLAGS)
 SHLIB_LINK = -lopenblas -llbfgs -lm
 
-# Debian's server headers for PostgreSQL 15 unless PG_CONFIG says otherwise
-PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
-PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+# The pg_config on PATH, else Debian's for PostgreSQL 15
+PG_CONFIG ?= $(or $(shell command -v pg_config 2>/dev/null),/usr/lib/postgresql/15/bin/pg_config)
+export PG_CONFIG
+PGXS := $(wildcard $(shell $(PG_CONFIG) --pgxs 2>/dev/null))
 ifneq ($(PGXS),)
 include $(PGXS)
 # triage-worker: built, installed and cleaned with the extension
@@ -77,8 +80,8 @@ endif
 # PGXS does not track headers: rebuild everything when one changes
 $(OBJS): $(wildcard src/*.h)
 
-src/sql/$(EXTENSION)--$(EXTVERSION).sql: src/sql/$(EXTENSION).sql
-	cp $< $@
+src/sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS)
+	cat $^ > $@
 
 .PHONY: deps demo test bench study fuzz models core-tests
 

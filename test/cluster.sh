@@ -4,7 +4,7 @@
 #   cluster_start DIR    initdb DIR/data and start it; exports PGHOST, PGPORT
 #   cluster_stop         stop it (also done on exit)
 
-PG_CONFIG=${PG_CONFIG:-$( [ -x /usr/lib/postgresql/15/bin/pg_config ] && echo /usr/lib/postgresql/15/bin/pg_config || echo pg_config )}
+PG_CONFIG=${PG_CONFIG:-$(command -v pg_config || echo /usr/lib/postgresql/15/bin/pg_config)}
 PG_BINDIR=$("$PG_CONFIG" --bindir)
 export PATH="$PG_BINDIR:$PATH"
 

@@ -23,11 +23,9 @@ FAILURES=()
 WORK=$(mktemp -d /tmp/pg_triage-tests.XXXXXX)
 PGXS_DIR=$(dirname "$("$PG_CONFIG" --pgxs)")/../..
 SANITIZE="-g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -ffp-contract=off"
-CORE_SRCS="src/triage_core.c src/fasttext_load.c src/fasttext_dict.c src/fasttext_predict.c
-	src/fasttext_train.c src/fasttext_quantize.c src/fasttext_save.c"
+CORE_SRCS=$(make -s -f src/core.mk print-CORE_SRCS)
 # the CRF extractor's core (crf_sql.c is the server glue, not core)
-CRF_SRCS="src/triage_core.c src/crf_tokenize.c src/crf_features.c src/crf_align.c
-	src/crf_train.c src/crf_decode.c src/crf_model.c"
+CRF_SRCS=$(make -s -f src/core.mk print-CRF_CORE_SRCS)
 
 record() {	# record NAME STATUS
 	if [ "$2" = 0 ]; then

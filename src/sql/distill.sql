@@ -1,0 +1,60 @@
+-- pg_triage: distillation
+-- (part of the extension script: the Makefile concatenates src/sql/*.sql in the order of SQL_PARTS)
+
+-- Distillation --------------------------------------------------------------------
+
+CREATE FUNCTION triage.distill(name text, options jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	heldout text := options->>'heldout';
+	extra text := options->>'query';
+	train_options jsonb := coalesce(options->'train', '{}');
+	training_query text;
+	old_version integer;
+	new_version integer;
+	before jsonb;
+	after jsonb;
+	improved boolean;
+	extractor boolean;
+BEGIN
+	IF heldout IS NULL THEN
+		RAISE EXCEPTION 'distill needs options->>''heldout'', a query of labeled (input, label) rows to compare versions on'
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'For example triage.distill(''m'', ''{"heldout": "SELECT body, label FROM checked"}'').';
+	END IF;
+	IF EXISTS (SELECT FROM jsonb_object_keys(options) k WHERE k NOT IN ('heldout', 'query', 'train')) THEN
+		RAISE EXCEPTION 'unknown option of distill; known: heldout, query, train'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	old_version := triage.deployed_version(name);
+	extractor := EXISTS (SELECT FROM triage.models m WHERE m.name = distill.name AND m.version = old_version
+							AND m.kind = 'crf');
+	-- the examples of this model (human and large-model answers), and any other labeled rows
+	training_query := format('SELECT input, %s FROM triage.examples WHERE model = %L AND %s IS NOT NULL',
+							 CASE WHEN extractor THEN 'fields' ELSE 'label' END, name,
+							 CASE WHEN extractor THEN 'fields' ELSE 'label' END)
+		|| coalesce(' UNION ALL SELECT * FROM (' || extra || ') AS extra', '');
+	before := triage.evaluate(name, heldout, old_version);
+	new_version := triage.train_model(name, CASE WHEN extractor THEN 'crf' ELSE 'fasttext' END,
+									  training_query, train_options);
+	after := triage.evaluate(name, heldout, new_version);
+	-- classifiers by accuracy, extractors by field F1
+	improved := coalesce((after->>'accuracy')::numeric, (after->>'f1')::numeric)
+				> coalesce((before->>'accuracy')::numeric, (before->>'f1')::numeric);
+	IF improved THEN
+		PERFORM triage.deploy(name, new_version);
+	END IF;
+	UPDATE triage.models m SET metrics = m.metrics || jsonb_build_object('heldout', after - 'reliability')
+	 WHERE m.name = distill.name AND m.version = new_version;
+	RETURN jsonb_build_object(
+		'previous_version', old_version, 'new_version', new_version, 'deployed', improved,
+		'examples', (SELECT count(*) FROM triage.examples e WHERE e.model = distill.name),
+		'before', CASE WHEN extractor THEN jsonb_build_object('f1', before->'f1', 'rows_all_correct', before->'rows_all_correct')
+					   ELSE jsonb_build_object('accuracy', before->'accuracy', 'macro_f1', before->'macro_f1') END,
+		'after', CASE WHEN extractor THEN jsonb_build_object('f1', after->'f1', 'rows_all_correct', after->'rows_all_correct')
+					  ELSE jsonb_build_object('accuracy', after->'accuracy', 'macro_f1', after->'macro_f1') END);
+END;
+$$;
+COMMENT ON FUNCTION triage.distill(text, jsonb) IS
+	'Retrains a model from its examples (human and large-model answers, triage.examples) plus options->>''query'', compares the new version with the deployed one on options->>''heldout'', deploys it only if it is more accurate, and returns both scores.';

@@ -1,0 +1,143 @@
+-- pg_triage: fastText classifiers: import, export, training, classification
+-- (part of the extension script: the Makefile concatenates src/sql/*.sql in the order of SQL_PARTS)
+
+-- fastText models -----------------------------------------------------------
+
+CREATE FUNCTION triage.inspect_fasttext(model bytea, OUT labels text[], OUT params jsonb)
+	RETURNS record
+	AS 'MODULE_PATHNAME', 'triage_inspect_fasttext'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION triage.inspect_fasttext(bytea) IS
+	'Validates a fastText .bin or .ftz supervised model and returns its labels and parameters.';
+
+-- The versions of a name are all classifiers or all extractors
+CREATE FUNCTION triage.check_model_kind(name text, kind text) RETURNS void
+LANGUAGE plpgsql STABLE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	other_kind text;
+BEGIN
+	SELECT m.kind INTO other_kind FROM triage.models m
+	 WHERE m.name = check_model_kind.name AND m.kind <> check_model_kind.kind LIMIT 1;
+	IF other_kind IS NOT NULL THEN
+		RAISE EXCEPTION 'model "%" is %; %', name,
+			CASE other_kind WHEN 'crf' THEN 'an extractor' ELSE 'a classifier' END,
+			CASE kind WHEN 'crf' THEN 'an extractor needs a name of its own'
+				 ELSE 'a classifier needs a name of its own' END
+			USING ERRCODE = 'wrong_object_type';
+	END IF;
+END;
+$$;
+COMMENT ON FUNCTION triage.check_model_kind(text, text) IS
+	'Raises an error if name already holds models of another kind (classifier or extractor).';
+
+CREATE FUNCTION triage.store_model(name text, kind text, labels text[], params jsonb,
+									metrics jsonb, data bytea) RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	new_version integer;
+BEGIN
+	PERFORM triage.check_model_name(store_model.name);
+	-- one writer per name at a time, so version numbers never collide
+	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('triage.models'),
+											 pg_catalog.hashtext(store_model.name));
+	PERFORM triage.check_model_kind(store_model.name, store_model.kind);
+	SELECT coalesce(max(m.version), 0) + 1 INTO new_version
+		FROM triage.models m WHERE m.name = store_model.name;
+	INSERT INTO triage.models (name, version, kind, labels, params, metrics, data)
+		VALUES (store_model.name, new_version, store_model.kind, store_model.labels,
+				store_model.params, store_model.metrics, store_model.data);
+	INSERT INTO triage.deployments (name, version)
+		VALUES (store_model.name, new_version)
+		ON CONFLICT (name) DO NOTHING;
+	RETURN new_version;
+END;
+$$;
+COMMENT ON FUNCTION triage.store_model(text, text, text[], jsonb, jsonb, bytea) IS
+	'Stores a model as the next version of name; the first version of a name is deployed.';
+
+CREATE FUNCTION triage.import_fasttext(name text, model bytea) RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+DECLARE
+	info record;
+BEGIN
+	PERFORM triage.check_model_name(name);
+	SELECT * INTO info FROM triage.inspect_fasttext(model);
+	RETURN triage.store_model(name, 'fasttext', info.labels,
+							  info.params || '{"source": "import"}', '{}', model);
+END;
+$$;
+COMMENT ON FUNCTION triage.import_fasttext(text, bytea) IS
+	'Stores a fastText model as a new version of name; the first version of a name is deployed.';
+
+CREATE FUNCTION triage.fasttext_file(model bytea) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'triage_fasttext_file'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION triage.fasttext_file(bytea) IS
+	'A stored model as a file the fasttext tool reads: fastText models as they are, int8 models dequantized.';
+
+CREATE FUNCTION triage.export_fasttext(name text, version integer) RETURNS bytea
+LANGUAGE plpgsql STABLE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	result bytea;
+BEGIN
+	SELECT triage.fasttext_file(m.data) INTO result FROM triage.models m
+	 WHERE m.name = export_fasttext.name AND m.version = export_fasttext.version
+	   AND m.kind = 'fasttext';
+	IF result IS NULL THEN
+		RAISE EXCEPTION 'fastText model "%" version % does not exist', name, version
+			USING ERRCODE = 'undefined_object',
+				HINT = 'List versions with SELECT name, version, kind FROM triage.models.';
+	END IF;
+	RETURN result;
+END;
+$$;
+COMMENT ON FUNCTION triage.export_fasttext(text, integer) IS
+	'The model as a fastText .bin/.ftz file, which the fasttext tool loads and predicts with identically.';
+
+CREATE FUNCTION triage.train_fasttext(query text, options jsonb,
+									  OUT data bytea, OUT labels text[], OUT params jsonb,
+									  OUT metrics jsonb)
+	RETURNS record
+	AS 'MODULE_PATHNAME', 'triage_train_fasttext'
+	LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION triage.train_fasttext(text, jsonb) IS
+	'Trains a fastText classifier on the (input, label) rows of query and returns it without storing it.';
+
+-- train and train_extractor: the name checked before a long training, then
+-- the trainer of the kind, then stored as the next version
+CREATE FUNCTION triage.train_model(name text, kind text, query text, options jsonb) RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+DECLARE
+	trained record;
+BEGIN
+	PERFORM triage.check_model_name(name);
+	PERFORM triage.check_model_kind(name, kind);
+	IF kind = 'crf' THEN
+		SELECT data, fields AS names, params, metrics INTO trained FROM triage.train_crf(query, options);
+	ELSE
+		SELECT data, labels AS names, params, metrics INTO trained FROM triage.train_fasttext(query, options);
+	END IF;
+	RETURN triage.store_model(name, kind, trained.names, trained.params, trained.metrics, trained.data);
+END;
+$$;
+
+CREATE FUNCTION triage.train(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
+LANGUAGE sql VOLATILE STRICT AS $$
+	SELECT triage.train_model(name, 'fasttext', query, options)
+$$;
+COMMENT ON FUNCTION triage.train(text, text, jsonb) IS
+	'Trains a classifier on the (input, label) rows of query and stores it as a new version of name.';
+
+
+-- Batch classification ------------------------------------------------------------
+
+CREATE FUNCTION triage.classify_batch(name text, inputs text[])
+	RETURNS TABLE (ord integer, label text, confidence real)
+	AS 'MODULE_PATHNAME', 'triage_classify_batch'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 1000 ROWS 1000;
+COMMENT ON FUNCTION triage.classify_batch(text, text[]) IS
+	'The top label of every input of an array (ord is the 1-based position), the output layer computed for all at once with OpenBLAS; for models with many labels.';
+

@@ -1,0 +1,87 @@
+-- pg_triage: the extension's objects, all in schema triage.
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION pg_triage" to load this file. \quit
+
+-- Model store ---------------------------------------------------------------
+
+CREATE TABLE triage.models (
+	name text NOT NULL
+		CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.-]*$' AND octet_length(name) < 64),
+	version integer NOT NULL CHECK (version > 0),
+	kind text NOT NULL CHECK (kind IN ('fasttext', 'crf')),
+	labels text[] NOT NULL,
+	params jsonb NOT NULL DEFAULT '{}',
+	metrics jsonb NOT NULL DEFAULT '{}',
+	data bytea NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (name, version)
+);
+COMMENT ON TABLE triage.models IS
+	'Every stored model version; a version is immutable once written (only metrics may change).';
+
+CREATE TABLE triage.deployments (
+	name text PRIMARY KEY,
+	version integer NOT NULL,
+	deployed_at timestamptz NOT NULL DEFAULT now(),
+	FOREIGN KEY (name, version) REFERENCES triage.models (name, version)
+);
+COMMENT ON TABLE triage.deployments IS
+	'Which version of each model triage.classify(name, input) uses.';
+
+-- Dumped by pg_dump, with their data, like user tables
+-- model bytes are floats and codes that barely compress: store them as they are
+ALTER TABLE triage.models ALTER COLUMN data SET STORAGE EXTERNAL;
+
+SELECT pg_catalog.pg_extension_config_dump('triage.models', '');
+SELECT pg_catalog.pg_extension_config_dump('triage.deployments', '');
+
+CREATE FUNCTION triage.model_store_changed() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'triage_model_store_changed' LANGUAGE C;
+COMMENT ON FUNCTION triage.model_store_changed() IS
+	'Trigger: tells every session to reload deployments and models at its next statement.';
+
+CREATE TRIGGER models_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.models
+	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
+CREATE TRIGGER deployments_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.deployments
+	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
+
+CREATE FUNCTION triage.models_immutable() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	IF (NEW.name, NEW.version, NEW.kind, NEW.labels, NEW.params, NEW.data)
+		IS DISTINCT FROM (OLD.name, OLD.version, OLD.kind, OLD.labels, OLD.params, OLD.data) THEN
+		RAISE EXCEPTION 'model "%" version % cannot be changed', OLD.name, OLD.version
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				HINT = 'Model versions are immutable; import or train a new version instead.';
+	END IF;
+	RETURN NEW;
+END;
+$$;
+COMMENT ON FUNCTION triage.models_immutable() IS
+	'Trigger: rejects changes to a stored model version other than its metrics.';
+
+CREATE TRIGGER models_immutable
+	BEFORE UPDATE ON triage.models
+	FOR EACH ROW EXECUTE FUNCTION triage.models_immutable();
+
+-- Results -------------------------------------------------------------------
+
+CREATE TYPE triage.prediction AS (label text, confidence real);
+COMMENT ON TYPE triage.prediction IS 'A label and the model''s probability for it.';
+
+CREATE FUNCTION triage.check_model_name(name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+BEGIN
+	IF name !~ '^[A-Za-z_][A-Za-z0-9_.-]*$' OR octet_length(name) >= 64 THEN
+		RAISE EXCEPTION 'invalid model name "%"', name
+			USING ERRCODE = 'invalid_name',
+				HINT = 'A model name starts with a letter or underscore, has at most 63 bytes, '
+					   'and holds only letters, digits, "_", "." and "-".';
+	END IF;
+END;
+$$;
+COMMENT ON FUNCTION triage.check_model_name(text) IS
+	'Raises an error unless name is a valid model name.';
+

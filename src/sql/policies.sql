@@ -1,0 +1,152 @@
+-- pg_triage: routing policies
+-- (part of the extension script: the Makefile concatenates src/sql/*.sql in the order of SQL_PARTS)
+
+-- Routing policies --------------------------------------------------------------
+
+CREATE TABLE triage.policies (
+	name text PRIMARY KEY,
+	model text,					-- the classifier, or NULL for an extraction policy
+	extractor text,				-- the field extractor, if any
+	labels text[],				-- the labels the large model may answer
+	fields text[],				-- the fields the large model may answer (extraction policies)
+	thresholds jsonb NOT NULL DEFAULT '{"default": 0.0}',
+	rules jsonb NOT NULL DEFAULT '{}',
+	audit_rate real NOT NULL DEFAULT 0 CHECK (audit_rate BETWEEN 0 AND 1),
+	prompt jsonb NOT NULL DEFAULT '{}',
+	max_attempts integer NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 100),
+	calibration jsonb,
+	updated_at timestamptz NOT NULL DEFAULT now(),
+	CHECK (model IS NOT NULL OR extractor IS NOT NULL)
+);
+COMMENT ON TABLE triage.policies IS
+	'How to route: which model, confidence thresholds (default and per label), rules, the audit rate and the large model''s prompt.';
+SELECT pg_catalog.pg_extension_config_dump('triage.policies', '');
+
+-- Policies are edited in place (create_policy, calibrate or a plain UPDATE):
+-- check what routing will read, so that a bad policy fails when it is
+-- written, not on the millionth row routed
+CREATE FUNCTION triage.check_policy() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+	k text;
+	v jsonb;
+BEGIN
+	IF jsonb_typeof(NEW.thresholds) <> 'object'
+	   OR (NEW.thresholds ? 'default' AND (jsonb_typeof(NEW.thresholds->'default') <> 'number'
+										   OR (NEW.thresholds->>'default')::float8 NOT BETWEEN 0 AND 1.001))
+	   OR (NEW.thresholds ? 'labels' AND jsonb_typeof(NEW.thresholds->'labels') <> 'object') THEN
+		RAISE EXCEPTION 'thresholds of policy "%" must be {"default": 0..1, "labels": {"label": 0..1, ...}}', NEW.name
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'A confidence below its threshold escalates the row; a threshold just above 1 escalates every row.';
+	END IF;
+	FOR k, v IN SELECT * FROM jsonb_each(coalesce(NEW.thresholds->'labels', '{}')) LOOP
+		IF jsonb_typeof(v) <> 'number' OR v::text::float8 NOT BETWEEN 0 AND 1.001 THEN
+			RAISE EXCEPTION 'threshold of label "%" in policy "%" must be a number between 0 and 1, not %', k, NEW.name, v
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END LOOP;
+	IF jsonb_typeof(NEW.rules) <> 'object' THEN
+		RAISE EXCEPTION 'rules of policy "%" must be a JSON object', NEW.name
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR k, v IN SELECT * FROM jsonb_each(NEW.rules) LOOP
+		IF k IN ('max_length', 'min_length') THEN
+			IF jsonb_typeof(v) <> 'number' OR v::text !~ '^[0-9]{1,9}$' THEN
+				RAISE EXCEPTION 'rule % of policy "%" must be a whole number of characters, not %', k, NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		ELSIF k IN ('escalate_if_matches', 'escalate_unless_matches') THEN
+			IF jsonb_typeof(v) <> 'string' THEN
+				RAISE EXCEPTION 'rule % of policy "%" must be a regular expression (a JSON string), not %', k, NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			BEGIN
+				PERFORM '' ~* (v #>> '{}');
+			EXCEPTION WHEN invalid_regular_expression THEN
+				RAISE EXCEPTION 'rule % of policy "%" is not a valid regular expression: %', k, NEW.name, SQLERRM
+					USING ERRCODE = 'invalid_regular_expression';
+			END;
+		ELSIF k = 'required_fields' THEN
+			IF jsonb_typeof(v) <> 'array' OR EXISTS (SELECT FROM jsonb_array_elements(v) e WHERE jsonb_typeof(e) <> 'string') THEN
+				RAISE EXCEPTION 'rule required_fields of policy "%" must be an array of field names, not %', NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			IF NEW.extractor IS NULL THEN
+				RAISE EXCEPTION 'rule required_fields of policy "%" needs an extractor', NEW.name
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		ELSIF k = 'min_field_confidence' THEN
+			IF jsonb_typeof(v) <> 'number' OR v::text::float8 NOT BETWEEN 0 AND 1 THEN
+				RAISE EXCEPTION 'rule min_field_confidence of policy "%" must be a number between 0 and 1, not %', NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			IF NEW.extractor IS NULL THEN
+				RAISE EXCEPTION 'rule min_field_confidence of policy "%" needs an extractor', NEW.name
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		ELSE
+			RAISE EXCEPTION 'unknown rule "%" in policy "%"', k, NEW.name
+				USING ERRCODE = 'invalid_parameter_value',
+					HINT = 'Rules: max_length, min_length, escalate_if_matches, escalate_unless_matches, required_fields, min_field_confidence.';
+		END IF;
+	END LOOP;
+	NEW.updated_at := now();
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER policies_check BEFORE INSERT OR UPDATE ON triage.policies
+	FOR EACH ROW EXECUTE FUNCTION triage.check_policy();
+-- every session routes with the edited policy from its next statement
+CREATE TRIGGER policies_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.policies
+	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
+
+CREATE FUNCTION triage.create_policy(name text, model text, labels text[] DEFAULT NULL,
+									 threshold real DEFAULT 0.5, rules jsonb DEFAULT '{}',
+									 prompt jsonb DEFAULT NULL, audit_rate real DEFAULT 0,
+									 max_attempts integer DEFAULT 5, extractor text DEFAULT NULL)
+	RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	model_labels text[];
+	extractor_fields text[];
+BEGIN
+	PERFORM triage.check_model_name(name);
+	IF model IS NULL AND extractor IS NULL THEN
+		RAISE EXCEPTION 'a policy needs a classifier (model), an extractor, or both'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF model IS NOT NULL THEN
+		SELECT m.labels INTO model_labels FROM triage.models m
+		 WHERE m.name = create_policy.model AND m.kind = 'fasttext' ORDER BY m.version DESC LIMIT 1;
+		IF model_labels IS NULL THEN
+			RAISE EXCEPTION 'classifier "%" does not exist', model
+				USING ERRCODE = 'undefined_object',
+					HINT = 'Train or import the model first.';
+		END IF;
+	END IF;
+	IF extractor IS NOT NULL THEN
+		SELECT m.labels INTO extractor_fields FROM triage.models m
+		 WHERE m.name = create_policy.extractor AND m.kind = 'crf' ORDER BY m.version DESC LIMIT 1;
+		IF extractor_fields IS NULL THEN
+			RAISE EXCEPTION 'extractor "%" does not exist', extractor
+				USING ERRCODE = 'undefined_object',
+					HINT = 'Train one first with triage.train_extractor().';
+		END IF;
+	END IF;
+	INSERT INTO triage.policies (name, model, extractor, labels, fields, thresholds, rules, prompt,
+								 audit_rate, max_attempts)
+	VALUES (name, model, extractor, coalesce(labels, model_labels), extractor_fields,
+			jsonb_build_object('default', threshold), coalesce(rules, '{}'),
+			coalesce(prompt, jsonb_build_object(
+				'version', 1,
+				'system', CASE WHEN model IS NULL
+							   THEN 'You extract fields from business text. Answer with JSON only.'
+							   ELSE 'You label business text. Answer with JSON only.' END)),
+			audit_rate, max_attempts);
+END;
+$$;
+COMMENT ON FUNCTION triage.create_policy(text, text, text[], real, jsonb, jsonb, real, integer, text) IS
+	'Creates a routing policy: a classifier (model) with its allowed labels (default: the model''s) and confidence threshold, and/or a field extractor (model NULL: an extraction policy, whose output is the fields); rules, prompt, audit rate and attempts.';
+

@@ -1,0 +1,36 @@
+-- pg_triage: roles and their grants (last: grants cover every object above)
+-- (part of the extension script: the Makefile concatenates src/sql/*.sql in the order of SQL_PARTS)
+
+-- Roles ---------------------------------------------------------------------------
+
+-- Three roles, created if missing (roles belong to the cluster, not to the
+-- extension, so DROP EXTENSION leaves them): grant them to login roles.
+--   triage_user    classify, predict, route, evaluate: reads models and policies
+--   triage_worker  claim, complete, fail, release, heartbeat, and nothing else
+--   triage_admin   also imports, trains, deploys, edits policies and the queue
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'triage_user') THEN
+		CREATE ROLE triage_user NOLOGIN;
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'triage_worker') THEN
+		CREATE ROLE triage_worker NOLOGIN;
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'triage_admin') THEN
+		CREATE ROLE triage_admin NOLOGIN;
+	END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA triage TO triage_user, triage_worker, triage_admin;
+GRANT SELECT ON triage.models, triage.deployments, triage.policies TO triage_user;
+GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
+	triage.fail(bigint, text, interval), triage.release(bigint),
+	triage.heartbeat(text, text, integer, bigint, bigint) TO triage_worker;
+GRANT triage_user TO triage_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA triage TO triage_admin;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA triage TO triage_admin;
+GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
+	triage.fail(bigint, text, interval), triage.release(bigint),
+	triage.heartbeat(text, text, integer, bigint, bigint) TO triage_admin;
+
+GRANT EXECUTE ON FUNCTION triage.distill(text, jsonb) TO triage_admin;

@@ -1,0 +1,228 @@
+-- pg_triage: routing one input, and choosing thresholds
+-- (part of the extension script: the Makefile concatenates src/sql/*.sql in the order of SQL_PARTS)
+
+-- Routing -----------------------------------------------------------------------
+
+CREATE TYPE triage.decision AS (label text, confidence real, fields jsonb, escalate boolean, reason text);
+COMMENT ON TYPE triage.decision IS
+	'A routing decision: the small model''s answer, whether to escalate it, and the rule or threshold that decided.';
+
+CREATE FUNCTION triage.route(policy text, input text) RETURNS triage.decision
+	AS 'MODULE_PATHNAME', 'triage_route'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION triage.route(text, text) IS
+	'Routes one input under a policy: the small model''s label and confidence, and whether to escalate, with the reason (rule, threshold or audit sample).';
+
+-- The checks calibrate and train_and_calibrate share, before any work: the
+-- arguments, and the policy, locked until the thresholds are stored.
+CREATE FUNCTION triage.lock_policy_for_calibration(policy text, query text, target_accuracy real,
+												   max_escalation real) RETURNS triage.policies
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	p triage.policies;
+BEGIN
+	IF policy IS NULL OR query IS NULL THEN
+		RAISE EXCEPTION 'policy and query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF target_accuracy IS NULL AND max_escalation IS NULL THEN
+		RAISE EXCEPTION 'give target_accuracy, max_escalation or both'
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'For example triage.calibrate(''p'', ''SELECT body, label FROM heldout'', target_accuracy => 0.9).';
+	END IF;
+	IF target_accuracy NOT BETWEEN 0 AND 1 OR max_escalation NOT BETWEEN 0 AND 1 THEN
+		RAISE EXCEPTION 'target_accuracy and max_escalation are shares between 0 and 1'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO p FROM triage.policies x WHERE x.name = lock_policy_for_calibration.policy FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN p;
+END;
+$$;
+
+-- Chooses and stores a policy's thresholds from rows of the model's answers
+-- ([{"l": label, "c": confidence, "ok": right?}]): the part of calibrate and
+-- train_and_calibrate after the answers are known.  source (what gave the
+-- answers) is stored and returned with the result.
+CREATE FUNCTION triage.calibrate_answers(policy text, rows jsonb, target_accuracy real,
+										 max_escalation real, source jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	n integer := coalesce(jsonb_array_length(rows), 0);
+	chosen record;
+	curve jsonb;
+	per_label jsonb := '{}';
+	per_label_escalated integer;
+	kept_n integer;
+	kept_correct integer;
+	result jsonb;
+BEGIN
+	IF n = 0 THEN
+		RAISE EXCEPTION 'calibration query returned no labeled rows'
+			USING ERRCODE = 'no_data_found', HINT = 'It must return (input text, label text) rows.';
+	END IF;
+
+	-- every threshold worth trying: each distinct confidence, and above them all
+	-- (created once per transaction: IF NOT EXISTS would say so in a NOTICE)
+	IF to_regclass('pg_temp.triage_calibration_rows') IS NULL THEN
+		CREATE TEMP TABLE triage_calibration_rows (l text, c real, ok boolean) ON COMMIT DROP;
+		CREATE TEMP TABLE triage_calibration_curve (threshold real, kept integer, correct integer) ON COMMIT DROP;
+	END IF;
+	TRUNCATE triage_calibration_rows;
+	INSERT INTO triage_calibration_rows SELECT * FROM jsonb_to_recordset(rows) AS r(l text, c real, ok boolean);
+	TRUNCATE triage_calibration_curve;
+	-- (running sums from the most confident down: linear in the rows after the sort)
+	INSERT INTO triage_calibration_curve
+	SELECT c, sum(n) OVER w, sum(n_ok) OVER w
+	  FROM (SELECT c, count(*) AS n, count(*) FILTER (WHERE ok) AS n_ok
+			  FROM triage_calibration_rows GROUP BY c) g
+	WINDOW w AS (ORDER BY c DESC)
+	UNION ALL
+	SELECT 1.000001, 0, 0;
+
+	-- The least escalation whose kept accuracy reaches the target.  (Also
+	-- requiring it at every higher threshold, against lucky dips, was measured
+	-- to escalate more and keep less accuracy on unseen rows: see 009.)
+	SELECT threshold, kept, correct INTO chosen
+	  FROM triage_calibration_curve c
+	 WHERE (target_accuracy IS NULL OR kept = 0 OR correct::float8 / kept >= target_accuracy)
+	   AND (max_escalation IS NULL OR 1 - kept::float8 / n <= max_escalation + 1e-9)
+	 ORDER BY CASE WHEN target_accuracy IS NULL
+				   THEN -(CASE WHEN kept > 0 THEN correct::float8 / kept ELSE 0 END) ELSE 0 END,
+			  kept DESC, threshold
+	 LIMIT 1;
+	IF chosen IS NULL THEN
+		-- the target is out of reach within the budget: the best accuracy it allows
+		SELECT threshold, kept, correct INTO chosen FROM triage_calibration_curve
+		 WHERE 1 - kept::float8 / n <= max_escalation + 1e-9
+		 ORDER BY CASE WHEN kept > 0 THEN correct::float8 / kept ELSE 0 END DESC, kept DESC
+		 LIMIT 1;
+	END IF;
+
+	-- per label, for a target accuracy: each label's own least threshold
+	IF target_accuracy IS NOT NULL THEN
+		SELECT jsonb_object_agg(l, t), sum(total - kept) INTO per_label, per_label_escalated
+		  FROM (SELECT DISTINCT ON (l) l, t, kept, total
+				  FROM (SELECT l, c AS t, sum(n) OVER w AS kept, sum(n_ok) OVER w AS correct,
+							   sum(n) OVER (PARTITION BY l) AS total
+						  FROM (SELECT l, c, count(*) AS n, count(*) FILTER (WHERE ok) AS n_ok
+								  FROM triage_calibration_rows WHERE l IS NOT NULL GROUP BY l, c) g
+						WINDOW w AS (PARTITION BY l ORDER BY c DESC)
+						UNION ALL
+						SELECT l, 1.000001, 0, 0, count(*)
+						  FROM triage_calibration_rows WHERE l IS NOT NULL GROUP BY l) per_threshold
+				 WHERE kept = 0 OR correct / kept >= target_accuracy
+				 ORDER BY l, t) per;
+		per_label_escalated := per_label_escalated
+			+ (SELECT count(*) FROM triage_calibration_rows WHERE l IS NULL);
+		-- per label only when it clearly helps: fitted on fewer rows, it generalises worse
+		IF per_label_escalated > (n - chosen.kept) - greatest(1, n / 20) OR max_escalation IS NOT NULL THEN
+			per_label := '{}';
+		END IF;
+	END IF;
+
+	-- what the stored thresholds keep: per label when those are used
+	IF per_label <> '{}' THEN
+		SELECT count(*), count(*) FILTER (WHERE r.ok) INTO kept_n, kept_correct
+		  FROM triage_calibration_rows r
+		 WHERE r.l IS NOT NULL AND r.c >= (per_label->>r.l)::real;
+	ELSE
+		kept_n := chosen.kept;
+		kept_correct := chosen.correct;
+	END IF;
+
+	SELECT jsonb_agg(jsonb_build_object('threshold', round(threshold::numeric, 4),
+										'escalation_rate', round(1 - kept::numeric / n, 4),
+										'kept_accuracy', CASE WHEN kept > 0 THEN round(correct::numeric / kept, 4) END)
+					 ORDER BY threshold)
+	  INTO curve
+	  FROM (SELECT *, row_number() OVER (ORDER BY threshold) AS r, count(*) OVER () AS total
+			  FROM triage_calibration_curve) c
+	 -- about 20 points of the curve, and the chosen one
+	 WHERE (r - 1) % greatest(1, total / 20) = 0 OR r = total OR threshold = chosen.threshold;
+
+	result := jsonb_build_object(
+		'rows', n,
+		'threshold', round(chosen.threshold::numeric, 4),
+		'label_thresholds', per_label,
+		'escalation_rate', round(1 - kept_n::numeric / n, 4),
+		'kept_accuracy', CASE WHEN kept_n > 0 THEN round(kept_correct::numeric / kept_n, 4) END,
+		'target_accuracy', target_accuracy,
+		'max_escalation', max_escalation,
+		'curve', curve) || source;
+	UPDATE triage.policies x
+	   SET thresholds = jsonb_build_object('default', chosen.threshold, 'labels', per_label),
+		   calibration = result, updated_at = now()
+	 WHERE x.name = calibrate_answers.policy;
+	RETURN result;
+END;
+$$;
+
+CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL,
+								 max_escalation real DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	p triage.policies;
+	rows jsonb;
+BEGIN
+	p := triage.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
+
+	-- the model's answer and confidence on every labeled row
+	EXECUTE format($q$
+		SELECT jsonb_agg(jsonb_build_object('l', (c).label, 'c', coalesce((c).confidence, 0),
+											'ok', (c).label IS NOT DISTINCT FROM gold))
+		  FROM (SELECT q.label::text AS gold, triage.classify($1, q.input::text) AS c
+				  FROM (%s) AS q(input, label)
+				 WHERE q.input IS NOT NULL AND q.label IS NOT NULL) s
+	$q$, query) INTO rows USING p.model;
+	RETURN triage.calibrate_answers(policy, rows, target_accuracy, max_escalation);
+END;
+$$;
+COMMENT ON FUNCTION triage.calibrate(text, text, real, real) IS
+	'Chooses the policy''s confidence threshold (per label when that escalates fewer rows) from labeled held-out rows: the fewest escalations reaching target_accuracy on kept rows, or the best kept accuracy within max_escalation; stores it and returns the curve.';
+
+CREATE FUNCTION triage.cross_validate(query text, options jsonb DEFAULT '{}', folds integer DEFAULT 5)
+	RETURNS TABLE (input text, label text, predicted text, confidence real, fold integer)
+	AS 'MODULE_PATHNAME', 'triage_cross_validate'
+	LANGUAGE C VOLATILE STRICT ROWS 1000;
+COMMENT ON FUNCTION triage.cross_validate(text, jsonb, integer) IS
+	'Every (input, label) row of query with the answer of a model trained with options on the other folds (rows go to folds by a hash of their input, so copies share one): how a model trained on all of them will do on new rows.';
+
+CREATE FUNCTION triage.train_and_calibrate(policy text, query text, options jsonb DEFAULT '{}',
+										   target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL,
+										   folds integer DEFAULT 5) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	p triage.policies;
+	rows jsonb;
+	version integer;
+BEGIN
+	p := triage.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
+	IF options IS NULL OR folds IS NULL THEN
+		RAISE EXCEPTION 'options and folds must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF p.model IS NULL THEN
+		RAISE EXCEPTION 'policy "%" has no classifier to train', policy
+			USING ERRCODE = 'wrong_object_type',
+				HINT = 'train_and_calibrate trains the policy''s model; an extraction policy has none.';
+	END IF;
+	PERFORM triage.check_model_kind(p.model, 'fasttext');
+	-- thresholds from every row's out-of-fold answer ...
+	SELECT jsonb_agg(jsonb_build_object('l', x.predicted, 'c', coalesce(x.confidence, 0),
+										'ok', x.predicted IS NOT DISTINCT FROM x.label))
+	  INTO rows
+	  FROM triage.cross_validate(query, options, folds) x;
+	-- ... for the model of all of them, deployed with its thresholds
+	version := triage.train(p.model, query, options);
+	PERFORM triage.deploy(p.model, version);
+	RETURN triage.calibrate_answers(policy, rows, target_accuracy, max_escalation,
+									jsonb_build_object('model', p.model, 'version', version, 'folds', folds));
+END;
+$$;
+COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer) IS
+	'Uses every labeled row of query twice: thresholds chosen as calibrate does, on each row''s answer from a model trained on the other folds (cross_validate), for a model trained on all of them, which becomes the deployed version of the policy''s model.';

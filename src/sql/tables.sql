@@ -1,0 +1,332 @@
+-- pg_triage: routing the rows of tables: attach, process_table, counters
+-- (part of the extension script: the Makefile concatenates src/sql/*.sql in the order of SQL_PARTS)
+
+-- Routing rows of tables ----------------------------------------------------------
+
+-- One row per routing statement, never updated, so that sessions writing to
+-- attached tables at once never wait for each other; compact_counters()
+-- folds them (the worker's heartbeat calls it)
+CREATE TABLE triage.policy_counters (
+	policy text NOT NULL REFERENCES triage.policies (name) ON UPDATE CASCADE ON DELETE CASCADE,
+	seen bigint NOT NULL DEFAULT 0,
+	escalated bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX policy_counters_policy ON triage.policy_counters (policy);
+COMMENT ON TABLE triage.policy_counters IS
+	'Rows routed by attached tables and process_table, and how many of them were escalated: sum per policy.';
+
+CREATE FUNCTION triage.compact_counters() RETURNS void
+LANGUAGE sql VOLATILE AS $$
+	WITH folded AS (DELETE FROM triage.policy_counters RETURNING *)
+	INSERT INTO triage.policy_counters (policy, seen, escalated)
+	SELECT policy, sum(seen), sum(escalated) FROM folded GROUP BY policy
+$$;
+COMMENT ON FUNCTION triage.compact_counters() IS
+	'Folds triage.policy_counters into one row per policy.';
+
+CREATE TABLE triage.progress (
+	source regclass PRIMARY KEY,
+	policy text NOT NULL,
+	started_at timestamptz NOT NULL,
+	updated_at timestamptz NOT NULL,
+	rows_total bigint,
+	rows_done bigint NOT NULL DEFAULT 0,
+	escalated bigint NOT NULL DEFAULT 0,
+	finished boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE triage.progress IS 'The progress of triage.process_table(), one row per table, committed per batch.';
+
+CREATE VIEW triage.process_progress AS
+SELECT source, policy, rows_done, rows_total, escalated, finished,
+	   round(rows_done / greatest(extract(epoch FROM updated_at - started_at), 0.001)) AS rows_per_second,
+	   CASE WHEN NOT finished AND rows_total > rows_done AND rows_done > 0
+			THEN (updated_at - started_at) * ((rows_total - rows_done)::float8 / rows_done) END AS eta
+  FROM triage.progress;
+COMMENT ON VIEW triage.process_progress IS 'triage.process_table() progress: rows done, rows/s, ETA, escalated so far.';
+
+-- The single-column primary key of a table, checked for attach and process_table
+CREATE FUNCTION triage.key_column(tbl regclass) RETURNS name
+LANGUAGE plpgsql STABLE STRICT AS $$
+DECLARE
+	cols name[];
+BEGIN
+	SELECT array_agg(a.attname ORDER BY k.ord) INTO cols
+	  FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
+	 WHERE i.indrelid = tbl AND i.indisprimary AND a.attrelid = tbl AND a.attnum = k.attnum;
+	IF cols IS NULL THEN
+		RAISE EXCEPTION 'table % has no primary key', tbl
+			USING ERRCODE = 'invalid_table_definition',
+				HINT = 'Escalated answers are written back by key: add a primary key.';
+	END IF;
+	IF cardinality(cols) > 1 THEN
+		RAISE EXCEPTION 'table % has a primary key of % columns', tbl, cardinality(cols)
+			USING ERRCODE = 'feature_not_supported',
+				HINT = 'pg_triage needs a single-column primary key for now.';
+	END IF;
+	RETURN cols[1];
+END;
+$$;
+
+CREATE FUNCTION triage.check_text_column(tbl regclass, col name) RETURNS void
+LANGUAGE plpgsql STABLE STRICT AS $$
+DECLARE
+	typ regtype;
+BEGIN
+	SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+	 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+	IF typ IS NULL THEN
+		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
+	END IF;
+	IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
+		RAISE EXCEPTION 'column "%" of % is %, not text', col, tbl, typ
+			USING ERRCODE = 'datatype_mismatch',
+				HINT = 'Use a text or varchar column.';
+	END IF;
+END;
+$$;
+
+-- The statement that routes the rows of rows_sql for process_table: writes
+-- labels (and provenance), queues escalations (unless the row already has
+-- one open), returns (routed, escalated, last key, written).  Parameters:
+-- $1 policy, $2 table, $3 key column, $4 input column, $5 output column,
+-- $6 provenance column, $7 model, $8 its deployed version.
+CREATE FUNCTION triage.field_values(fields jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+	SELECT coalesce(jsonb_object_agg(k, v->'value'), '{}') FROM jsonb_each(fields) AS f(k, v)
+$$;
+COMMENT ON FUNCTION triage.field_values(jsonb) IS
+	'The values of what extract() returns, without offsets and confidences: {"field": "value"}.';
+
+-- The output column of an attached table: text for a classifying policy, jsonb for an extraction policy
+CREATE FUNCTION triage.check_output_column(tbl regclass, col name, policy text) RETURNS void
+LANGUAGE plpgsql STABLE STRICT AS $$
+#variable_conflict use_column
+DECLARE
+	typ regtype;
+	extraction boolean;
+BEGIN
+	SELECT p.model IS NULL INTO extraction FROM triage.policies p WHERE p.name = check_output_column.policy;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy
+			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
+	END IF;
+	IF NOT extraction THEN
+		PERFORM triage.check_text_column(tbl, col);
+		RETURN;
+	END IF;
+	SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+	 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+	IF typ IS NULL THEN
+		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
+	END IF;
+	IF typ <> 'jsonb'::regtype THEN
+		RAISE EXCEPTION 'column "%" of % is %, but policy "%" extracts fields into jsonb', col, tbl, typ, policy
+			USING ERRCODE = 'datatype_mismatch', HINT = 'Use a jsonb output column.';
+	END IF;
+END;
+$$;
+
+CREATE FUNCTION triage.route_rows_sql(tbl regclass, key_col name, input_col name, output_col name,
+									  provenance_col name, rows_sql text, extraction boolean DEFAULT false)
+	RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+	SELECT format($q$
+		WITH routed AS (
+			SELECT r.%1$I AS k, r.%2$I AS input, triage.route($1, r.%2$I) AS d FROM (%3$s) r),
+		written AS (
+			UPDATE %4$s t SET %5$I = %7$s %6$s FROM routed r
+			 WHERE t.%1$I = r.k AND %7$s IS NOT NULL
+			RETURNING t.%1$I),
+		queued AS (
+			SELECT triage.enqueue($1, r.input, jsonb_strip_nulls(jsonb_build_object('label', (r.d).label,
+								  'fields', triage.field_values((r.d).fields), 'confidence', (r.d).confidence)),
+								  $2, jsonb_build_object($3, r.k::text), (r.d).reason, $4, $5, $6) AS id
+			  FROM routed r
+			 WHERE (r.d).escalate
+			   AND NOT EXISTS (SELECT FROM triage.escalations e
+								WHERE e.source = $2 AND e.source_key = jsonb_build_object($3, r.k::text)
+								  AND e.status IN ('pending', 'claimed')))
+		SELECT (SELECT count(*) FROM routed) AS routed, (SELECT count(*) FROM queued) AS escalated,
+			   (SELECT max(k)::text FROM routed) AS last_key, (SELECT count(*) FROM written) AS written
+	$q$, key_col, input_col, rows_sql, tbl, output_col,
+		CASE WHEN provenance_col IS NOT NULL THEN format(
+			$p$, %I = jsonb_build_object('by', 'model', 'model', $7, 'version', $8,
+										 'confidence', round((r.d).confidence::numeric, 4),
+										 'at', now())$p$, provenance_col)
+			 ELSE '' END,
+		CASE WHEN extraction THEN 'triage.field_values((r.d).fields)' ELSE '(r.d).label' END)
+$$;
+
+CREATE FUNCTION triage.count_routed(policy text, routed bigint, escalated bigint) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+	INSERT INTO triage.policy_counters (policy, seen, escalated)
+	SELECT policy, routed, escalated WHERE routed > 0
+$$;
+
+CREATE FUNCTION triage.route_row() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'triage_route_row' LANGUAGE C;
+COMMENT ON FUNCTION triage.route_row() IS
+	'Row trigger of attached tables: writes the small model''s label into the row being inserted (or whose input is updated) and queues it when the policy escalates it.';
+
+CREATE FUNCTION triage.count_routed_rows() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'triage_count_routed_rows' LANGUAGE C;
+COMMENT ON FUNCTION triage.count_routed_rows() IS
+	'Statement trigger of attached tables: adds the statement''s routed rows to triage.policy_counters.';
+
+CREATE FUNCTION triage.check_provenance_column(tbl regclass, col name) RETURNS void
+LANGUAGE plpgsql STABLE STRICT AS $$
+DECLARE
+	typ regtype;
+BEGIN
+	SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
+	 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+	IF typ IS NULL THEN
+		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
+	END IF;
+	IF typ <> 'jsonb'::regtype THEN
+		RAISE EXCEPTION 'provenance column "%" of % is %, not jsonb', col, tbl, typ
+			USING ERRCODE = 'datatype_mismatch';
+	END IF;
+END;
+$$;
+
+CREATE FUNCTION triage.attach(tbl regclass, input_column name, output_column name, policy text,
+							  provenance_column name DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+	key_col name;
+	args text;
+BEGIN
+	IF tbl IS NULL OR input_column IS NULL OR output_column IS NULL OR policy IS NULL THEN
+		RAISE EXCEPTION 'attach needs a table, an input column, an output column and a policy'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	key_col := triage.key_column(tbl);
+	PERFORM triage.check_text_column(tbl, input_column);
+	PERFORM triage.check_output_column(tbl, output_column, policy);
+	IF provenance_column IS NOT NULL THEN
+		PERFORM triage.check_provenance_column(tbl, provenance_column);
+	END IF;
+	args := format('%L, %L, %L, %L, %L', key_col, input_column, output_column, policy,
+				   coalesce(provenance_column, ''));
+	-- BEFORE ROW: the label goes into the row as it is written (COPY
+	-- included), no second write; UPDATE OF: only a changed input is routed
+	EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %I ON %s '
+				   'FOR EACH ROW EXECUTE FUNCTION triage.route_row(%s)',
+				   'triage_route_' || output_column, input_column, tbl, args);
+	EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE ON %s '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION triage.count_routed_rows(%L)',
+				   'triage_count_' || output_column, tbl, policy);
+END;
+$$;
+COMMENT ON FUNCTION triage.attach(regclass, name, name, text, name) IS
+	'Routes every row inserted into tbl (and every update of its input column) under policy: the label goes to output_column (its provenance to provenance_column, jsonb, if given), escalations to the queue.';
+
+CREATE FUNCTION triage.detach(tbl regclass, output_column name) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT AS $$
+BEGIN
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_route_' || output_column, tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_count_' || output_column, tbl);
+END;
+$$;
+COMMENT ON FUNCTION triage.detach(regclass, name) IS 'Removes what triage.attach() added for output_column.';
+
+CREATE PROCEDURE triage.process_table(tbl regclass, input_column name, output_column name,
+									  policy text, batch_size integer DEFAULT 10000,
+									  provenance_column name DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+	key_col name := triage.key_column(tbl);
+	model text;
+	extraction boolean;
+	last_key text := NULL;
+	r record;
+	total bigint;
+	n_done bigint := 0;
+	n_escalated bigint := 0;
+	started timestamptz := clock_timestamp();
+BEGIN
+	PERFORM triage.check_text_column(tbl, input_column);
+	PERFORM triage.check_output_column(tbl, output_column, policy);
+	IF provenance_column IS NOT NULL THEN
+		PERFORM triage.check_provenance_column(tbl, provenance_column);
+	END IF;
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT coalesce(p.model, p.extractor), p.model IS NULL INTO model, extraction
+	  FROM triage.policies p WHERE p.name = process_table.policy;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy
+			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
+	END IF;
+	EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL AND %I IS NOT NULL',
+				   tbl, output_column, input_column) INTO total;
+	INSERT INTO triage.progress AS p (source, policy, started_at, updated_at, rows_total)
+	VALUES (tbl, policy, started, started, total)
+	ON CONFLICT (source) DO UPDATE SET policy = excluded.policy, started_at = excluded.started_at,
+		updated_at = excluded.updated_at, rows_total = excluded.rows_total,
+		rows_done = 0, escalated = 0, finished = false;
+	COMMIT;
+	-- Rows still without an output, in key order: a cancelled run resumes where it
+	-- stopped, since every committed batch has its outputs written.
+	LOOP
+		EXECUTE triage.route_rows_sql(tbl, key_col, input_column, output_column, provenance_column,
+			rows_sql => format('SELECT * FROM %s WHERE %I IS NULL AND %I IS NOT NULL %s ORDER BY %I LIMIT %s',
+				   tbl, output_column, input_column,
+				   CASE WHEN last_key IS NULL THEN ''
+						ELSE format('AND %I > %L', key_col, last_key) END,
+				   key_col, batch_size),
+			extraction => extraction)
+		   INTO r USING policy, tbl, key_col, input_column, output_column, provenance_column,
+						model, triage.deployed_version(model);
+		PERFORM triage.count_routed(policy, r.routed, r.escalated);
+		EXIT WHEN r.routed = 0;
+		last_key := r.last_key;
+		n_done := n_done + r.routed;
+		n_escalated := n_escalated + r.escalated;
+		UPDATE triage.progress SET rows_done = n_done, escalated = n_escalated,
+								   updated_at = clock_timestamp()
+		 WHERE source = tbl;
+		COMMIT;
+		RAISE NOTICE 'process_table %: % of % rows, % escalated, % rows/s', tbl, n_done, total,
+			n_escalated, round(n_done / greatest(extract(epoch FROM clock_timestamp() - started), 0.001));
+	END LOOP;
+	UPDATE triage.progress SET finished = true, updated_at = clock_timestamp() WHERE source = tbl;
+	PERFORM triage.compact_counters();
+	COMMIT;
+END;
+$$;
+COMMENT ON PROCEDURE triage.process_table(regclass, name, name, text, integer, name) IS
+	'Routes the rows of tbl whose output is NULL, batch_size at a time, committing each batch; resumable after a cancel; progress in triage.process_progress.';
+
+CREATE VIEW triage.escalation_stats AS
+SELECT p.name AS policy,
+	   coalesce(c.seen, 0) AS rows_seen,
+	   coalesce(c.seen, 0) - coalesce(c.escalated, 0) AS rows_kept,
+	   count(e.id) AS escalated,
+	   count(e.id) FILTER (WHERE e.status = 'pending') AS pending,
+	   count(e.id) FILTER (WHERE e.status = 'claimed') AS claimed,
+	   count(e.id) FILTER (WHERE e.status = 'done') AS answered,
+	   count(e.id) FILTER (WHERE e.status = 'dead') AS dead,
+	   coalesce(sum(e.attempts), 0) AS failed_attempts,
+	   coalesce(sum((e.usage->>'total_tokens')::bigint), 0) AS tokens,
+	   round(coalesce(sum((e.usage->>'prompt_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_prompt_price_per_1k', true), '')::numeric, 0)
+			 + coalesce(sum((e.usage->>'completion_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_completion_price_per_1k', true), '')::numeric, 0), 4)
+		 AS llm_cost,
+	   -- what sending every routed row to the large model would have cost, at the
+	   -- tokens per answered escalation seen so far
+	   round(greatest(coalesce(c.seen, 0), count(e.id))
+			 * (coalesce(avg((e.usage->>'prompt_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_prompt_price_per_1k', true), '')::numeric, 0)
+				+ coalesce(avg((e.usage->>'completion_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_completion_price_per_1k', true), '')::numeric, 0)), 4)
+		 AS all_llm_cost
+  FROM triage.policies p
+  LEFT JOIN (SELECT policy, sum(seen) AS seen, sum(escalated) AS escalated
+			   FROM triage.policy_counters GROUP BY policy) c ON c.policy = p.name
+  LEFT JOIN triage.escalations e ON e.policy = p.name
+ GROUP BY p.name, c.seen, c.escalated;
+COMMENT ON VIEW triage.escalation_stats IS
+	'Per policy: rows seen and kept, escalations by state (exact counts), tokens, the large model''s cost and what sending every row would have cost (prices: triage.llm_prompt_price_per_1k, triage.llm_completion_price_per_1k).';
+
