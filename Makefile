@@ -15,6 +15,7 @@ EXTVERSION = 0.1.0
 MODULE_big = pg_triage
 OBJS = \
 	src/pg_triage.o \
+	src/security.o \
 	src/model_cache.o \
 	src/fasttext_sql.o \
 	src/train_sql.o \

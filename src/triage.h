@@ -66,6 +66,20 @@ extern bytea *SaveModelBytea(const FastTextModel *model, MemoryContext context, 
 extern void ModelRequireKind(CachedModel *model, ModelKind kind);
 extern void ReportCoreError(TriageStatus status, const char *message, const char *context);
 
+/* security.c: every SPI statement of the extension's own runs in a section */
+typedef struct OwnSqlSection
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} OwnSqlSection;
+
+extern void BeginOwnSql(OwnSqlSection *section, Oid role);
+extern void EndOwnSql(OwnSqlSection *section);
+extern Oid	RelationOwner(Oid relid);
+extern Oid	TriageRelation(const char *name);
+extern Oid	TriageOwner(void);
+
 /* query_rows.c */
 typedef struct QueryRowsSpec
 {
