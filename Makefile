@@ -23,7 +23,10 @@ OBJS = \
 	src/train_options.o \
 	src/calibration_sql.o \
 	src/quantize_sql.o \
+	src/policy.o \
 	src/route.o \
+	src/route_trigger.o \
+	src/queue.o \
 	src/crf_sql.o \
 	src/triage_core.o \
 	src/fasttext_load.o \

@@ -73,6 +73,8 @@ SELECT triage.calibrate('nope', 'SELECT review, score FROM heldout', target_accu
 CREATE TABLE tickets (id int PRIMARY KEY, body text, label text);
 INSERT INTO tickets VALUES (1, 'stale and bitter', 'other'), (2, 'lovely tea', 'great'),
                            (3, 'so so', 'great');
+-- answers are written back only into attached tables
+SELECT triage.attach('tickets', 'body', 'label', 'reviews');
 SELECT triage.enqueue('reviews', body, jsonb_build_object('label', label), 'tickets',
                       jsonb_build_object('id', id), 'test', 'body', 'label')
   FROM tickets ORDER BY id;
@@ -199,6 +201,10 @@ SELECT triage.attach('inbox', 'body', 'label', 'nope');
 -- process_table: batches, committed one by one, resumable
 CREATE TABLE backlog (id int PRIMARY KEY, body text, label text);
 INSERT INTO backlog SELECT n, review, NULL FROM heldout WHERE n <= 500;
+-- a table not attached is refused: escalated answers go only to attached tables
+CALL triage.process_table('backlog', 'body', 'label', 'reviews', 200);
+-- attached after the rows went in: they wait for process_table
+SELECT triage.attach('backlog', 'body', 'label', 'reviews');
 -- (its NOTICEs carry the speed, which varies)
 SET client_min_messages = warning;
 CALL triage.process_table('backlog', 'body', 'label', 'reviews', 200);
@@ -221,6 +227,11 @@ SELECT policy, rows_seen > 0 AS seen, escalated > 0 AS escalated, answered, dead
 
 -- least privilege: the worker role can work the queue and nothing else
 SELECT triage.enqueue('reviews', 'for the worker role') AS job \gset
+-- roles are cluster-wide: a worker role claims only where it is allowed
+SET ROLE triage_worker;
+SELECT count(*) FROM triage.claim('w9', 1, '1 minute');
+RESET ROLE;
+SELECT triage.allow_worker('triage_worker');
 SET ROLE triage_worker;
 SELECT count(*) FROM triage.claim('w9', 1, '1 minute');
 SELECT triage.release(:job);
@@ -285,11 +296,11 @@ SELECT request->'messages'->1->>'content' LIKE '%Fields: amount, currency, custo
  WHERE e.id = :fields_job;
 -- answers of the wrong shape are failed attempts; the row is untouched
 SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "{\"fields\": {\"order_id\": 42}}"}}]}');
-UPDATE triage.escalations SET status = 'claimed' WHERE id = :fields_job;
+UPDATE triage.escalations SET status = 'claimed', claimed_role = triage.caller_role(), visible_at = now() + interval '1 minute' WHERE id = :fields_job;
 SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "{\"fields\": {\"shoe_size\": \"9\"}}"}}]}');
-UPDATE triage.escalations SET status = 'claimed' WHERE id = :fields_job;
+UPDATE triage.escalations SET status = 'claimed', claimed_role = triage.caller_role(), visible_at = now() + interval '1 minute' WHERE id = :fields_job;
 SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "{\"label\": \"great\"}"}}]}');
-UPDATE triage.escalations SET status = 'claimed' WHERE id = :fields_job;
+UPDATE triage.escalations SET status = 'claimed', claimed_role = triage.caller_role(), visible_at = now() + interval '1 minute' WHERE id = :fields_job;
 SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "not json"}}]}');
 SELECT status, attempts, left(error, 40) AS error FROM triage.escalations WHERE id = :fields_job;
 SELECT fields->>'order_id' AS order_id, fields_by->>'by' AS by FROM support WHERE id = 2;

@@ -9,6 +9,7 @@
 #include "utils/guc.h"
 
 #include "fasttext_batch.h"
+#include "route.h"
 #include "triage.h"
 
 PG_MODULE_MAGIC;
@@ -45,6 +46,7 @@ _PG_init(void)
 	TriageCancelPendingHook = CoreCancelPending;
 	FastTextBatchInit();
 	RouteInit();
+	QueueInit();
 	DefineCustomRealVariable("triage.llm_prompt_price_per_1k",
 							 "Price of 1,000 prompt tokens of the large model.",
 							 "Used by triage.escalation_stats to estimate costs and savings.",

@@ -3,8 +3,9 @@
 
 -- Distillation --------------------------------------------------------------------
 
-CREATE FUNCTION triage.distill(name text, options jsonb DEFAULT '{}') RETURNS jsonb
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+CREATE FUNCTION triage.distill(name text, options jsonb,
+	query_search_path text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	heldout text := options->>'heldout';
@@ -30,6 +31,10 @@ BEGIN
 	old_version := triage.deployed_version(name);
 	extractor := EXISTS (SELECT FROM triage.models m WHERE m.name = distill.name AND m.version = old_version
 							AND m.kind = 'crf');
+	heldout := triage.user_rows_sql(heldout, query_search_path,
+		CASE WHEN extractor THEN '{text,jsonb}' ELSE '{text,text}' END::text[]);
+	extra := triage.user_rows_sql(extra, query_search_path,
+		CASE WHEN extractor THEN '{text,jsonb}' ELSE '{text,text}' END::text[]);
 	-- the examples of this model (human and large-model answers), and any other labeled rows
 	training_query := format('SELECT input, %s FROM triage.examples WHERE model = %L AND %s IS NOT NULL',
 							 CASE WHEN extractor THEN 'fields' ELSE 'label' END, name,
@@ -37,7 +42,8 @@ BEGIN
 		|| coalesce(' UNION ALL SELECT * FROM (' || extra || ') AS extra', '');
 	before := triage.evaluate(name, heldout, old_version);
 	new_version := triage.train_model(name, CASE WHEN extractor THEN 'crf' ELSE 'fasttext' END,
-									  training_query, train_options);
+									  training_query, train_options,
+									  pg_catalog.current_setting('search_path'));
 	after := triage.evaluate(name, heldout, new_version);
 	-- classifiers by accuracy, extractors by field F1
 	improved := coalesce((after->>'accuracy')::numeric, (after->>'f1')::numeric)
@@ -56,5 +62,15 @@ BEGIN
 					  ELSE jsonb_build_object('accuracy', after->'accuracy', 'macro_f1', after->'macro_f1') END);
 END;
 $$;
+COMMENT ON FUNCTION triage.distill(text, jsonb, text) IS
+	'(internal) distill with the search_path to run the query text under.';
+
+-- As the caller, with the caller's search_path for the query text: the
+-- function above runs with search_path pinned
+CREATE FUNCTION triage.distill(name text, options jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE sql VOLATILE STRICT AS $$
+	SELECT triage.distill(name, options, pg_catalog.current_setting('search_path'))
+$$;
+
 COMMENT ON FUNCTION triage.distill(text, jsonb) IS
 	'Retrains a model from its examples (human and large-model answers, triage.examples) plus options->>''query'', compares the new version with the deployed one on options->>''heldout'', deploys it only if it is more accurate, and returns both scores.';

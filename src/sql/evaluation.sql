@@ -4,7 +4,7 @@
 -- Evaluation ------------------------------------------------------------------
 
 CREATE FUNCTION triage.deployed_version(name text) RETURNS integer
-LANGUAGE plpgsql STABLE STRICT AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	v integer;
@@ -25,7 +25,7 @@ COMMENT ON FUNCTION triage.deployed_version(text) IS 'The deployed version of a 
 -- A number as written (1,299.00, 1.299,00, 1 299.00, 45) as numeric, or NULL:
 -- the last '.' or ',' followed by one or two digits is the decimal point
 CREATE FUNCTION triage.parse_number(value text) RETURNS numeric
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT CASE
 		WHEN value !~ '^[0-9][0-9., '']*$' OR length(value) > 40 THEN NULL
 		WHEN value ~ '[.,][0-9]{1,2}$'
@@ -38,7 +38,7 @@ COMMENT ON FUNCTION triage.parse_number(text) IS
 	'A number as people write it (1,299.00, 1.299,00, 1 299.00) as numeric; NULL if it is not one.';
 
 CREATE FUNCTION triage.same_value(extracted text, expected text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT extracted = expected
 		OR lower(regexp_replace(extracted, '\s+', '', 'g')) = lower(regexp_replace(expected, '\s+', '', 'g'))
 		OR triage.parse_number(extracted) = triage.parse_number(expected)
@@ -49,11 +49,13 @@ COMMENT ON FUNCTION triage.same_value(text, text) IS
 -- Per-field precision, recall and F1 of an extractor on (input, fields) rows,
 -- the share of rows with every field right, and how well confidence
 -- separates right from wrong fields (AUROC)
-CREATE FUNCTION triage.evaluate_extractor(name text, query text, version integer) RETURNS jsonb
-LANGUAGE plpgsql STABLE STRICT AS $$
+CREATE FUNCTION triage.evaluate_extractor(name text, query text, version integer,
+	query_search_path text) RETURNS jsonb
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	result jsonb;
 BEGIN
+	query := triage.user_rows_sql(query, query_search_path, '{text,jsonb}');
 	EXECUTE format($q$
 		WITH gold AS (
 			SELECT row_number() OVER () AS id, q.input::text AS input, q.fields::jsonb AS fields
@@ -108,12 +110,22 @@ BEGIN
 	RETURN result;
 END;
 $$;
+COMMENT ON FUNCTION triage.evaluate_extractor(text, text, integer, text) IS
+	'(internal) evaluate_extractor with the search_path to run the query text under.';
+
+-- As the caller, with the caller's search_path for the query text: the
+-- function above runs with search_path pinned
+CREATE FUNCTION triage.evaluate_extractor(name text, query text, version integer) RETURNS jsonb
+LANGUAGE sql STABLE STRICT AS $$
+	SELECT triage.evaluate_extractor(name, query, version, pg_catalog.current_setting('search_path'))
+$$;
+
 COMMENT ON FUNCTION triage.evaluate_extractor(text, text, integer) IS
 	'Evaluates a version of an extractor on (input, fields) rows: per-field and overall precision, recall and F1 (triage.same_value), the share of rows with every field right, and the AUROC of confidence for right against wrong fields.';
 
-CREATE FUNCTION triage.evaluate(name text, query text, version integer DEFAULT NULL)
-	RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+CREATE FUNCTION triage.evaluate(name text, query text, version integer,
+	query_search_path text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	v integer := version;
@@ -125,10 +137,11 @@ BEGIN
 	END IF;
 	v := coalesce(v, triage.deployed_version(name));
 	IF EXISTS (SELECT FROM triage.models m WHERE m.name = evaluate.name AND m.version = v AND m.kind = 'crf') THEN
-		RETURN triage.evaluate_extractor(name, query, v);
+		RETURN triage.evaluate_extractor(name, query, v, query_search_path);
 	END IF;
 
 	-- one pass of the model over the rows, then every metric from it
+	query := triage.user_rows_sql(query, query_search_path, '{text,text}');
 	EXECUTE format($q$
 		WITH gold AS (
 			SELECT q.input::text AS input, q.label::text AS gold
@@ -196,6 +209,16 @@ BEGIN
 	RETURN result;
 END;
 $$;
+COMMENT ON FUNCTION triage.evaluate(text, text, integer, text) IS
+	'(internal) evaluate with the search_path to run the query text under.';
+
+-- As the caller, with the caller's search_path for the query text: the
+-- function above runs with search_path pinned
+CREATE FUNCTION triage.evaluate(name text, query text, version integer DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+	SELECT triage.evaluate(name, query, version, pg_catalog.current_setting('search_path'))
+$$;
+
 COMMENT ON FUNCTION triage.evaluate(text, text, integer) IS
 	'Scores a version (default: the deployed one) on the labeled (input, label) rows of query: accuracy, macro F1, per-label precision/recall/F1, confusion, ECE and a reliability table.';
 

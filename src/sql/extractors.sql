@@ -12,9 +12,10 @@ CREATE FUNCTION triage.train_crf(query text, options jsonb,
 COMMENT ON FUNCTION triage.train_crf(text, jsonb) IS
 	'Trains a CRF field extractor on the (input, fields) rows of query and returns it without storing it.';
 
+-- As the caller, with the caller's search_path for the query text
 CREATE FUNCTION triage.train_extractor(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
 LANGUAGE sql VOLATILE STRICT AS $$
-	SELECT triage.train_model(name, 'crf', query, options)
+	SELECT triage.train_model(name, 'crf', query, options, pg_catalog.current_setting('search_path'))
 $$;
 COMMENT ON FUNCTION triage.train_extractor(text, text, jsonb) IS
 	'Trains a field extractor on the (input text, fields jsonb) rows of query (fields: {"field": "value as written"}) and stores it as a new version of name.';
@@ -27,7 +28,7 @@ COMMENT ON FUNCTION triage.inspect_crf(bytea) IS
 	'Validates an extractor file and returns its fields and sizes.';
 
 CREATE FUNCTION triage.import_extractor(name text, model bytea) RETURNS integer
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	info record;
 BEGIN
@@ -40,7 +41,7 @@ COMMENT ON FUNCTION triage.import_extractor(text, bytea) IS
 	'Stores an extractor file (from triage.export_extractor()) as a new version of name, deployed if it is the first.';
 
 CREATE FUNCTION triage.export_extractor(name text, version integer) RETURNS bytea
-LANGUAGE sql STABLE STRICT AS $$
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 	SELECT data FROM triage.models m
 	 WHERE m.name = export_extractor.name AND m.version = export_extractor.version AND m.kind = 'crf'
 $$;
@@ -60,7 +61,7 @@ COMMENT ON FUNCTION triage.extract(text, integer, text) IS
 	'extract() with a fixed version of the extractor: IMMUTABLE, so it can back an expression index.';
 
 CREATE FUNCTION triage.deploy(name text, version integer) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
 	IF NOT EXISTS (SELECT FROM triage.models m
@@ -78,7 +79,7 @@ COMMENT ON FUNCTION triage.deploy(text, integer) IS
 	'Makes version the one triage.classify(name, input) uses, in every session from its next statement.';
 
 CREATE FUNCTION triage.rollback(name text) RETURNS integer
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	current integer;

@@ -12,7 +12,7 @@ COMMENT ON FUNCTION triage.inspect_fasttext(bytea) IS
 
 -- The versions of a name are all classifiers or all extractors
 CREATE FUNCTION triage.check_model_kind(name text, kind text) RETURNS void
-LANGUAGE plpgsql STABLE STRICT AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	other_kind text;
@@ -33,7 +33,7 @@ COMMENT ON FUNCTION triage.check_model_kind(text, text) IS
 
 CREATE FUNCTION triage.store_model(name text, kind text, labels text[], params jsonb,
 									metrics jsonb, data bytea) RETURNS integer
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	new_version integer;
@@ -58,7 +58,7 @@ COMMENT ON FUNCTION triage.store_model(text, text, text[], jsonb, jsonb, bytea) 
 	'Stores a model as the next version of name; the first version of a name is deployed.';
 
 CREATE FUNCTION triage.import_fasttext(name text, model bytea) RETURNS integer
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	info record;
 BEGIN
@@ -78,7 +78,7 @@ COMMENT ON FUNCTION triage.fasttext_file(bytea) IS
 	'A stored model as a file the fasttext tool reads: fastText models as they are, int8 models dequantized.';
 
 CREATE FUNCTION triage.export_fasttext(name text, version integer) RETURNS bytea
-LANGUAGE plpgsql STABLE STRICT AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	result bytea;
@@ -108,25 +108,31 @@ COMMENT ON FUNCTION triage.train_fasttext(text, jsonb) IS
 
 -- train and train_extractor: the name checked before a long training, then
 -- the trainer of the kind, then stored as the next version
-CREATE FUNCTION triage.train_model(name text, kind text, query text, options jsonb) RETURNS integer
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+CREATE FUNCTION triage.train_model(name text, kind text, query text, options jsonb,
+									query_search_path text) RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	trained record;
 BEGIN
 	PERFORM triage.check_model_name(name);
 	PERFORM triage.check_model_kind(name, kind);
 	IF kind = 'crf' THEN
+		query := triage.user_rows_sql(query, query_search_path, '{text,jsonb}');
 		SELECT data, fields AS names, params, metrics INTO trained FROM triage.train_crf(query, options);
 	ELSE
+		query := triage.user_rows_sql(query, query_search_path, '{text,text}');
 		SELECT data, labels AS names, params, metrics INTO trained FROM triage.train_fasttext(query, options);
 	END IF;
 	RETURN triage.store_model(name, kind, trained.names, trained.params, trained.metrics, trained.data);
 END;
 $$;
+COMMENT ON FUNCTION triage.train_model(text, text, text, jsonb, text) IS
+	'(internal) Trains a model of kind on the rows of query (run under query_search_path) and stores it as the next version of name.';
 
+-- As the caller, with the caller's search_path for the query text
 CREATE FUNCTION triage.train(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
 LANGUAGE sql VOLATILE STRICT AS $$
-	SELECT triage.train_model(name, 'fasttext', query, options)
+	SELECT triage.train_model(name, 'fasttext', query, options, pg_catalog.current_setting('search_path'))
 $$;
 COMMENT ON FUNCTION triage.train(text, text, jsonb) IS
 	'Trains a classifier on the (input, label) rows of query and stores it as a new version of name.';

@@ -48,7 +48,7 @@ CREATE TRIGGER deployments_changed
 	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
 
 CREATE FUNCTION triage.models_immutable() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF (NEW.name, NEW.version, NEW.kind, NEW.labels, NEW.params, NEW.data)
 		IS DISTINCT FROM (OLD.name, OLD.version, OLD.kind, OLD.labels, OLD.params, OLD.data) THEN
@@ -66,13 +66,38 @@ CREATE TRIGGER models_immutable
 	BEFORE UPDATE ON triage.models
 	FOR EACH ROW EXECUTE FUNCTION triage.models_immutable();
 
+-- Users' query texts ---------------------------------------------------------
+
+-- A user's query is the one SQL text the extension runs as written by someone
+-- else: as the caller, under the caller's search_path.  Every function here
+-- runs with search_path pinned to pg_catalog, pg_temp; those that take a
+-- query get the caller's search_path from a thin wrapper and read the rows
+-- through query_rows().
+CREATE FUNCTION triage.query_rows(query text, search_path text, types text[])
+	RETURNS TABLE (r text[])
+	AS 'MODULE_PATHNAME', 'triage_query_rows'
+	LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION triage.query_rows(text, text, text[]) IS
+	'(internal) The rows of a user''s query, run as the caller under search_path, each as the text of its columns, which must be of types (text or jsonb).';
+
+-- A query over query_rows() that reads query's rows as columns of types
+CREATE FUNCTION triage.user_rows_sql(query text, search_path text, types text[]) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+	SELECT pg_catalog.format('SELECT %s FROM triage.query_rows(%L, %L, %L) AS q',
+		(SELECT pg_catalog.string_agg(pg_catalog.format('q.r[%s]::%s', t.n, t.type), ', ' ORDER BY t.n)
+		   FROM pg_catalog.unnest(types) WITH ORDINALITY AS t(type, n)),
+		query, search_path, types)
+$$;
+COMMENT ON FUNCTION triage.user_rows_sql(text, text, text[]) IS
+	'(internal) A query that reads the rows of a user''s query (run under search_path) as columns of the given types.';
+
 -- Results -------------------------------------------------------------------
 
 CREATE TYPE triage.prediction AS (label text, confidence real);
 COMMENT ON TYPE triage.prediction IS 'A label and the model''s probability for it.';
 
 CREATE FUNCTION triage.check_model_name(name text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF name !~ '^[A-Za-z_][A-Za-z0-9_.-]*$' OR octet_length(name) >= 64 THEN
 		RAISE EXCEPTION 'invalid model name "%"', name

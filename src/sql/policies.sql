@@ -15,6 +15,8 @@ CREATE TABLE triage.policies (
 	prompt jsonb NOT NULL DEFAULT '{}',
 	max_attempts integer NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 100),
 	calibration jsonb,
+	-- who may use it: its owner, and the roles of triage.policy_grants
+	owner regrole NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
 	updated_at timestamptz NOT NULL DEFAULT now(),
 	CHECK (model IS NOT NULL OR extractor IS NOT NULL)
 );
@@ -26,7 +28,7 @@ SELECT pg_catalog.pg_extension_config_dump('triage.policies', '');
 -- check what routing will read, so that a bad policy fails when it is
 -- written, not on the millionth row routed
 CREATE FUNCTION triage.check_policy() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	k text;
 	v jsonb;
@@ -101,12 +103,48 @@ CREATE TRIGGER policies_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.policies
 	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
 
+-- Queueing rows under a policy spends its large-model budget and adds to
+-- its model's training examples: only its owner and the roles granted it
+-- may (checked by attach, process_table, enqueue and the row trigger)
+CREATE TABLE triage.policy_grants (
+	policy text NOT NULL REFERENCES triage.policies (name) ON UPDATE CASCADE ON DELETE CASCADE,
+	grantee regrole NOT NULL,
+	PRIMARY KEY (policy, grantee)
+);
+COMMENT ON TABLE triage.policy_grants IS
+	'Roles (besides its owner) that may route rows under a policy: triage.grant_policy().';
+SELECT pg_catalog.pg_extension_config_dump('triage.policy_grants', '');
+CREATE TRIGGER policy_grants_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.policy_grants
+	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
+
+CREATE FUNCTION triage.grant_policy(policy text, role regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+	IF NOT EXISTS (SELECT FROM triage.policies p WHERE p.name = grant_policy.policy) THEN
+		RAISE EXCEPTION 'policy "%" does not exist', policy
+			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
+	END IF;
+	INSERT INTO triage.policy_grants (policy, grantee) VALUES (policy, role) ON CONFLICT DO NOTHING;
+END;
+$$;
+COMMENT ON FUNCTION triage.grant_policy(text, regrole) IS
+	'Lets role (and its members) route rows under policy: attach tables to it, queue escalations, train its model with their answers.';
+
+CREATE FUNCTION triage.revoke_policy(policy text, role regrole) RETURNS void
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+	DELETE FROM triage.policy_grants g WHERE g.policy = revoke_policy.policy AND g.grantee = revoke_policy.role
+$$;
+COMMENT ON FUNCTION triage.revoke_policy(text, regrole) IS
+	'Takes back triage.grant_policy(): rows of role''s attached tables are no longer queued under policy.';
+
 CREATE FUNCTION triage.create_policy(name text, model text, labels text[] DEFAULT NULL,
 									 threshold real DEFAULT 0.5, rules jsonb DEFAULT '{}',
 									 prompt jsonb DEFAULT NULL, audit_rate real DEFAULT 0,
 									 max_attempts integer DEFAULT 5, extractor text DEFAULT NULL)
 	RETURNS void
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	model_labels text[];

@@ -11,7 +11,7 @@ COMMENT ON FUNCTION triage.quantize_fasttext(bytea, jsonb) IS
 
 CREATE FUNCTION triage.quantize(name text, version integer, options jsonb DEFAULT '{}')
 	RETURNS integer
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	source record;

@@ -19,6 +19,8 @@ CREATE TABLE triage.escalations (
 	attempts integer NOT NULL DEFAULT 0,
 	visible_at timestamptz NOT NULL DEFAULT now(),
 	claimed_by text,
+	claimed_role regrole,		-- who holds the lease: only it may complete, fail or release
+	queued_by regrole,			-- whose rights on the source were checked when queueing
 	answer jsonb,
 	usage jsonb,
 	error text,
@@ -43,6 +45,7 @@ CREATE TABLE triage.examples (
 	fields jsonb,
 	source text NOT NULL CHECK (source IN ('human', 'llm', 'import')),
 	escalation bigint REFERENCES triage.escalations (id) ON DELETE SET NULL,
+	source_table regclass,		-- the attached table an answered escalation came from
 	created_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE triage.examples IS 'Training data, including the large model''s answers (source llm).';
@@ -51,8 +54,9 @@ SELECT pg_catalog.pg_extension_config_dump('triage.examples_id_seq', '');
 
 -- Labeled rows people checked, as training examples of a model: (input,
 -- label) rows for a classifier, (input, fields jsonb) rows for an extractor
-CREATE FUNCTION triage.add_examples(model text, query text, source text DEFAULT 'human') RETURNS bigint
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+CREATE FUNCTION triage.add_examples(model text, query text, source text,
+	query_search_path text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	kind text;
@@ -67,6 +71,7 @@ BEGIN
 		RAISE EXCEPTION 'source must be human, llm or import, not "%"', source
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	query := triage.user_rows_sql(query, query_search_path, CASE WHEN kind = 'crf' THEN '{text,jsonb}' ELSE '{text,text}' END::text[]);
 	IF kind = 'crf' THEN
 		EXECUTE format('INSERT INTO triage.examples (model, input, fields, source)
 						SELECT $1, q.input::text, q.fields::jsonb, $2 FROM (%s) AS q(input, fields)
@@ -82,6 +87,16 @@ BEGIN
 	RETURN n;
 END;
 $$;
+COMMENT ON FUNCTION triage.add_examples(text, text, text, text) IS
+	'(internal) add_examples with the search_path to run the query text under.';
+
+-- As the caller, with the caller's search_path for the query text: the
+-- function above runs with search_path pinned
+CREATE FUNCTION triage.add_examples(model text, query text, source text DEFAULT 'human') RETURNS bigint
+LANGUAGE sql VOLATILE STRICT AS $$
+	SELECT triage.add_examples(model, query, source, pg_catalog.current_setting('search_path'))
+$$;
+
 COMMENT ON FUNCTION triage.add_examples(text, text, text) IS
 	'Adds the labeled rows of query as training examples of model (source human by default): (input, label) for a classifier, (input, fields) for an extractor; distill() trains on them. Returns how many.';
 
@@ -98,7 +113,7 @@ COMMENT ON TABLE triage.workers IS 'triage-worker processes and their last heart
 
 -- The chat-completions request for one row, from the policy's prompt
 CREATE FUNCTION triage.build_request(policy triage.policies, input text) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT jsonb_build_object(
 		'messages', jsonb_build_array(
 			jsonb_build_object('role', 'system', 'content',
@@ -125,71 +140,115 @@ CREATE FUNCTION triage.enqueue(policy text, input text, small_answer jsonb DEFAU
 							   reason text DEFAULT NULL, input_column name DEFAULT NULL,
 							   output_column name DEFAULT NULL, provenance_column name DEFAULT NULL)
 	RETURNS bigint
-LANGUAGE plpgsql VOLATILE AS $$
-#variable_conflict use_column
-DECLARE
-	new_id bigint;
-BEGIN
-	IF NOT EXISTS (SELECT FROM triage.policies p WHERE p.name = enqueue.policy) THEN
-		RAISE EXCEPTION 'policy "%" does not exist', policy
-			USING ERRCODE = 'undefined_object',
-				HINT = 'Create one with triage.create_policy().';
-	END IF;
-	IF input IS NULL THEN
-		RAISE EXCEPTION 'cannot escalate a NULL input' USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	IF source IS NOT NULL AND (source_key IS NULL OR input_column IS NULL OR output_column IS NULL) THEN
-		RAISE EXCEPTION 'an escalation with a source table needs its key, input column and output column'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	INSERT INTO triage.escalations (policy, source, source_key, input_column, output_column,
-									provenance_column, input, small_answer, reason)
-	VALUES (policy, source, source_key, input_column, output_column,
-			provenance_column, input, small_answer, reason)
-	RETURNING id INTO new_id;
-	PERFORM pg_catalog.pg_notify('triage_escalations', policy);
-	RETURN new_id;
-END;
-$$;
+	AS 'MODULE_PATHNAME', 'triage_enqueue' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION triage.enqueue(text, text, jsonb, regclass, jsonb, text, name, name, name) IS
-	'Queues a row for the large model under a policy and notifies listening workers.';
+	'Queues a row for the large model under a policy the caller may use and wakes listening workers (the notification carries the id only). With a source, the table must be attached to the policy with these columns, and the caller needs SELECT on its key and input and UPDATE on its output.';
+
+-- The role that called: inside a SECURITY DEFINER function current_user is
+-- the definer, but the role setting is still the caller's (SET ROLE), else
+-- the session's
+CREATE FUNCTION triage.caller_role() RETURNS regrole
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT r.oid::regrole FROM pg_catalog.pg_roles r
+	 WHERE r.rolname = CASE WHEN pg_catalog.current_setting('role') = 'none' THEN SESSION_USER
+							ELSE pg_catalog.current_setting('role') END
+$$;
+COMMENT ON FUNCTION triage.caller_role() IS
+	'The role calling a queue function (the SET ROLE role, else the session user), which owns the leases it claims.';
+
+-- Roles are cluster-wide: a login in triage_worker could reach the queue of
+-- every database with pg_triage.  A database's queue serves only the roles
+-- registered here, in that database.
+CREATE TABLE triage.worker_roles (
+	role regrole PRIMARY KEY,
+	allowed_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE triage.worker_roles IS
+	'The roles that may claim this database''s escalations (triage.allow_worker()).';
+SELECT pg_catalog.pg_extension_config_dump('triage.worker_roles', '');
+
+CREATE FUNCTION triage.allow_worker(role regrole) RETURNS void
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+	INSERT INTO triage.worker_roles (role) VALUES (role) ON CONFLICT DO NOTHING
+$$;
+COMMENT ON FUNCTION triage.allow_worker(regrole) IS
+	'Lets role (a login in triage_worker) claim, complete and fail this database''s escalations.';
+
+CREATE FUNCTION triage.disallow_worker(role regrole) RETURNS void
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+	DELETE FROM triage.worker_roles w WHERE w.role = disallow_worker.role
+$$;
+COMMENT ON FUNCTION triage.disallow_worker(regrole) IS
+	'Stops role from claiming this database''s escalations (leases it holds run out as usual).';
 
 CREATE FUNCTION triage.claim(worker text, n integer, visibility interval DEFAULT '5 minutes',
 							 policy text DEFAULT NULL)
 	RETURNS TABLE (id bigint, request jsonb)
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
+DECLARE
+	caller regrole := triage.caller_role();
+	max_bytes bigint := pg_catalog.pg_size_bytes(coalesce(pg_catalog.current_setting('triage.max_input_bytes', true), '1GB'));
+	picked record;
 BEGIN
-	IF worker IS NULL OR n IS NULL OR n < 1 OR visibility IS NULL OR visibility <= '0'::interval THEN
-		RAISE EXCEPTION 'claim needs a worker name, n >= 1 and a positive visibility'
+	IF worker IS NULL OR n IS NULL OR n < 1 OR n > 10000 OR visibility IS NULL OR visibility <= '0'::interval THEN
+		RAISE EXCEPTION 'claim needs a worker name, n between 1 and 10000 and a positive visibility'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	IF NOT EXISTS (SELECT FROM triage.worker_roles w WHERE pg_catalog.pg_has_role(caller, w.role, 'USAGE'))
+	   AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = caller) THEN
+		RAISE EXCEPTION 'role "%" may not claim escalations in database "%"', caller, pg_catalog.current_database()
+			USING ERRCODE = 'insufficient_privilege',
+				HINT = pg_catalog.format('An admin of this database can allow it: SELECT triage.allow_worker(%L);', caller);
+	END IF;
 	-- A lease that ran out (a worker died) counts as an attempt, so that a
-	-- row that kills workers is dead-lettered instead of looping forever.
-	RETURN QUERY
-	WITH picked AS (
+	-- row that kills workers is dead-lettered instead of looping forever;
+	-- so does a row too large to send.
+	UPDATE triage.escalations e
+	   SET status = 'dead', attempts = e.attempts + 1, done_at = now(), claimed_role = NULL,
+		   error = CASE WHEN pg_catalog.octet_length(e.input) > max_bytes
+						THEN pg_catalog.format('input of %s bytes is over triage.max_input_bytes', pg_catalog.octet_length(e.input))
+						ELSE 'the lease ran out on the last attempt allowed (the worker died or timed out)' END
+	  FROM triage.policies p
+	 WHERE p.name = e.policy AND e.status IN ('pending', 'claimed') AND e.visible_at <= now()
+	   AND ((e.status = 'claimed' AND e.attempts + 1 >= p.max_attempts) OR pg_catalog.octet_length(e.input) > max_bytes)
+	   AND e.id IN (SELECT x.id FROM triage.escalations x WHERE x.status IN ('pending', 'claimed')
+					   AND x.visible_at <= now() FOR UPDATE SKIP LOCKED);
+	FOR picked IN
 		SELECT e.id FROM triage.escalations e
 		 WHERE e.status IN ('pending', 'claimed') AND e.visible_at <= now()
 		   AND (claim.policy IS NULL OR e.policy = claim.policy)
 		 ORDER BY e.visible_at, e.id
 		 LIMIT n
-		   FOR UPDATE SKIP LOCKED)
-	UPDATE triage.escalations e
-	   SET status = 'claimed', claimed_by = worker,
-		   visible_at = clock_timestamp() + visibility,
-		   attempts = e.attempts + (e.status = 'claimed')::int
-	  FROM picked, triage.policies p
-	 WHERE e.id = picked.id AND p.name = e.policy
-	-- built now, so that a prompt edited meanwhile applies to rows still queued
-	RETURNING e.id, triage.build_request(p, e.input);
+		   FOR UPDATE SKIP LOCKED
+	LOOP
+		-- one row that cannot be turned into a request is dead-lettered, not
+		-- the whole claim failed
+		BEGIN
+			UPDATE triage.escalations e
+			   SET status = 'claimed', claimed_by = worker, claimed_role = caller,
+				   visible_at = pg_catalog.clock_timestamp() + visibility,
+				   attempts = e.attempts + (e.status = 'claimed')::int
+			  FROM triage.policies p
+			 WHERE e.id = picked.id AND p.name = e.policy
+			-- built now, so that a prompt edited meanwhile applies to rows still queued
+			RETURNING e.id, triage.build_request(p, e.input) INTO id, request;
+			RETURN NEXT;
+		EXCEPTION WHEN OTHERS THEN
+			UPDATE triage.escalations e
+			   SET status = 'dead', done_at = now(), claimed_role = NULL,
+				   error = pg_catalog.left('could not build the request: ' || SQLERRM, 2000)
+			 WHERE e.id = picked.id;
+		END;
+	END LOOP;
 END;
 $$;
 COMMENT ON FUNCTION triage.claim(text, integer, interval, text) IS
-	'Leases up to n escalations to a worker until now() + visibility (FOR UPDATE SKIP LOCKED); returns each one''s request body.';
+	'Leases up to n escalations to the calling role (which must be allowed with triage.allow_worker()) until now() + visibility (FOR UPDATE SKIP LOCKED); returns each one''s request body. Expired leases count as attempts; a row at its last attempt, or too large, is dead-lettered.';
 
 -- The label in a chat-completions reply: {"label": ...} content, or a bare label
 CREATE FUNCTION triage.answer_label(response jsonb, labels text[]) RETURNS text
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	content text := response #>> '{choices,0,message,content}';
 	parsed jsonb;
@@ -218,7 +277,7 @@ END;
 $$;
 
 CREATE FUNCTION triage.fail(id bigint, error text, retry_after interval DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	e triage.escalations;
@@ -229,39 +288,46 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'escalation % does not exist', id USING ERRCODE = 'undefined_object';
 	END IF;
-	IF e.status <> 'claimed' THEN
+	-- only the lease holder, while its lease holds
+	IF e.status <> 'claimed' OR e.claimed_role IS DISTINCT FROM triage.caller_role()
+	   OR e.visible_at <= pg_catalog.clock_timestamp() THEN
 		RETURN 'stale';
 	END IF;
 	SELECT p.max_attempts INTO max_attempts FROM triage.policies p WHERE p.name = e.policy;
-	-- exponential backoff with jitter, unless the endpoint said when
-	backoff := coalesce(retry_after,
-						make_interval(secs => least(300, 2 ^ e.attempts) * (0.5 + random())));
+	-- exponential backoff with jitter, unless the endpoint said when (within
+	-- 0 and triage.max_retry_after: a reply cannot park a row for years)
+	backoff := least(greatest(coalesce(retry_after,
+							pg_catalog.make_interval(secs => least(300, 2 ^ e.attempts) * (0.5 + pg_catalog.random()))),
+						'0'::interval),
+						pg_catalog.current_setting('triage.max_retry_after')::interval);
 	UPDATE triage.escalations x
 	   SET attempts = x.attempts + 1,
-		   error = left(fail.error, 2000),
+		   error = pg_catalog.left(fail.error, 2000),
 		   status = CASE WHEN x.attempts + 1 >= max_attempts THEN 'dead' ELSE 'pending' END,
-		   visible_at = clock_timestamp() + backoff,
+		   visible_at = pg_catalog.clock_timestamp() + backoff,
+		   claimed_role = NULL,
 		   done_at = CASE WHEN x.attempts + 1 >= max_attempts THEN now() END
 	 WHERE x.id = fail.id;
 	RETURN CASE WHEN e.attempts + 1 >= max_attempts THEN 'dead' ELSE 'retry' END;
 END;
 $$;
 COMMENT ON FUNCTION triage.fail(bigint, text, interval) IS
-	'Records a failed attempt of a leased escalation: retried after retry_after (or an exponential backoff), dead-lettered after the policy''s max_attempts. Returns retry, dead or stale.';
+	'Records a failed attempt of an escalation leased to the caller: retried after retry_after (clamped to triage.max_retry_after) or an exponential backoff, dead-lettered after the policy''s max_attempts. Returns retry, dead, or stale (not the caller''s lease, or it ran out).';
 
 CREATE FUNCTION triage.release(id bigint) RETURNS void
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 	UPDATE triage.escalations
-	   SET status = 'pending', visible_at = now(), claimed_by = NULL
+	   SET status = 'pending', visible_at = now(), claimed_by = NULL, claimed_role = NULL
 	 WHERE escalations.id = release.id AND status = 'claimed'
+	   AND claimed_role = triage.caller_role() AND visible_at > pg_catalog.clock_timestamp()
 $$;
 COMMENT ON FUNCTION triage.release(bigint) IS
-	'Gives a leased escalation back without counting an attempt.';
+	'Gives an escalation leased to the caller back without counting an attempt.';
 
 -- The fields of a chat-completions reply: {"fields": {"field": "value"}}
 -- with only allowed field names and string (or null) values; else NULL
 CREATE FUNCTION triage.answer_fields(response jsonb, allowed text[]) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	content text := response #>> '{choices,0,message,content}';
 	parsed jsonb;
@@ -297,26 +363,41 @@ COMMENT ON FUNCTION triage.answer_fields(jsonb, text[]) IS
 COMMENT ON FUNCTION triage.answer_label(jsonb, text[]) IS
 	'The label a chat-completions reply gives ({"label": ...} or a bare label), if it is one of labels; else NULL.';
 
+-- What a large model's reply says it used, kept only as whole token counts:
+-- triage.escalation_stats sums them for everyone, so one odd reply must not
+-- break it
+CREATE FUNCTION triage.usage_counts(usage jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT pg_catalog.jsonb_object_agg(u.k, u.v)
+	  FROM pg_catalog.jsonb_each(CASE WHEN pg_catalog.jsonb_typeof(usage) = 'object' THEN usage END) AS u(k, v)
+	 WHERE u.k IN ('prompt_tokens', 'completion_tokens', 'total_tokens')
+	   AND pg_catalog.jsonb_typeof(u.v) = 'number' AND u.v::text ~ '^[0-9]{1,15}$'
+$$;
+COMMENT ON FUNCTION triage.usage_counts(jsonb) IS
+	'The token counts of a reply''s usage object (prompt, completion, total: whole numbers), without anything else.';
+
+CREATE FUNCTION triage.write_answer(id bigint, label text, fields jsonb, provenance jsonb) RETURNS text
+	AS 'MODULE_PATHNAME', 'triage_write_answer' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION triage.write_answer(bigint, text, jsonb, jsonb) IS
+	'For complete() only: writes an answer into its source row as the table''s owner (restricted), after checking the table is still attached with those columns; returns the outcome.';
+
 CREATE FUNCTION triage.complete(id bigint, response jsonb) RETURNS text
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	e triage.escalations;
 	p triage.policies;
 	label text;
-	result_outcome text := 'no_source';
-	key_cond text;
+	result_outcome text;
 	fields jsonb;
-	small text;
-	src_input text;
-	src_output text;
-	n integer;
 BEGIN
 	SELECT * INTO e FROM triage.escalations x WHERE x.id = complete.id FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'escalation % does not exist', id USING ERRCODE = 'undefined_object';
 	END IF;
-	IF e.status <> 'claimed' THEN
+	-- only the lease holder, while its lease holds
+	IF e.status <> 'claimed' OR e.claimed_role IS DISTINCT FROM triage.caller_role()
+	   OR e.visible_at <= pg_catalog.clock_timestamp() THEN
 		RETURN 'stale';
 	END IF;
 	SELECT * INTO p FROM triage.policies x WHERE x.name = e.policy;
@@ -329,66 +410,56 @@ BEGIN
 	END IF;
 	IF label IS NULL THEN
 		-- a failed attempt; 'dead' when it was the last one allowed
-		IF triage.fail(id, 'invalid answer: ' || left(coalesce(
+		IF triage.fail(id, 'invalid answer: ' || pg_catalog.left(coalesce(
 			response #>> '{choices,0,message,content}', response::text), 500)) = 'dead' THEN
 			RETURN 'dead';
 		END IF;
 		RETURN 'invalid';
 	END IF;
 
-	-- Write to the source row only if it still holds the escalated input and
-	-- nobody wrote another answer meanwhile; otherwise keep the answer, marked.
-	IF e.source IS NOT NULL THEN
-		SELECT string_agg(format('%I = %L', k, v), ' AND ') INTO key_cond
-		  FROM jsonb_each_text(e.source_key) AS t(k, v);
-		EXECUTE format('SELECT %I::text, %I::text FROM %s WHERE %s FOR UPDATE',
-					   e.input_column, e.output_column, e.source, key_cond)
-		   INTO src_input, src_output;
-		GET DIAGNOSTICS n = ROW_COUNT;
-		IF n = 0 THEN
-			result_outcome := 'source_deleted';
-		ELSIF src_input IS DISTINCT FROM e.input THEN
-			result_outcome := 'source_changed';
-		ELSIF src_output IS NOT NULL AND src_output IS DISTINCT FROM
-			  (CASE WHEN fields IS NULL THEN e.small_answer->>'label' ELSE (e.small_answer->'fields')::text END) THEN
-			result_outcome := 'source_overwritten';
-		ELSE
-			EXECUTE format('UPDATE %s SET %I = %L%s WHERE %s', e.source, e.output_column, label,
-						   CASE WHEN e.provenance_column IS NOT NULL
-								THEN format(', %I = %L', e.provenance_column, jsonb_build_object(
-									'by', 'llm', 'model', response->>'model',
-									'prompt_version', p.prompt->'version', 'escalation', e.id, 'at', now()))
-								ELSE '' END,
-						   key_cond);
-			result_outcome := 'written';
-		END IF;
-	END IF;
+	-- Written into the source row (as its owner) only if the row still holds
+	-- the escalated input and nobody wrote another answer meanwhile;
+	-- otherwise the answer is kept, marked.  A source that is not (or no
+	-- longer) an attached table with these columns is refused: the row is
+	-- dead-lettered and its answer trains nothing.
+	BEGIN
+		result_outcome := triage.write_answer(e.id, CASE WHEN fields IS NULL THEN label END, fields,
+			CASE WHEN e.provenance_column IS NOT NULL THEN pg_catalog.jsonb_build_object(
+				'by', 'llm', 'model', response->>'model',
+				'prompt_version', p.prompt->'version', 'escalation', e.id, 'at', now()) END);
+	EXCEPTION WHEN invalid_table_definition OR insufficient_privilege THEN
+		UPDATE triage.escalations x
+		   SET status = 'dead', done_at = now(), outcome = 'refused', claimed_role = NULL,
+			   error = pg_catalog.left('answer not written: ' || SQLERRM, 2000)
+		 WHERE x.id = complete.id;
+		RETURN 'dead';
+	END;
 
 	UPDATE triage.escalations x
-	   SET status = 'done', done_at = now(), error = NULL, outcome = result_outcome,
-		   answer = jsonb_build_object(CASE WHEN fields IS NULL THEN 'label' ELSE 'fields' END,
-									   coalesce(fields, to_jsonb(label)), 'by', 'llm',
+	   SET status = 'done', done_at = now(), error = NULL, outcome = result_outcome, claimed_role = NULL,
+		   answer = pg_catalog.jsonb_build_object(CASE WHEN fields IS NULL THEN 'label' ELSE 'fields' END,
+									   coalesce(fields, pg_catalog.to_jsonb(label)), 'by', 'llm',
 									   'model', response->>'model',
 									   'prompt_version', p.prompt->'version', 'at', now()),
-		   usage = response->'usage'
+		   usage = triage.usage_counts(response->'usage')
 	 WHERE x.id = complete.id;
 	IF fields IS NULL THEN
-		INSERT INTO triage.examples (model, input, label, source, escalation)
-		VALUES (p.model, e.input, label, 'llm', e.id);
+		INSERT INTO triage.examples (model, input, label, source, escalation, source_table)
+		VALUES (p.model, e.input, label, 'llm', e.id, e.source);
 	ELSE
-		INSERT INTO triage.examples (model, input, fields, source, escalation)
-		VALUES (p.extractor, e.input, fields, 'llm', e.id);
+		INSERT INTO triage.examples (model, input, fields, source, escalation, source_table)
+		VALUES (p.extractor, e.input, fields, 'llm', e.id, e.source);
 	END IF;
 	UPDATE triage.workers w SET jobs_done = w.jobs_done + 1 WHERE w.name = e.claimed_by;
 	RETURN 'done';
 END;
 $$;
 COMMENT ON FUNCTION triage.complete(bigint, jsonb) IS
-	'Accepts a leased escalation''s chat-completions reply: validates the label, writes it to the source row if that row is unchanged, records a training example; returns done, invalid (counted as a failed attempt, retried), dead (that failure was the last attempt) or stale.';
+	'Accepts the chat-completions reply of an escalation leased to the caller: validates the label, writes it to the source row (as the table''s owner) if that row is unchanged, records a training example; returns done, invalid (counted as a failed attempt, retried), dead (that failure was the last attempt, or the source is not an attached table) or stale (not the caller''s lease, or it ran out).';
 
 CREATE FUNCTION triage.heartbeat(worker text, host text, pid integer, jobs_done bigint,
 								 jobs_failed bigint) RETURNS void
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 	INSERT INTO triage.workers AS w (name, host, pid, jobs_done, jobs_failed)
 	VALUES (worker, host, pid, coalesce(jobs_done, 0), coalesce(jobs_failed, 0))
 	ON CONFLICT (name) DO UPDATE
@@ -409,6 +480,7 @@ ALTER FUNCTION triage.complete(bigint, jsonb) SECURITY DEFINER SET search_path =
 ALTER FUNCTION triage.fail(bigint, text, interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.release(bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.heartbeat(text, text, integer, bigint, bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION triage.write_answer(bigint, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) FROM PUBLIC;

@@ -22,13 +22,24 @@ BEGIN
 END
 $$;
 GRANT USAGE ON SCHEMA triage TO triage_user, triage_worker, triage_admin;
-GRANT SELECT ON triage.models, triage.deployments, triage.policies TO triage_user;
+-- Users classify and route: they read policies and what models are, but not
+-- a model's bytes (a fastText dictionary lists its training words), which
+-- the extension reads for them
+GRANT SELECT (name, version, kind, labels, params, metrics, created_at) ON triage.models TO triage_user;
+GRANT SELECT ON triage.deployments, triage.policies, triage.policy_grants TO triage_user;
 GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) TO triage_worker;
 GRANT triage_user TO triage_admin;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA triage TO triage_admin;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA triage TO triage_admin;
+-- Admins keep the model store, policies, examples and workers; they read and
+-- delete the queue, but only pg_triage writes it (an escalation names a
+-- table and columns that complete() writes into)
+GRANT SELECT, INSERT, UPDATE, DELETE ON triage.models, triage.deployments, triage.policies,
+	triage.policy_grants, triage.examples, triage.policy_counters, triage.progress, triage.workers,
+	triage.worker_roles TO triage_admin;
+GRANT SELECT, DELETE ON triage.escalations TO triage_admin;
+GRANT SELECT ON triage.escalation_stats, triage.process_progress TO triage_admin;
+GRANT USAGE ON SEQUENCE triage.examples_id_seq TO triage_admin;
 GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) TO triage_admin;

@@ -17,7 +17,7 @@ COMMENT ON FUNCTION triage.route(text, text) IS
 -- arguments, and the policy, locked until the thresholds are stored.
 CREATE FUNCTION triage.lock_policy_for_calibration(policy text, query text, target_accuracy real,
 												   max_escalation real) RETURNS triage.policies
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	p triage.policies;
@@ -48,7 +48,7 @@ $$;
 -- answers) is stored and returned with the result.
 CREATE FUNCTION triage.calibrate_answers(policy text, rows jsonb, target_accuracy real,
 										 max_escalation real, source jsonb DEFAULT '{}') RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	n integer := coalesce(jsonb_array_length(rows), 0);
@@ -161,15 +161,17 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL,
-								 max_escalation real DEFAULT NULL) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $$
+CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real, max_escalation real,
+	query_search_path text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	p triage.policies;
 	rows jsonb;
 BEGIN
 	p := triage.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
+
+	query := triage.user_rows_sql(query, query_search_path, '{text,text}');
 
 	-- the model's answer and confidence on every labeled row
 	EXECUTE format($q$
@@ -182,6 +184,16 @@ BEGIN
 	RETURN triage.calibrate_answers(policy, rows, target_accuracy, max_escalation);
 END;
 $$;
+COMMENT ON FUNCTION triage.calibrate(text, text, real, real, text) IS
+	'(internal) calibrate with the search_path to run the query text under.';
+
+-- As the caller, with the caller's search_path for the query text: the
+-- function above runs with search_path pinned
+CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql VOLATILE AS $$
+	SELECT triage.calibrate(policy, query, target_accuracy, max_escalation, pg_catalog.current_setting('search_path'))
+$$;
+
 COMMENT ON FUNCTION triage.calibrate(text, text, real, real) IS
 	'Chooses the policy''s confidence threshold (per label when that escalates fewer rows) from labeled held-out rows: the fewest escalations reaching target_accuracy on kept rows, or the best kept accuracy within max_escalation; stores it and returns the curve.';
 
@@ -192,10 +204,9 @@ CREATE FUNCTION triage.cross_validate(query text, options jsonb DEFAULT '{}', fo
 COMMENT ON FUNCTION triage.cross_validate(text, jsonb, integer) IS
 	'Every (input, label) row of query with the answer of a model trained with options on the other folds (rows go to folds by a hash of their input, so copies share one): how a model trained on all of them will do on new rows.';
 
-CREATE FUNCTION triage.train_and_calibrate(policy text, query text, options jsonb DEFAULT '{}',
-										   target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL,
-										   folds integer DEFAULT 5) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $$
+CREATE FUNCTION triage.train_and_calibrate(policy text, query text, options jsonb, target_accuracy real, max_escalation real, folds integer,
+	query_search_path text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	p triage.policies;
@@ -212,6 +223,8 @@ BEGIN
 				HINT = 'train_and_calibrate trains the policy''s model; an extraction policy has none.';
 	END IF;
 	PERFORM triage.check_model_kind(p.model, 'fasttext');
+	query := triage.user_rows_sql(query, query_search_path, '{text,text}');
+
 	-- thresholds from every row's out-of-fold answer ...
 	SELECT jsonb_agg(jsonb_build_object('l', x.predicted, 'c', coalesce(x.confidence, 0),
 										'ok', x.predicted IS NOT DISTINCT FROM x.label))
@@ -224,5 +237,15 @@ BEGIN
 									jsonb_build_object('model', p.model, 'version', version, 'folds', folds));
 END;
 $$;
+COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer, text) IS
+	'(internal) train_and_calibrate with the search_path to run the query text under.';
+
+-- As the caller, with the caller's search_path for the query text: the
+-- function above runs with search_path pinned
+CREATE FUNCTION triage.train_and_calibrate(policy text, query text, options jsonb DEFAULT '{}', target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL, folds integer DEFAULT 5) RETURNS jsonb
+LANGUAGE sql VOLATILE AS $$
+	SELECT triage.train_and_calibrate(policy, query, options, target_accuracy, max_escalation, folds, pg_catalog.current_setting('search_path'))
+$$;
+
 COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer) IS
 	'Uses every labeled row of query twice: thresholds chosen as calibrate does, on each row''s answer from a model trained on the other folds (cross_validate), for a model trained on all of them, which becomes the deployed version of the policy''s model.';

@@ -16,7 +16,7 @@ COMMENT ON TABLE triage.policy_counters IS
 	'Rows routed by attached tables and process_table, and how many of them were escalated: sum per policy.';
 
 CREATE FUNCTION triage.compact_counters() RETURNS void
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 	WITH folded AS (DELETE FROM triage.policy_counters RETURNING *)
 	INSERT INTO triage.policy_counters (policy, seen, escalated)
 	SELECT policy, sum(seen), sum(escalated) FROM folded GROUP BY policy
@@ -46,7 +46,7 @@ COMMENT ON VIEW triage.process_progress IS 'triage.process_table() progress: row
 
 -- The single-column primary key of a table, checked for attach and process_table
 CREATE FUNCTION triage.key_column(tbl regclass) RETURNS name
-LANGUAGE plpgsql STABLE STRICT AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	cols name[];
 BEGIN
@@ -68,7 +68,7 @@ END;
 $$;
 
 CREATE FUNCTION triage.check_text_column(tbl regclass, col name) RETURNS void
-LANGUAGE plpgsql STABLE STRICT AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	typ regtype;
 BEGIN
@@ -91,7 +91,7 @@ $$;
 -- $1 policy, $2 table, $3 key column, $4 input column, $5 output column,
 -- $6 provenance column, $7 model, $8 its deployed version.
 CREATE FUNCTION triage.field_values(fields jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT coalesce(jsonb_object_agg(k, v->'value'), '{}') FROM jsonb_each(fields) AS f(k, v)
 $$;
 COMMENT ON FUNCTION triage.field_values(jsonb) IS
@@ -99,7 +99,7 @@ COMMENT ON FUNCTION triage.field_values(jsonb) IS
 
 -- The output column of an attached table: text for a classifying policy, jsonb for an extraction policy
 CREATE FUNCTION triage.check_output_column(tbl regclass, col name, policy text) RETURNS void
-LANGUAGE plpgsql STABLE STRICT AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	typ regtype;
@@ -129,7 +129,7 @@ $$;
 CREATE FUNCTION triage.route_rows_sql(tbl regclass, key_col name, input_col name, output_col name,
 									  provenance_col name, rows_sql text, extraction boolean DEFAULT false)
 	RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT format($q$
 		WITH routed AS (
 			SELECT r.%1$I AS k, r.%2$I AS input, triage.route($1, r.%2$I) AS d FROM (%3$s) r),
@@ -158,7 +158,7 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 CREATE FUNCTION triage.count_routed(policy text, routed bigint, escalated bigint) RETURNS void
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 	INSERT INTO triage.policy_counters (policy, seen, escalated)
 	SELECT policy, routed, escalated WHERE routed > 0
 $$;
@@ -174,7 +174,7 @@ COMMENT ON FUNCTION triage.count_routed_rows() IS
 	'Statement trigger of attached tables: adds the statement''s routed rows to triage.policy_counters.';
 
 CREATE FUNCTION triage.check_provenance_column(tbl regclass, col name) RETURNS void
-LANGUAGE plpgsql STABLE STRICT AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	typ regtype;
 BEGIN
@@ -190,9 +190,15 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION triage.check_attachment(policy text, tbl regclass, key_column name, input_column name,
+										output_column name, provenance_column name) RETURNS void
+	AS 'MODULE_PATHNAME', 'triage_check_attachment' LANGUAGE C STABLE;
+COMMENT ON FUNCTION triage.check_attachment(text, regclass, name, name, name, name) IS
+	'Error unless the current role may use policy and tbl is attached to it with these columns (what queueing and complete() check).';
+
 CREATE FUNCTION triage.attach(tbl regclass, input_column name, output_column name, policy text,
 							  provenance_column name DEFAULT NULL) RETURNS void
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	key_col name;
@@ -218,13 +224,15 @@ BEGIN
 	EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE ON %s '
 				   'FOR EACH STATEMENT EXECUTE FUNCTION triage.count_routed_rows(%L)',
 				   'triage_count_' || output_column, tbl, policy);
+	-- what the trigger will check before queueing, checked now too
+	PERFORM triage.check_attachment(policy, tbl, key_col, input_column, output_column, provenance_column);
 END;
 $$;
 COMMENT ON FUNCTION triage.attach(regclass, name, name, text, name) IS
 	'Routes every row inserted into tbl (and every update of its input column) under policy: the label goes to output_column (its provenance to provenance_column, jsonb, if given), escalations to the queue.';
 
 CREATE FUNCTION triage.detach(tbl regclass, output_column name) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_route_' || output_column, tbl);
 	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_count_' || output_column, tbl);
@@ -232,22 +240,26 @@ END;
 $$;
 COMMENT ON FUNCTION triage.detach(regclass, name) IS 'Removes what triage.attach() added for output_column.';
 
-CREATE PROCEDURE triage.process_table(tbl regclass, input_column name, output_column name,
-									  policy text, batch_size integer DEFAULT 10000,
-									  provenance_column name DEFAULT NULL)
-LANGUAGE plpgsql AS $$
+-- process_table's work, in functions with a pinned search_path (a procedure
+-- that commits cannot have one): what it checks and sets up, then one batch
+-- at a time.  Its state, passed from call to call, is a jsonb object.
+CREATE FUNCTION triage.process_table_start(tbl regclass, input_column name, output_column name,
+										   policy text, batch_size integer, provenance_column name)
+	RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-	key_col name := triage.key_column(tbl);
+	key_col name;
 	model text;
 	extraction boolean;
-	last_key text := NULL;
-	r record;
 	total bigint;
-	n_done bigint := 0;
-	n_escalated bigint := 0;
 	started timestamptz := clock_timestamp();
 BEGIN
+	IF tbl IS NULL OR input_column IS NULL OR output_column IS NULL OR policy IS NULL THEN
+		RAISE EXCEPTION 'process_table needs a table, an input column, an output column and a policy'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	key_col := triage.key_column(tbl);
 	PERFORM triage.check_text_column(tbl, input_column);
 	PERFORM triage.check_output_column(tbl, output_column, policy);
 	IF provenance_column IS NOT NULL THEN
@@ -256,12 +268,10 @@ BEGIN
 	IF batch_size IS NULL OR batch_size < 1 THEN
 		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- escalated answers are written back only into attached tables
+	PERFORM triage.check_attachment(policy, tbl, key_col, input_column, output_column, provenance_column);
 	SELECT coalesce(p.model, p.extractor), p.model IS NULL INTO model, extraction
-	  FROM triage.policies p WHERE p.name = process_table.policy;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'policy "%" does not exist', policy
-			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
-	END IF;
+	  FROM triage.policies p WHERE p.name = process_table_start.policy;
 	EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL AND %I IS NOT NULL',
 				   tbl, output_column, input_column) INTO total;
 	INSERT INTO triage.progress AS p (source, policy, started_at, updated_at, rows_total)
@@ -269,34 +279,80 @@ BEGIN
 	ON CONFLICT (source) DO UPDATE SET policy = excluded.policy, started_at = excluded.started_at,
 		updated_at = excluded.updated_at, rows_total = excluded.rows_total,
 		rows_done = 0, escalated = 0, finished = false;
+	RETURN jsonb_build_object('tbl', tbl::oid, 'key_col', key_col, 'input_column', input_column,
+							  'output_column', output_column, 'provenance_column', provenance_column,
+							  'policy', policy, 'model', model, 'extraction', extraction,
+							  'batch_size', batch_size, 'total', total, 'started', started,
+							  'last_key', NULL, 'done', 0, 'escalated', 0);
+END;
+$$;
+COMMENT ON FUNCTION triage.process_table_start(regclass, name, name, text, integer, name) IS
+	'(internal) process_table''s checks and progress row; returns its state.';
+
+-- Rows still without an output, in key order: a cancelled run resumes where it
+-- stopped, since every committed batch has its outputs written.  Returns the
+-- state for the next batch, or NULL once no row is left.
+CREATE FUNCTION triage.process_table_batch(state jsonb) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	tbl regclass := (state->>'tbl')::oid::regclass;
+	key_col name := state->>'key_col';
+	input_column name := state->>'input_column';
+	output_column name := state->>'output_column';
+	provenance_column name := state->>'provenance_column';
+	policy text := state->>'policy';
+	model text := state->>'model';
+	last_key text := state->>'last_key';
+	started timestamptz := (state->>'started')::timestamptz;
+	n_done bigint;
+	n_escalated bigint;
+	r record;
+BEGIN
+	EXECUTE triage.route_rows_sql(tbl, key_col, input_column, output_column, provenance_column,
+		rows_sql => format('SELECT * FROM %s WHERE %I IS NULL AND %I IS NOT NULL %s ORDER BY %I LIMIT %s',
+			   tbl, output_column, input_column,
+			   CASE WHEN last_key IS NULL THEN ''
+					ELSE format('AND %I > %L', key_col, last_key) END,
+			   key_col, (state->>'batch_size')::integer),
+		extraction => (state->>'extraction')::boolean)
+	   INTO r USING policy, tbl, key_col, input_column, output_column, provenance_column,
+					model, triage.deployed_version(model);
+	PERFORM triage.count_routed(policy, r.routed, r.escalated);
+	IF r.routed = 0 THEN
+		UPDATE triage.progress SET finished = true, updated_at = clock_timestamp() WHERE source = tbl;
+		PERFORM triage.compact_counters();
+		RETURN NULL;
+	END IF;
+	n_done := (state->>'done')::bigint + r.routed;
+	n_escalated := (state->>'escalated')::bigint + r.escalated;
+	UPDATE triage.progress SET rows_done = n_done, escalated = n_escalated,
+							   updated_at = clock_timestamp()
+	 WHERE source = tbl;
+	RAISE NOTICE 'process_table %: % of % rows, % escalated, % rows/s', tbl, n_done, state->>'total',
+		n_escalated, round(n_done / greatest(extract(epoch FROM clock_timestamp() - started), 0.001));
+	RETURN state || jsonb_build_object('last_key', r.last_key, 'done', n_done, 'escalated', n_escalated);
+END;
+$$;
+COMMENT ON FUNCTION triage.process_table_batch(jsonb) IS
+	'(internal) Routes process_table''s next batch; returns the next state, or NULL when no row is left.';
+
+-- Only commits between batches: the work is in the pinned functions above,
+-- and this body names nothing but them
+CREATE PROCEDURE triage.process_table(tbl regclass, input_column name, output_column name,
+									  policy text, batch_size integer DEFAULT 10000,
+									  provenance_column name DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+	state jsonb;
+BEGIN
+	state := triage.process_table_start(tbl, input_column, output_column, policy, batch_size,
+										provenance_column);
 	COMMIT;
-	-- Rows still without an output, in key order: a cancelled run resumes where it
-	-- stopped, since every committed batch has its outputs written.
 	LOOP
-		EXECUTE triage.route_rows_sql(tbl, key_col, input_column, output_column, provenance_column,
-			rows_sql => format('SELECT * FROM %s WHERE %I IS NULL AND %I IS NOT NULL %s ORDER BY %I LIMIT %s',
-				   tbl, output_column, input_column,
-				   CASE WHEN last_key IS NULL THEN ''
-						ELSE format('AND %I > %L', key_col, last_key) END,
-				   key_col, batch_size),
-			extraction => extraction)
-		   INTO r USING policy, tbl, key_col, input_column, output_column, provenance_column,
-						model, triage.deployed_version(model);
-		PERFORM triage.count_routed(policy, r.routed, r.escalated);
-		EXIT WHEN r.routed = 0;
-		last_key := r.last_key;
-		n_done := n_done + r.routed;
-		n_escalated := n_escalated + r.escalated;
-		UPDATE triage.progress SET rows_done = n_done, escalated = n_escalated,
-								   updated_at = clock_timestamp()
-		 WHERE source = tbl;
+		state := triage.process_table_batch(state);
 		COMMIT;
-		RAISE NOTICE 'process_table %: % of % rows, % escalated, % rows/s', tbl, n_done, total,
-			n_escalated, round(n_done / greatest(extract(epoch FROM clock_timestamp() - started), 0.001));
+		EXIT WHEN state IS NULL;
 	END LOOP;
-	UPDATE triage.progress SET finished = true, updated_at = clock_timestamp() WHERE source = tbl;
-	PERFORM triage.compact_counters();
-	COMMIT;
 END;
 $$;
 COMMENT ON PROCEDURE triage.process_table(regclass, name, name, text, integer, name) IS

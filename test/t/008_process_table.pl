@@ -61,6 +61,9 @@ sql(qq{
 	SELECT g, left(v.review, 100) || ' (#' || g || ')' FROM generate_series(1, $n) g JOIN reviews v ON v.r = g % 4000;
 	CREATE TABLE b (LIKE a INCLUDING ALL);
 	INSERT INTO b SELECT * FROM a ORDER BY id;
+	-- attached once the rows are in: they wait for process_table
+	SELECT triage.attach('a', 'body', 'label', 'pa', 'label_by');
+	SELECT triage.attach('b', 'body', 'label', 'pb', 'label_by');
 	COMMIT;
 	ANALYZE a, b;
 });
