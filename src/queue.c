@@ -39,6 +39,7 @@
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "parser/parse_func.h"
@@ -51,6 +52,7 @@
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "route.h"
 
@@ -68,6 +70,18 @@ QueueInit(void)
 							NULL, NULL, NULL);
 }
 
+/* triage.max_input_bytes, or 1 GB if it is not set */
+static int64
+MaxInputBytes(void)
+{
+	const char *setting = GetConfigOption("triage.max_input_bytes", true, false);
+	int			max_bytes;
+
+	if (setting == NULL || !parse_int(setting, &max_bytes, GUC_UNIT_BYTE, NULL))
+		return (int64) 1 << 30;
+	return max_bytes;
+}
+
 /*
  * Error if input is longer than triage.max_input_bytes: an escalation is
  * sent whole to the large model, so it is refused rather than cut.
@@ -75,16 +89,30 @@ QueueInit(void)
 static void
 CheckInputBytes(text *input)
 {
-	const char *setting = GetConfigOption("triage.max_input_bytes", true, false);
-	int			max_bytes;
-
-	if (setting == NULL || !parse_int(setting, &max_bytes, GUC_UNIT_BYTE, NULL))
-		return;
-	if (VARSIZE_ANY_EXHDR(input) > max_bytes)
+	if (VARSIZE_ANY_EXHDR(input) > MaxInputBytes())
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("input of %d bytes is too long to escalate", (int) VARSIZE_ANY_EXHDR(input)),
-				 errhint("The limit is triage.max_input_bytes (%s).", setting)));
+				 errhint("The limit is triage.max_input_bytes (" INT64_FORMAT " bytes).", MaxInputBytes())));
+}
+
+PG_FUNCTION_INFO_V1(triage_queue_limits);
+
+/* queue_limits(OUT max_input_bytes bigint, OUT max_retry_after interval) */
+Datum
+triage_queue_limits(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	Interval   *retry = palloc0(sizeof(Interval));
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	retry->time = (int64) MaxRetryAfter * USECS_PER_SEC;
+	values[0] = Int64GetDatum(MaxInputBytes());
+	values[1] = IntervalPGetDatum(retry);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
 
 /* The type of a column of relid, or InvalidOid if there is no such column */

@@ -144,6 +144,11 @@ CREATE FUNCTION triage.enqueue(policy text, input text, small_answer jsonb DEFAU
 COMMENT ON FUNCTION triage.enqueue(text, text, jsonb, regclass, jsonb, text, name, name, name) IS
 	'Queues a row for the large model under a policy the caller may use and wakes listening workers (the notification carries the id only). With a source, the table must be attached to the policy with these columns, and the caller needs SELECT on its key and input and UPDATE on its output.';
 
+CREATE FUNCTION triage.queue_limits(OUT max_input_bytes bigint, OUT max_retry_after interval)
+	AS 'MODULE_PATHNAME', 'triage_queue_limits' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION triage.queue_limits() IS
+	'The settings triage.max_input_bytes and triage.max_retry_after, read where the library is loaded (a worker''s session may not have loaded it).';
+
 -- The role that called: inside a SECURITY DEFINER function current_user is
 -- the definer, but the role setting is still the caller's (SET ROLE), else
 -- the session's
@@ -188,7 +193,7 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	caller regrole := triage.caller_role();
-	max_bytes bigint := pg_catalog.pg_size_bytes(coalesce(pg_catalog.current_setting('triage.max_input_bytes', true), '1GB'));
+	max_bytes bigint := (triage.queue_limits()).max_input_bytes;
 	picked record;
 BEGIN
 	IF worker IS NULL OR n IS NULL OR n < 1 OR n > 10000 OR visibility IS NULL OR visibility <= '0'::interval THEN
@@ -299,7 +304,7 @@ BEGIN
 	backoff := least(greatest(coalesce(retry_after,
 							pg_catalog.make_interval(secs => least(300, 2 ^ e.attempts) * (0.5 + pg_catalog.random()))),
 						'0'::interval),
-						pg_catalog.current_setting('triage.max_retry_after')::interval);
+						(triage.queue_limits()).max_retry_after);
 	UPDATE triage.escalations x
 	   SET attempts = x.attempts + 1,
 		   error = pg_catalog.left(fail.error, 2000),
