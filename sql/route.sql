@@ -243,7 +243,48 @@ SET ROLE triage_user;
 SELECT (triage.classify('router', 'lovely tea')).label IS NOT NULL AS classified;
 SELECT triage.deploy('router', 1);
 SELECT triage.claim('w9', 1);
+-- ... nor read a model's bytes (its dictionary lists its training words)
+SELECT count(data) FROM triage.models;
+SELECT octet_length(triage.export_fasttext('router', 1));
 RESET ROLE;
+-- a released lease is nobody's: the worker role cannot complete it
+SET ROLE triage_worker;
+SELECT triage.complete(:job, '{"choices": [{"message": {"content": "great"}}]}');
+RESET ROLE;
+-- nor can an admin forge an escalation (it names a table complete() writes into)
+SET ROLE triage_admin;
+INSERT INTO triage.escalations (policy, input) VALUES ('reviews', 'forged');
+SELECT count(*) >= 0 AS admin_reads_queue FROM triage.escalations;
+RESET ROLE;
+
+-- policies have owners: a role routes rows under one only once granted it
+SELECT triage.create_policy('app_policy', 'router', threshold => 1.001);
+CREATE ROLE regress_app IN ROLE triage_user;
+GRANT CREATE ON SCHEMA public TO regress_app;
+SET ROLE regress_app;
+CREATE TABLE app_inbox (id int PRIMARY KEY, body text, label text);
+SELECT triage.attach('app_inbox', 'body', 'label', 'app_policy');
+SELECT triage.enqueue('app_policy', 'queued by hand');
+RESET ROLE;
+SELECT triage.grant_policy('app_policy', 'regress_app');
+SELECT triage.may_use_policy('app_policy', 'regress_app'::regrole) AS granted;
+SET ROLE regress_app;
+SELECT triage.attach('app_inbox', 'body', 'label', 'app_policy');
+INSERT INTO app_inbox VALUES (1, 'lovely tea, would buy again');
+SELECT id, label IS NOT NULL AS labeled FROM app_inbox;
+RESET ROLE;
+SELECT queued_by, source, output_column, status FROM triage.escalations WHERE policy = 'app_policy';
+-- the grant taken back: the table's rows are no longer queued under it
+SELECT triage.revoke_policy('app_policy', 'regress_app');
+SET ROLE regress_app;
+INSERT INTO app_inbox VALUES (2, 'stale and bitter');
+RESET ROLE;
+-- a hand-written trigger is held to what attach() creates: the key must be the primary key
+CREATE TABLE handmade (id int PRIMARY KEY, other int, body text, label text);
+CREATE TRIGGER triage_route_label BEFORE INSERT ON handmade FOR EACH ROW
+	EXECUTE FUNCTION triage.route_row('other', 'body', 'label', 'app_policy', '');
+INSERT INTO handmade VALUES (1, 7, 'lovely tea', NULL);
+DROP TABLE handmade;
 
 -- distillation: retrain from the examples (here 2 large-model answers) plus
 -- labeled rows, deploy only if better on held-out rows
@@ -333,3 +374,8 @@ SELECT d->'before' ? 'f1' AS has_f1,
 SELECT triage.add_examples('fields', 'SELECT body, fields FROM support', 'robot');
 SELECT triage.add_examples('fields', 'SELECT body FROM support');
 SELECT triage.add_examples('fields', NULL) IS NULL AS strict;
+
+-- the role made above, and what it owns
+DROP TABLE app_inbox;
+REVOKE CREATE ON SCHEMA public FROM regress_app;
+DROP ROLE regress_app;

@@ -191,14 +191,22 @@ RoutePolicy(RouteState *state, const char *name, int len)
  * its model training examples)?  Its owner, roles granted it with
  * triage.grant_policy(), and members of either may.
  */
+static bool
+PolicyUsableBy(Policy *policy, Oid role)
+{
+	if (has_privs_of_role(role, policy->owner))
+		return true;
+	for (int i = 0; i < policy->ngrantees; i++)
+		if (has_privs_of_role(role, policy->grantees[i]))
+			return true;
+	return false;
+}
+
 void
 CheckPolicyUse(Policy *policy, Oid role)
 {
-	if (has_privs_of_role(role, policy->owner))
+	if (PolicyUsableBy(policy, role))
 		return;
-	for (int i = 0; i < policy->ngrantees; i++)
-		if (has_privs_of_role(role, policy->grantees[i]))
-			return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("role \"%s\" may not use policy \"%s\"", GetUserNameFromId(role, false), policy->name),
@@ -230,4 +238,24 @@ ResolveLabelThresholds(Policy *policy, CachedModel *model)
 		}
 	}
 	policy->model_for_labels = model;
+}
+
+PG_FUNCTION_INFO_V1(triage_may_use_policy);
+
+/* may_use_policy(policy text, role oid) returns boolean */
+Datum
+triage_may_use_policy(PG_FUNCTION_ARGS)
+{
+	text	   *name = PG_GETARG_TEXT_PP(0);
+	RouteState *route = (RouteState *) fcinfo->flinfo->fn_extra;
+
+	/* one policy read per call site while triage.policies stays as it is */
+	if (route == NULL)
+	{
+		route = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(RouteState));
+		route->context = fcinfo->flinfo->fn_mcxt;
+		fcinfo->flinfo->fn_extra = route;
+	}
+	PG_RETURN_BOOL(PolicyUsableBy(RoutePolicy(route, VARDATA_ANY(name), VARSIZE_ANY_EXHDR(name)),
+								  PG_GETARG_OID(1)));
 }

@@ -129,7 +129,7 @@ ReportBadTarget(const AnswerTarget *target, const char *problem)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
-			 errmsg("%s is not attached as this escalation says: %s",
+			 errmsg("table %s cannot receive the large model's answers: %s",
 					get_rel_name(target->relid) ? get_rel_name(target->relid) : "the table", problem),
 			 errhint("Attach the table with triage.attach(table, input_column, output_column, policy).")));
 }

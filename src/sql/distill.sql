@@ -35,10 +35,18 @@ BEGIN
 		CASE WHEN extractor THEN '{text,jsonb}' ELSE '{text,text}' END::text[]);
 	extra := triage.user_rows_sql(extra, query_search_path,
 		CASE WHEN extractor THEN '{text,jsonb}' ELSE '{text,text}' END::text[]);
-	-- the examples of this model (human and large-model answers), and any other labeled rows
-	training_query := format('SELECT input, %s FROM triage.examples WHERE model = %L AND %s IS NOT NULL',
-							 CASE WHEN extractor THEN 'fields' ELSE 'label' END, name,
-							 CASE WHEN extractor THEN 'fields' ELSE 'label' END)
+	-- the examples of this model (human and large-model answers), and any other
+	-- labeled rows; a large-model answer only while the owner of the table it
+	-- came from may still use a policy of this model (a revoked grant takes
+	-- its rows out of training too)
+	training_query := format($q$
+		SELECT e.input, e.%1$I FROM triage.examples e
+		 WHERE e.model = %2$L AND e.%1$I IS NOT NULL
+		   AND (e.source_table IS NULL
+				OR EXISTS (SELECT FROM triage.policies p, pg_catalog.pg_class c
+							WHERE c.oid = e.source_table AND %2$L IN (p.model, p.extractor)
+							  AND triage.may_use_policy(p.name, c.relowner)))$q$,
+							 CASE WHEN extractor THEN 'fields' ELSE 'label' END, name)
 		|| coalesce(' UNION ALL SELECT * FROM (' || extra || ') AS extra', '');
 	before := triage.evaluate(name, heldout, old_version);
 	new_version := triage.train_model(name, CASE WHEN extractor THEN 'crf' ELSE 'fasttext' END,

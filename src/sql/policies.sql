@@ -132,6 +132,11 @@ $$;
 COMMENT ON FUNCTION triage.grant_policy(text, regrole) IS
 	'Lets role (and its members) route rows under policy: attach tables to it, queue escalations, train its model with their answers.';
 
+CREATE FUNCTION triage.may_use_policy(policy text, role oid) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'triage_may_use_policy' LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION triage.may_use_policy(text, oid) IS
+	'Whether role may route rows under policy: its owner, a role granted it, or a member of either.';
+
 CREATE FUNCTION triage.revoke_policy(policy text, role regrole) RETURNS void
 LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 	DELETE FROM triage.policy_grants g WHERE g.policy = revoke_policy.policy AND g.grantee = revoke_policy.role
