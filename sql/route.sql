@@ -279,6 +279,16 @@ SELECT triage.revoke_policy('app_policy', 'regress_app');
 SET ROLE regress_app;
 INSERT INTO app_inbox VALUES (2, 'stale and bitter');
 RESET ROLE;
+-- a role that may only write the table needs no rights on pg_triage: the
+-- trigger routes with the table owner's
+SELECT triage.grant_policy('app_policy', 'regress_app');
+CREATE ROLE regress_writer;
+GRANT INSERT ON app_inbox TO regress_writer;
+SET ROLE regress_writer;
+INSERT INTO app_inbox VALUES (3, 'stale and bitter');
+RESET ROLE;
+SELECT id, label IS NOT NULL AS labeled FROM app_inbox ORDER BY id;
+SELECT queued_by, count(*) FROM triage.escalations WHERE policy = 'app_policy' GROUP BY 1;
 -- a hand-written trigger is held to what attach() creates: the key must be the primary key
 CREATE TABLE handmade (id int PRIMARY KEY, other int, body text, label text);
 CREATE TRIGGER triage_route_label BEFORE INSERT ON handmade FOR EACH ROW
@@ -378,4 +388,4 @@ SELECT triage.add_examples('fields', NULL) IS NULL AS strict;
 -- the role made above, and what it owns
 DROP TABLE app_inbox;
 REVOKE CREATE ON SCHEMA public FROM regress_app;
-DROP ROLE regress_app;
+DROP ROLE regress_app, regress_writer;

@@ -6,10 +6,11 @@
  *
  * The row trigger is BEFORE ROW: it sets the output column in the row being
  * written, so routing adds no second write of the row (an AFTER trigger
- * would UPDATE every row it routes).  It runs as whoever writes the row;
- * queueing and counting run as the owner of pg_triage's tables (queue.c,
- * BeginOwnSql), so that users who insert into their own tables need no
- * rights on the queue, where they could forge answers.  What the trigger's
+ * would UPDATE every row it routes).  It routes with the rights of the
+ * table's owner (restricted, as complete() writes back), so that whoever
+ * writes the row needs no rights on pg_triage; queueing and counting run as
+ * the owner of pg_triage's tables (queue.c, BeginOwnSql), so that nobody
+ * needs rights on the queue, where they could forge answers.  What the trigger's
  * arguments name (table, key, columns, policy) is checked against the
  * table and the policy's grants before anything is queued: a trigger
  * written by hand is held to what triage.attach() would have created.
@@ -23,6 +24,7 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -244,6 +246,8 @@ triage_route_row(PG_FUNCTION_ARGS)
 	bool		replace_nulls[2] = {false, false};
 	int			columns[2];
 	int			ncolumns = 0;
+	Oid			save_userid;
+	int			save_sec_context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
@@ -272,6 +276,14 @@ triage_route_row(PG_FUNCTION_ARGS)
 	}
 	input = DatumGetTextPP(input_datum);
 
+	/*
+	 * Routed with the rights of the table's owner, who attached it: whoever
+	 * writes the row needs no rights on pg_triage, and the owner's policy
+	 * grant and model access are what count.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(state->table_owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
 	policy = RoutePolicy(&state->route, trigdata->tg_trigger->tgargs[3],
 						 strlen(trigdata->tg_trigger->tgargs[3]));
 	if (state->checked_policy != policy)
@@ -314,6 +326,8 @@ triage_route_row(PG_FUNCTION_ARGS)
 						CStringGetTextDatum(OidOutputFunctionCall(state->key_output_func, key)),
 						SmallAnswer(policy, &result, field_values), result.reason);
 	}
+
+	SetUserIdAndSecContext(save_userid, save_sec_context);
 
 	/* counted at the end of the statement (triage.count_routed_rows) */
 	count = PendingCountFor(policy->name);
