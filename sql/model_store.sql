@@ -14,9 +14,12 @@ BEGIN;
 SELECT triage.import_fasttext('store', pg_read_binary_file(:'v1'));
 ROLLBACK;
 SELECT version FROM triage.models WHERE name = 'store' ORDER BY version;
--- version numbers continue from the highest stored
+-- version numbers continue from the highest stored, and are never reused
 SELECT triage.import_fasttext('store', pg_read_binary_file(:'v1'));
 DELETE FROM triage.models WHERE name = 'store' AND version = 3;
+BEGIN;
+SELECT triage.import_fasttext('store', pg_read_binary_file(:'v2')) AS not_3_again;
+ROLLBACK;
 
 -- a deployment is seen by the next statement of the same transaction,
 -- and rolled back with it

@@ -385,6 +385,41 @@ SELECT triage.add_examples('fields', 'SELECT body, fields FROM support', 'robot'
 SELECT triage.add_examples('fields', 'SELECT body FROM support');
 SELECT triage.add_examples('fields', NULL) IS NULL AS strict;
 
+-- policies are checked when written, by create_policy or by hand, with the same defaults
+INSERT INTO triage.policies (name, model) VALUES ('by_hand', 'router');
+SELECT labels, thresholds FROM triage.policies WHERE name = 'by_hand';
+INSERT INTO triage.policies (name, model, labels) VALUES ('bad', 'router', '{}');
+INSERT INTO triage.policies (name, model, labels) VALUES ('bad', 'router', '{great,NULL}');
+INSERT INTO triage.policies (name, model, labels) VALUES ('bad', 'router', '{great,banana}');
+INSERT INTO triage.policies (name, model) VALUES ('bad', 'no_such_model');
+INSERT INTO triage.policies (name, model) VALUES ('bad', 'fields');
+INSERT INTO triage.policies (name, extractor) VALUES ('bad', 'router');
+INSERT INTO triage.policies (name, extractor, fields) VALUES ('bad', 'fields', '{shoe_size}');
+INSERT INTO triage.policies (name, model, thresholds) VALUES ('bad', 'router', '{}');
+INSERT INTO triage.policies (name, model, thresholds) VALUES ('bad', 'router', '{"defualt": 0.99}');
+INSERT INTO triage.policies (name, model, thresholds) VALUES ('bad', 'router', '{"default": 0.5, "labels": {"banana": 0.9}}');
+INSERT INTO triage.policies (name, model, prompt) VALUES ('bad', 'router', '{"sytem": "typo"}');
+INSERT INTO triage.policies (name, model) VALUES ('', 'router');
+INSERT INTO triage.policies (name, model) VALUES (repeat('p', 64), 'router');
+UPDATE triage.policies SET labels = '{great,banana}' WHERE name = 'by_hand';
+DELETE FROM triage.policies WHERE name = 'by_hand';
+-- a policy that tables are attached to keeps its name and stays
+UPDATE triage.policies SET name = 'renamed' WHERE name = 'reviews';
+DELETE FROM triage.policies WHERE name = 'reviews';
+SELECT * FROM triage.attached_tables('reviews') ORDER BY 1;
+-- output columns whose trigger names would be cut at 63 bytes (and collide) get triggers of their own
+CREATE TABLE long_names (id int PRIMARY KEY, body text,
+	label_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1 text,
+	label_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_2 text);
+SELECT triage.attach('long_names', 'body', 'label_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1', 'reviews');
+SELECT triage.attach('long_names', 'body', 'label_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_2', 'reviews');
+SELECT triage.detach('long_names', 'label_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1');
+INSERT INTO long_names (id, body) VALUES (1, 'lovely tea');
+SELECT label_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1 IS NULL AS first_detached,
+	   label_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_2 IS NOT NULL AS second_routed
+  FROM long_names;
+DROP TABLE long_names;
+
 -- the role made above, and what it owns
 DROP TABLE app_inbox;
 REVOKE CREATE ON SCHEMA public FROM regress_app;

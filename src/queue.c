@@ -140,7 +140,6 @@ HasRouteTrigger(const AnswerTarget *target, const char *policy)
 {
 	Oid			route_row = LookupFuncName(list_make2(makeString(TRIAGE_SCHEMA), makeString("route_row")),
 										   0, NULL, false);
-	char	   *tgname = psprintf("triage_route_%s", target->output_column);
 	Relation	triggers = table_open(TriggerRelationId, AccessShareLock);
 	ScanKeyData key;
 	SysScanDesc scan;
@@ -159,8 +158,7 @@ HasRouteTrigger(const AnswerTarget *target, const char *policy)
 		const char *arg;
 		const char *expected[5];
 
-		if (trigger->tgfoid != route_row || strcmp(NameStr(trigger->tgname), tgname) != 0 ||
-			trigger->tgnargs != 5 || trigger->tgenabled == TRIGGER_DISABLED)
+		if (trigger->tgfoid != route_row || trigger->tgnargs != 5 || trigger->tgenabled == TRIGGER_DISABLED)
 			continue;
 		expected[0] = target->key_column;
 		expected[1] = target->input_column;

@@ -43,8 +43,15 @@ BEGIN
 	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('triage.models'),
 											 pg_catalog.hashtext(store_model.name));
 	PERFORM triage.check_model_kind(store_model.name, store_model.kind);
-	SELECT coalesce(max(m.version), 0) + 1 INTO new_version
-		FROM triage.models m WHERE m.name = store_model.name;
+	-- never a number used before, even by a deleted version: a (name,
+	-- version) always means the same model (classify(name, version, input)
+	-- is IMMUTABLE, and backends cache models by it)
+	INSERT INTO triage.model_versions AS v (name, last_version)
+	SELECT store_model.name, coalesce(max(m.version), 0) + 1
+	  FROM triage.models m WHERE m.name = store_model.name
+	ON CONFLICT (name) DO UPDATE
+		SET last_version = greatest(v.last_version, excluded.last_version - 1) + 1
+	RETURNING v.last_version INTO new_version;
 	INSERT INTO triage.models (name, version, kind, labels, params, metrics, data)
 		VALUES (store_model.name, new_version, store_model.kind, store_model.labels,
 				store_model.params, store_model.metrics, store_model.data);

@@ -28,6 +28,15 @@ CREATE TABLE triage.deployments (
 COMMENT ON TABLE triage.deployments IS
 	'Which version of each model triage.classify(name, input) uses.';
 
+-- The last version number given to each name: numbers are never reused
+CREATE TABLE triage.model_versions (
+	name text PRIMARY KEY,
+	last_version integer NOT NULL
+);
+COMMENT ON TABLE triage.model_versions IS
+	'The last version number given to each model name, so that a deleted version''s number is never given again.';
+SELECT pg_catalog.pg_extension_config_dump('triage.model_versions', '');
+
 -- Dumped by pg_dump, with their data, like user tables
 -- model bytes are floats and codes that barely compress: store them as they are
 ALTER TABLE triage.models ALTER COLUMN data SET STORAGE EXTERNAL;

@@ -9,7 +9,7 @@ CREATE TABLE triage.policies (
 	extractor text,				-- the field extractor, if any
 	labels text[],				-- the labels the large model may answer
 	fields text[],				-- the fields the large model may answer (extraction policies)
-	thresholds jsonb NOT NULL DEFAULT '{"default": 0.0}',
+	thresholds jsonb NOT NULL DEFAULT '{"default": 0.5}',
 	rules jsonb NOT NULL DEFAULT '{}',
 	audit_rate real NOT NULL DEFAULT 0 CHECK (audit_rate BETWEEN 0 AND 1),
 	prompt jsonb NOT NULL DEFAULT '{}',
@@ -32,8 +32,75 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	k text;
 	v jsonb;
+	model_labels text[];
+	extractor_fields text[];
+	tables text;
 BEGIN
+	-- a policy in use keeps its name: attached tables name it in their triggers
+	IF TG_OP = 'UPDATE' AND NEW.name IS DISTINCT FROM OLD.name THEN
+		SELECT string_agg(t::text, ', ') INTO tables FROM triage.attached_tables(OLD.name) t;
+		IF tables IS NOT NULL THEN
+			RAISE EXCEPTION 'policy "%" cannot be renamed: tables are attached to it (%)', OLD.name, tables
+				USING ERRCODE = 'dependent_objects_still_exist',
+					HINT = 'Detach them with triage.detach(), rename, and attach them again.';
+		END IF;
+	END IF;
+	IF NEW.name IS NULL OR NEW.name !~ '^[A-Za-z_][A-Za-z0-9_.-]*$' OR octet_length(NEW.name) >= 64 THEN
+		RAISE EXCEPTION 'invalid policy name "%"', NEW.name
+			USING ERRCODE = 'invalid_name',
+				HINT = 'A policy name starts with a letter or underscore, has at most 63 bytes, '
+					   'and holds only letters, digits, "_", "." and "-".';
+	END IF;
+	-- the classifier and the extractor exist, of their kinds; the labels and
+	-- fields the large model may answer are theirs (by default all of them)
+	IF NEW.model IS NOT NULL THEN
+		SELECT m.labels INTO model_labels FROM triage.models m
+		 WHERE m.name = NEW.model AND m.kind = 'fasttext' ORDER BY m.version DESC LIMIT 1;
+		IF model_labels IS NULL THEN
+			RAISE EXCEPTION 'classifier "%" does not exist', NEW.model
+				USING ERRCODE = 'undefined_object',
+					HINT = 'Train or import the model first (an extractor is not a classifier).';
+		END IF;
+		NEW.labels := coalesce(NEW.labels, model_labels);
+		IF cardinality(NEW.labels) = 0 OR array_position(NEW.labels, NULL) IS NOT NULL
+		   OR NOT NEW.labels <@ model_labels THEN
+			RAISE EXCEPTION 'labels of policy "%" must be some of the labels of "%" (%), without NULLs',
+				NEW.name, NEW.model, array_to_string(model_labels, ', ')
+				USING ERRCODE = 'invalid_parameter_value',
+					HINT = 'Leave labels NULL for all of them.';
+		END IF;
+	ELSIF NEW.labels IS NOT NULL THEN
+		RAISE EXCEPTION 'an extraction policy has fields, not labels' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NEW.extractor IS NOT NULL THEN
+		SELECT m.labels INTO extractor_fields FROM triage.models m
+		 WHERE m.name = NEW.extractor AND m.kind = 'crf' ORDER BY m.version DESC LIMIT 1;
+		IF extractor_fields IS NULL THEN
+			RAISE EXCEPTION 'extractor "%" does not exist', NEW.extractor
+				USING ERRCODE = 'undefined_object',
+					HINT = 'Train one first with triage.train_extractor() (a classifier is not an extractor).';
+		END IF;
+		NEW.fields := coalesce(NEW.fields, extractor_fields);
+		IF cardinality(NEW.fields) = 0 OR array_position(NEW.fields, NULL) IS NOT NULL
+		   OR NOT NEW.fields <@ extractor_fields THEN
+			RAISE EXCEPTION 'fields of policy "%" must be some of the fields of "%" (%), without NULLs',
+				NEW.name, NEW.extractor, array_to_string(extractor_fields, ', ')
+				USING ERRCODE = 'invalid_parameter_value',
+					HINT = 'Leave fields NULL for all of them.';
+		END IF;
+	ELSIF NEW.fields IS NOT NULL THEN
+		RAISE EXCEPTION 'fields need an extractor' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF jsonb_typeof(NEW.prompt) <> 'object'
+	   OR EXISTS (SELECT FROM jsonb_object_keys(NEW.prompt) AS p(key) WHERE p.key NOT IN ('version', 'system', 'instructions'))
+	   OR jsonb_typeof(NEW.prompt->'system') NOT IN ('string', 'null')
+	   OR jsonb_typeof(NEW.prompt->'instructions') NOT IN ('string', 'null') THEN
+		RAISE EXCEPTION 'prompt of policy "%" must be {"version": ..., "system": "...", "instructions": "..."}', NEW.name
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	IF jsonb_typeof(NEW.thresholds) <> 'object'
+	   OR EXISTS (SELECT FROM jsonb_object_keys(NEW.thresholds) AS t(key) WHERE t.key NOT IN ('default', 'labels'))
+	   OR NOT NEW.thresholds ? 'default'
 	   OR (NEW.thresholds ? 'default' AND (jsonb_typeof(NEW.thresholds->'default') <> 'number'
 										   OR (NEW.thresholds->>'default')::float8 NOT BETWEEN 0 AND 1.001))
 	   OR (NEW.thresholds ? 'labels' AND jsonb_typeof(NEW.thresholds->'labels') <> 'object') THEN
@@ -42,6 +109,10 @@ BEGIN
 				HINT = 'A confidence below its threshold escalates the row; a threshold just above 1 escalates every row.';
 	END IF;
 	FOR k, v IN SELECT * FROM jsonb_each(coalesce(NEW.thresholds->'labels', '{}')) LOOP
+		IF NEW.model IS NULL OR NOT k = ANY (model_labels) THEN
+			RAISE EXCEPTION 'threshold for label "%" in policy "%", which its classifier does not have', k, NEW.name
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
 		IF jsonb_typeof(v) <> 'number' OR v::text::float8 NOT BETWEEN 0 AND 1.001 THEN
 			RAISE EXCEPTION 'threshold of label "%" in policy "%" must be a number between 0 and 1, not %', k, NEW.name, v
 				USING ERRCODE = 'invalid_parameter_value';
@@ -98,6 +169,27 @@ END;
 $$;
 CREATE TRIGGER policies_check BEFORE INSERT OR UPDATE ON triage.policies
 	FOR EACH ROW EXECUTE FUNCTION triage.check_policy();
+
+-- a policy in use stays: deleting it would leave attached tables failing on
+-- every insert
+CREATE FUNCTION triage.check_policy_unused() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	tables text;
+BEGIN
+	SELECT string_agg(t::text, ', ') INTO tables FROM triage.attached_tables(OLD.name) t;
+	IF tables IS NOT NULL THEN
+		RAISE EXCEPTION 'policy "%" cannot be deleted: tables are attached to it (%)', OLD.name, tables
+			USING ERRCODE = 'dependent_objects_still_exist',
+				HINT = 'Detach them first with triage.detach().';
+	END IF;
+	RETURN OLD;
+END;
+$$;
+COMMENT ON FUNCTION triage.check_policy_unused() IS
+	'Trigger: refuses to delete a policy that tables are attached to.';
+CREATE TRIGGER policies_in_use BEFORE DELETE ON triage.policies
+	FOR EACH ROW EXECUTE FUNCTION triage.check_policy_unused();
 -- every session routes with the edited policy from its next statement
 CREATE TRIGGER policies_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.policies
@@ -151,36 +243,16 @@ CREATE FUNCTION triage.create_policy(name text, model text, labels text[] DEFAUL
 	RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
-DECLARE
-	model_labels text[];
-	extractor_fields text[];
 BEGIN
-	PERFORM triage.check_model_name(name);
 	IF model IS NULL AND extractor IS NULL THEN
 		RAISE EXCEPTION 'a policy needs a classifier (model), an extractor, or both'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	IF model IS NOT NULL THEN
-		SELECT m.labels INTO model_labels FROM triage.models m
-		 WHERE m.name = create_policy.model AND m.kind = 'fasttext' ORDER BY m.version DESC LIMIT 1;
-		IF model_labels IS NULL THEN
-			RAISE EXCEPTION 'classifier "%" does not exist', model
-				USING ERRCODE = 'undefined_object',
-					HINT = 'Train or import the model first.';
-		END IF;
-	END IF;
-	IF extractor IS NOT NULL THEN
-		SELECT m.labels INTO extractor_fields FROM triage.models m
-		 WHERE m.name = create_policy.extractor AND m.kind = 'crf' ORDER BY m.version DESC LIMIT 1;
-		IF extractor_fields IS NULL THEN
-			RAISE EXCEPTION 'extractor "%" does not exist', extractor
-				USING ERRCODE = 'undefined_object',
-					HINT = 'Train one first with triage.train_extractor().';
-		END IF;
-	END IF;
-	INSERT INTO triage.policies (name, model, extractor, labels, fields, thresholds, rules, prompt,
+	-- checked, and labels and fields defaulted, by triage.check_policy(), as
+	-- for a policy written with INSERT or UPDATE
+	INSERT INTO triage.policies (name, model, extractor, labels, thresholds, rules, prompt,
 								 audit_rate, max_attempts)
-	VALUES (name, model, extractor, coalesce(labels, model_labels), extractor_fields,
+	VALUES (name, model, extractor, labels,
 			jsonb_build_object('default', threshold), coalesce(rules, '{}'),
 			coalesce(prompt, jsonb_build_object(
 				'version', 1,

@@ -34,7 +34,7 @@ GRANT triage_user TO triage_admin;
 -- Admins keep the model store, policies, examples and workers; they read and
 -- delete the queue, but only pg_triage writes it (an escalation names a
 -- table and columns that complete() writes into)
-GRANT SELECT, INSERT, UPDATE, DELETE ON triage.models, triage.deployments, triage.policies,
+GRANT SELECT, INSERT, UPDATE, DELETE ON triage.models, triage.model_versions, triage.deployments, triage.policies,
 	triage.policy_grants, triage.examples, triage.policy_counters, triage.progress, triage.workers,
 	triage.worker_roles TO triage_admin;
 GRANT SELECT, DELETE ON triage.escalations TO triage_admin;

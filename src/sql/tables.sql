@@ -12,6 +12,7 @@ CREATE TABLE triage.policy_counters (
 	escalated bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX policy_counters_policy ON triage.policy_counters (policy);
+SELECT pg_catalog.pg_extension_config_dump('triage.policy_counters', '');
 COMMENT ON TABLE triage.policy_counters IS
 	'Rows routed by attached tables and process_table, and how many of them were escalated: sum per policy.';
 
@@ -34,6 +35,7 @@ CREATE TABLE triage.progress (
 	escalated bigint NOT NULL DEFAULT 0,
 	finished boolean NOT NULL DEFAULT false
 );
+SELECT pg_catalog.pg_extension_config_dump('triage.progress', '');
 COMMENT ON TABLE triage.progress IS 'The progress of triage.process_table(), one row per table, committed per batch.';
 
 CREATE VIEW triage.process_progress AS
@@ -168,6 +170,16 @@ CREATE FUNCTION triage.route_row() RETURNS trigger
 COMMENT ON FUNCTION triage.route_row() IS
 	'Row trigger of attached tables: writes the small model''s label into the row being inserted (or whose input is updated) and queues it when the policy escalates it.';
 
+-- The tables attached to a policy: their route triggers name it
+CREATE FUNCTION triage.attached_tables(policy text) RETURNS SETOF regclass
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+	SELECT DISTINCT t.tgrelid::regclass FROM pg_catalog.pg_trigger t
+	 WHERE t.tgfoid = 'triage.route_row()'::regprocedure AND t.tgnargs = 5
+	   AND (pg_catalog.string_to_array(pg_catalog.encode(t.tgargs, 'escape'), '\000'))[4] = policy
+$$;
+COMMENT ON FUNCTION triage.attached_tables(text) IS
+	'The tables attached to a policy (triage.attach()).';
+
 CREATE FUNCTION triage.count_routed_rows() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'triage_count_routed_rows' LANGUAGE C;
 COMMENT ON FUNCTION triage.count_routed_rows() IS
@@ -196,6 +208,17 @@ CREATE FUNCTION triage.check_attachment(policy text, tbl regclass, key_column na
 COMMENT ON FUNCTION triage.check_attachment(text, regclass, name, name, name, name) IS
 	'Error unless the current role may use policy and tbl is attached to it with these columns (what queueing and complete() check).';
 
+-- The name of an attach() trigger for an output column: the column's name
+-- when it fits in 63 bytes, else a hash of it (a cut name could collide with
+-- another column's, and detach() would drop the wrong trigger)
+CREATE FUNCTION triage.trigger_name(prefix text, output_column name) RETURNS name
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT CASE WHEN octet_length(prefix || output_column) < 64 THEN prefix || output_column
+				ELSE prefix || md5(output_column) END::name
+$$;
+COMMENT ON FUNCTION triage.trigger_name(text, name) IS
+	'(internal) The name of the trigger attach() creates for an output column.';
+
 CREATE FUNCTION triage.attach(tbl regclass, input_column name, output_column name, policy text,
 							  provenance_column name DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -220,10 +243,10 @@ BEGIN
 	-- included), no second write; UPDATE OF: only a changed input is routed
 	EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %I ON %s '
 				   'FOR EACH ROW EXECUTE FUNCTION triage.route_row(%s)',
-				   'triage_route_' || output_column, input_column, tbl, args);
+				   triage.trigger_name('triage_route_', output_column), input_column, tbl, args);
 	EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE ON %s '
 				   'FOR EACH STATEMENT EXECUTE FUNCTION triage.count_routed_rows(%L)',
-				   'triage_count_' || output_column, tbl, policy);
+				   triage.trigger_name('triage_count_', output_column), tbl, policy);
 	-- what the trigger will check before queueing, checked now too
 	PERFORM triage.check_attachment(policy, tbl, key_col, input_column, output_column, provenance_column);
 END;
@@ -234,8 +257,8 @@ COMMENT ON FUNCTION triage.attach(regclass, name, name, text, name) IS
 CREATE FUNCTION triage.detach(tbl regclass, output_column name) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_route_' || output_column, tbl);
-	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'triage_count_' || output_column, tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triage.trigger_name('triage_route_', output_column), tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triage.trigger_name('triage_count_', output_column), tbl);
 END;
 $$;
 COMMENT ON FUNCTION triage.detach(regclass, name) IS 'Removes what triage.attach() added for output_column.';
