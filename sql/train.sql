@@ -107,11 +107,38 @@ SELECT triage.rollback('food');
 SELECT version FROM triage.deployments WHERE name = 'food';
 
 -- temperature scaling: fitted on held-out rows, stored with the version
+SELECT (triage.deployed_version('food')) AS was_deployed \gset
 SELECT (c->>'temperature')::float > 0 AS fitted, c->'rows' AS rows,
-       (c->>'nll_after')::float <= (c->>'nll_before')::float AS nll_not_worse
-  FROM triage.calibrate_temperature('food', 'SELECT review, score FROM food_test') c;
-SELECT metrics->'calibration' ? 'temperature' AS stored
-  FROM triage.models WHERE name = 'food' AND version = 1;
+       (c->>'nll_after')::float <= (c->>'nll_before')::float AS nll_not_worse,
+       c->>'version' AS calibrated
+  FROM triage.calibrate_temperature('food', 'SELECT review, score FROM food_test') c \gset
+SELECT :'fitted' AS fitted, :'rows' AS rows, :'nll_not_worse' AS nll_not_worse;
+-- as a new version, deployed in place of the one it came from; the old
+-- version's answers stay as they were (classify(name, version, input) is IMMUTABLE)
+SELECT m.version = :calibrated AS calibrated, m.metrics->'calibration' ? 'temperature' AS stored,
+       m.params->>'calibrated_from' = :'was_deployed' AS from_the_deployed, d.version IS NOT NULL AS deployed
+  FROM triage.models m LEFT JOIN triage.deployments d USING (name, version)
+ WHERE m.name = 'food' AND m.version IN (:was_deployed, :calibrated) ORDER BY m.version;
+SELECT (triage.classify('food', :was_deployed, 'stale and bitter')).confidence
+       <> (triage.classify('food', :calibrated, 'stale and bitter')).confidence AS only_the_new_version_changed;
+UPDATE triage.models SET metrics = jsonb_set(metrics, '{calibration,temperature}', '2')
+ WHERE name = 'food' AND version = :calibrated;
+-- so an expression index on a version's confidence stays true through a
+-- later calibration: the index and a scan find the same rows
+CREATE TABLE conf_idx AS SELECT review FROM food_test;
+CREATE INDEX conf_idx_confidence ON conf_idx (((triage.classify('food', :calibrated, review)).confidence));
+SELECT (triage.calibrate_temperature('food', 'SELECT review, score FROM food_test WHERE length(review) < 300')
+       ->>'version')::int > :calibrated AS calibrated_again;
+SET enable_seqscan = off;
+SELECT count(*) AS by_index FROM conf_idx WHERE (triage.classify('food', :calibrated, review)).confidence > 0.8 \gset
+RESET enable_seqscan;
+SET enable_indexscan = off;
+SET enable_bitmapscan = off;
+SELECT count(*) = :by_index AS index_agrees_with_scan, :by_index > 0 AS some
+  FROM conf_idx WHERE (triage.classify('food', :calibrated, review)).confidence > 0.8;
+RESET enable_indexscan;
+RESET enable_bitmapscan;
+DROP TABLE conf_idx;
 SELECT triage.calibrate_temperature('food_hs', 'SELECT review, score FROM food_test');
 
 -- cross-validation: every row once, answered by a model trained on the other folds

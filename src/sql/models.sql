@@ -59,17 +59,20 @@ CREATE TRIGGER deployments_changed
 CREATE FUNCTION triage.models_immutable() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	IF (NEW.name, NEW.version, NEW.kind, NEW.labels, NEW.params, NEW.data)
-		IS DISTINCT FROM (OLD.name, OLD.version, OLD.kind, OLD.labels, OLD.params, OLD.data) THEN
+	-- the temperature changes the confidences a version gives: it is part of the version
+	IF (NEW.name, NEW.version, NEW.kind, NEW.labels, NEW.params, NEW.data,
+		NEW.metrics #> '{calibration,temperature}')
+		IS DISTINCT FROM (OLD.name, OLD.version, OLD.kind, OLD.labels, OLD.params, OLD.data,
+						  OLD.metrics #> '{calibration,temperature}') THEN
 		RAISE EXCEPTION 'model "%" version % cannot be changed', OLD.name, OLD.version
 			USING ERRCODE = 'object_not_in_prerequisite_state',
-				HINT = 'Model versions are immutable; import or train a new version instead.';
+				HINT = 'Model versions are immutable; import or train a new version instead (calibrate_temperature stores one).';
 	END IF;
 	RETURN NEW;
 END;
 $$;
 COMMENT ON FUNCTION triage.models_immutable() IS
-	'Trigger: rejects changes to a stored model version other than its metrics.';
+	'Trigger: rejects changes to a stored model version other than its metrics (its temperature included).';
 
 CREATE TRIGGER models_immutable
 	BEFORE UPDATE ON triage.models

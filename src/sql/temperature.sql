@@ -15,6 +15,8 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	v integer := version;
+	source triage.models;
+	new_version integer;
 	fit jsonb;
 	before jsonb;
 	after jsonb;
@@ -24,20 +26,30 @@ BEGIN
 	END IF;
 	query := triage.user_rows_sql(query, query_search_path, '{text,text}');
 	v := coalesce(v, triage.deployed_version(name));
-	-- fit with the raw model, then store; the next statement uses the new temperature
-	UPDATE triage.models m SET metrics = m.metrics - 'calibration'
-	 WHERE m.name = calibrate_temperature.name AND m.version = v;
+	SELECT * INTO source FROM triage.models m
+	 WHERE m.name = calibrate_temperature.name AND m.version = v AND m.kind = 'fasttext';
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'classifier "%" version % does not exist', name, v USING ERRCODE = 'undefined_object';
+	END IF;
+	-- fitted on the version's logits (before any temperature it has), and
+	-- stored as a new version: a stored version never changes its answers
 	before := triage.evaluate(name, query, v);
 	fit := triage.fit_temperature(name, v, query);
-	UPDATE triage.models m
-	   SET metrics = m.metrics || jsonb_build_object('calibration', fit)
-	 WHERE m.name = calibrate_temperature.name AND m.version = v;
-	after := triage.evaluate(name, query, v);
-	fit := fit || jsonb_build_object('ece_before', before->'ece', 'ece_after', after->'ece',
+	new_version := triage.store_model(name, 'fasttext', source.labels,
+		source.params || jsonb_build_object('calibrated_from', v),
+		(source.metrics - 'calibration' - 'heldout') || jsonb_build_object('calibration', fit),
+		source.data);
+	after := triage.evaluate(name, query, new_version);
+	fit := fit || jsonb_build_object('version', new_version, 'calibrated_from', v,
+									 'ece_before', before->'ece', 'ece_after', after->'ece',
 									 'accuracy', after->'accuracy');
 	UPDATE triage.models m
 	   SET metrics = m.metrics || jsonb_build_object('calibration', fit)
-	 WHERE m.name = calibrate_temperature.name AND m.version = v;
+	 WHERE m.name = calibrate_temperature.name AND m.version = new_version;
+	-- the calibrated copy replaces the version it came from where that was deployed
+	IF triage.deployed_version(name) = v THEN
+		PERFORM triage.deploy(name, new_version);
+	END IF;
 	RETURN fit;
 END;
 $$;
@@ -52,5 +64,5 @@ LANGUAGE sql VOLATILE AS $$
 $$;
 
 COMMENT ON FUNCTION triage.calibrate_temperature(text, text, integer) IS
-	'Fits temperature scaling on held-out (input, label) rows and stores it with the version, so confidences match accuracy; returns the temperature and the ECE before and after.';
+	'Fits temperature scaling on held-out (input, label) rows and stores the version with it as a new version (deployed if the version was), so confidences match accuracy; returns the temperature, the new version and the ECE before and after.';
 
