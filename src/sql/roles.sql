@@ -45,3 +45,12 @@ GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text), triage.co
 	triage.heartbeat(text, text, integer, bigint, bigint) TO triage_admin;
 
 GRANT EXECUTE ON FUNCTION triage.distill(text, jsonb) TO triage_admin;
+
+-- process_table's counters, progress and queue lookups: SECURITY DEFINER,
+-- each checking its caller, for the roles that route rows
+REVOKE ALL ON FUNCTION triage.compact_counters(), triage.count_routed(text, bigint, bigint),
+	triage.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean),
+	triage.open_escalation(regclass, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION triage.compact_counters(), triage.count_routed(text, bigint, bigint),
+	triage.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean),
+	triage.open_escalation(regclass, jsonb) TO triage_user;

@@ -17,13 +17,13 @@ COMMENT ON TABLE triage.policy_counters IS
 	'Rows routed by attached tables and process_table, and how many of them were escalated: sum per policy.';
 
 CREATE FUNCTION triage.compact_counters() RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	WITH folded AS (DELETE FROM triage.policy_counters RETURNING *)
 	INSERT INTO triage.policy_counters (policy, seen, escalated)
 	SELECT policy, sum(seen), sum(escalated) FROM folded GROUP BY policy
 $$;
 COMMENT ON FUNCTION triage.compact_counters() IS
-	'Folds triage.policy_counters into one row per policy.';
+	'Folds triage.policy_counters into one row per policy (as the extension''s owner: it changes no count).';
 
 CREATE TABLE triage.progress (
 	source regclass PRIMARY KEY,
@@ -145,9 +145,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 								  $2, jsonb_build_object($3, r.k::text), (r.d).reason, $4, $5, $6) AS id
 			  FROM routed r
 			 WHERE (r.d).escalate
-			   AND NOT EXISTS (SELECT FROM triage.escalations e
-								WHERE e.source = $2 AND e.source_key = jsonb_build_object($3, r.k::text)
-								  AND e.status IN ('pending', 'claimed')))
+			   AND NOT triage.open_escalation($2, jsonb_build_object($3, r.k::text)))
 		SELECT (SELECT count(*) FROM routed) AS routed, (SELECT count(*) FROM queued) AS escalated,
 			   (SELECT max(k)::text FROM routed) AS last_key, (SELECT count(*) FROM written) AS written
 	$q$, key_col, input_col, rows_sql, tbl, output_col,
@@ -159,11 +157,58 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 		CASE WHEN extraction THEN 'triage.field_values((r.d).fields)' ELSE '(r.d).label' END)
 $$;
 
+-- The counters and the progress are written as the extension's owner: a
+-- table owner routing with process_table needs no rights on them, and may
+-- count only under policies it may use, and record progress only for
+-- tables it may update
 CREATE FUNCTION triage.count_routed(policy text, routed bigint, escalated bigint) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF NOT triage.may_use_policy(policy, triage.caller_role()) THEN
+		RAISE EXCEPTION 'role "%" may not use policy "%"', triage.caller_role(), policy
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
 	INSERT INTO triage.policy_counters (policy, seen, escalated)
-	SELECT policy, routed, escalated WHERE routed > 0
+	SELECT policy, routed, escalated WHERE routed > 0;
+END;
 $$;
+COMMENT ON FUNCTION triage.count_routed(text, bigint, bigint) IS
+	'(internal) Adds rows routed by process_table to triage.policy_counters.';
+
+-- Whether a row already waits for the large model (process_table queues it
+-- once), for a caller who may read the table but not the queue
+CREATE FUNCTION triage.open_escalation(source regclass, source_key jsonb) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF NOT has_table_privilege(triage.caller_role(), source, 'SELECT') THEN
+		RAISE EXCEPTION 'permission denied for table %', source USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN EXISTS (SELECT FROM triage.escalations e
+					WHERE e.source = open_escalation.source AND e.source_key = open_escalation.source_key
+					  AND e.status IN ('pending', 'claimed'));
+END;
+$$;
+COMMENT ON FUNCTION triage.open_escalation(regclass, jsonb) IS
+	'(internal) Whether a row of a table the caller may read waits for the large model.';
+
+CREATE FUNCTION triage.record_progress(tbl regclass, policy text, started timestamptz, total bigint,
+									   done bigint, escalated bigint, finished boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF NOT has_table_privilege(triage.caller_role(), tbl, 'UPDATE') THEN
+		RAISE EXCEPTION 'permission denied to record the progress of %', tbl
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	INSERT INTO triage.progress AS p (source, policy, started_at, updated_at, rows_total, rows_done,
+									  escalated, finished)
+	VALUES (tbl, policy, started, clock_timestamp(), total, done, escalated, finished)
+	ON CONFLICT (source) DO UPDATE SET policy = excluded.policy, started_at = excluded.started_at,
+		updated_at = excluded.updated_at, rows_total = excluded.rows_total,
+		rows_done = excluded.rows_done, escalated = excluded.escalated, finished = excluded.finished;
+END;
+$$;
+COMMENT ON FUNCTION triage.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean) IS
+	'(internal) Records process_table''s progress on a table in triage.progress.';
 
 CREATE FUNCTION triage.route_row() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'triage_route_row' LANGUAGE C;
@@ -297,11 +342,7 @@ BEGIN
 	  FROM triage.policies p WHERE p.name = process_table_start.policy;
 	EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL AND %I IS NOT NULL',
 				   tbl, output_column, input_column) INTO total;
-	INSERT INTO triage.progress AS p (source, policy, started_at, updated_at, rows_total)
-	VALUES (tbl, policy, started, started, total)
-	ON CONFLICT (source) DO UPDATE SET policy = excluded.policy, started_at = excluded.started_at,
-		updated_at = excluded.updated_at, rows_total = excluded.rows_total,
-		rows_done = 0, escalated = 0, finished = false;
+	PERFORM triage.record_progress(tbl, policy, started, total, 0, 0, false);
 	RETURN jsonb_build_object('tbl', tbl::oid, 'key_col', key_col, 'input_column', input_column,
 							  'output_column', output_column, 'provenance_column', provenance_column,
 							  'policy', policy, 'model', model, 'extraction', extraction,
@@ -341,16 +382,14 @@ BEGIN
 	   INTO r USING policy, tbl, key_col, input_column, output_column, provenance_column,
 					model, triage.deployed_version(model);
 	PERFORM triage.count_routed(policy, r.routed, r.escalated);
+	n_done := (state->>'done')::bigint + r.routed;
+	n_escalated := (state->>'escalated')::bigint + r.escalated;
+	PERFORM triage.record_progress(tbl, policy, started, (state->>'total')::bigint, n_done, n_escalated,
+								   r.routed = 0);
 	IF r.routed = 0 THEN
-		UPDATE triage.progress SET finished = true, updated_at = clock_timestamp() WHERE source = tbl;
 		PERFORM triage.compact_counters();
 		RETURN NULL;
 	END IF;
-	n_done := (state->>'done')::bigint + r.routed;
-	n_escalated := (state->>'escalated')::bigint + r.escalated;
-	UPDATE triage.progress SET rows_done = n_done, escalated = n_escalated,
-							   updated_at = clock_timestamp()
-	 WHERE source = tbl;
 	RAISE NOTICE 'process_table %: % of % rows, % escalated, % rows/s', tbl, n_done, state->>'total',
 		n_escalated, round(n_done / greatest(extract(epoch FROM clock_timestamp() - started), 0.001));
 	RETURN state || jsonb_build_object('last_key', r.last_key, 'done', n_done, 'escalated', n_escalated);
@@ -366,7 +405,7 @@ CREATE PROCEDURE triage.process_table(tbl regclass, input_column name, output_co
 									  provenance_column name DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
-	state jsonb;
+	state pg_catalog.jsonb;		-- qualified: this body runs under the caller's search_path
 BEGIN
 	state := triage.process_table_start(tbl, input_column, output_column, policy, batch_size,
 										provenance_column);
