@@ -132,8 +132,12 @@ triage_inspect_fasttext(PG_FUNCTION_ARGS)
 
 /*
  * A tuplestore and result descriptor for a set-returning function in
- * materialize mode, in the query's memory (PostgreSQL 15's
- * InitMaterializedSRF, written out so that 13 and 14 build too).
+ * materialize mode (PostgreSQL 15's InitMaterializedSRF, written out so
+ * that 13 and 14 build too).  Only the tuplestore goes in the query's
+ * memory: the descriptor, and what building it leaves behind, stay in the
+ * call's, which the executor resets (it frees the descriptor after reading
+ * it).  Built in the query's memory, they cost a kilobyte per call for the
+ * whole query.
  */
 Tuplestorestate *
 BeginMaterialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
@@ -141,17 +145,15 @@ BeginMaterialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	MemoryContext old;
 	Tuplestorestate *store;
-	TupleDesc	desc;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
 		(rsinfo->allowedModes & SFRM_Materialize) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("set-valued function called in context that cannot accept a set")));
-	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+	if (get_call_result_type(fcinfo, NULL, tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	*tupdesc = CreateTupleDescCopy(desc);
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
 	store = tuplestore_begin_heap(true, false, work_mem);
 	MemoryContextSwitchTo(old);
 	rsinfo->returnMode = SFRM_Materialize;
