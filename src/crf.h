@@ -55,7 +55,8 @@ typedef struct CrfToken
  * character is a token of its own; white space separates.  Valid non-ASCII
  * UTF-8 counts as a letter except for common Unicode spaces and punctuation;
  * each invalid byte is a token of its own.  Never reads text[len] or beyond.
- * Returns the number of tokens written.
+ * Returns the number of tokens written.  Calls TRIAGE_CHECK_INTERRUPTS()
+ * every megabyte read, since one token or run of spaces can be the whole text.
  */
 extern int32_t CrfTokenize(const char *text, size_t len, CrfToken *tokens, int32_t max_tokens);
 
@@ -243,6 +244,9 @@ typedef struct CrfWorkspace
 	uint64_t   *cache_keys;
 	float	   *cache_sums;
 	uint8_t    *cache_recent;
+
+	/* set by the caller: use at most this many tokens, if fewer than the model's (0: the model's) */
+	int32_t		max_tokens;
 } CrfWorkspace;
 
 /* Set up an empty workspace that allocates from allocator (NULL: malloc) */
@@ -250,6 +254,13 @@ extern void CrfWorkspaceInit(CrfWorkspace *workspace, const TriageAllocator *all
 
 /* Free a workspace's memory; it can be initialised again afterwards */
 extern void CrfWorkspaceFree(CrfWorkspace *workspace);
+
+/*
+ * Give back the per-token arrays when a long text made them larger than
+ * keep_bytes in all; the token cache (a fixed size) and the token buffer
+ * stay.  Returns the bytes given back.
+ */
+extern size_t CrfWorkspaceTrim(CrfWorkspace *workspace, size_t keep_bytes);
 
 /*
  * Extract fields from text[0..len): the Viterbi labeling, then for each

@@ -187,6 +187,27 @@ CrfWorkspaceFree(CrfWorkspace *ws)
 	ws->tokens = NULL;
 }
 
+/* Bytes of the per-token arrays of a workspace with these capacities */
+static size_t
+ArrayBytes(int32_t tokens, int32_t labels)
+{
+	size_t		cells = (size_t) tokens * (size_t) labels;
+
+	return cells * 4 * sizeof(float) +
+		(size_t) tokens * (sizeof(CrfTokenInfo) + sizeof(float) + sizeof(int16_t));
+}
+
+size_t
+CrfWorkspaceTrim(CrfWorkspace *ws, size_t keep_bytes)
+{
+	size_t		bytes = ArrayBytes(ws->token_capacity, ws->label_capacity);
+
+	if (bytes <= keep_bytes)
+		return 0;
+	FreeArrays(ws);
+	return bytes;
+}
+
 static bool
 Reserve(CrfWorkspace *ws, int32_t ntokens, int32_t lpad)
 {
@@ -691,7 +712,9 @@ CrfExtract(const CrfModel *model, CrfWorkspace *ws, const char *text, size_t len
 		if (ws->tokens == NULL)
 			return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory for the CRF workspace");
 	}
-	n = CrfTokenize(text, len, ws->tokens, model->max_tokens);
+	n = CrfTokenize(text, len, ws->tokens,
+					ws->max_tokens > 0 && ws->max_tokens < model->max_tokens ? ws->max_tokens
+					: model->max_tokens);
 	if (n == 0)
 		return TRIAGE_OK;
 	if (!Reserve(ws, n, model->lpad) || !ReserveTokenCache(ws, model))

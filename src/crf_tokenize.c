@@ -118,11 +118,15 @@ CharAt(const char *text, size_t len, size_t i, int *nbytes)
 	return AsciiClass(c);
 }
 
+/* Bytes read between checks for cancel: a token or a run of spaces may be the whole text */
+#define CHECK_EVERY_BYTES ((size_t) 1 << 20)
+
 int32_t
 CrfTokenize(const char *text, size_t len, CrfToken *tokens, int32_t max_tokens)
 {
 	int32_t		n = 0;
 	size_t		i = 0;
+	size_t		next_check = CHECK_EVERY_BYTES;
 
 	if (text == NULL || tokens == NULL)
 		return 0;
@@ -134,9 +138,15 @@ CrfTokenize(const char *text, size_t len, CrfToken *tokens, int32_t max_tokens)
 	while (i < len && n < max_tokens)
 	{
 		int			nb;
-		CrfCharClass cls = CharAt(text, len, i, &nb);
+		CrfCharClass cls;
 		size_t		start = i;
 
+		if (i >= next_check)
+		{
+			TRIAGE_CHECK_INTERRUPTS();
+			next_check = i + CHECK_EVERY_BYTES;
+		}
+		cls = CharAt(text, len, i, &nb);
 		if (cls == CRF_CHAR_SPACE)
 		{
 			i += nb;
@@ -148,8 +158,14 @@ CrfTokenize(const char *text, size_t len, CrfToken *tokens, int32_t max_tokens)
 			while (i < len)
 			{
 				int			nb2;
-				CrfCharClass c2 = CharAt(text, len, i, &nb2);
+				CrfCharClass c2;
 
+				if (i >= next_check)
+				{
+					TRIAGE_CHECK_INTERRUPTS();
+					next_check = i + CHECK_EVERY_BYTES;
+				}
+				c2 = CharAt(text, len, i, &nb2);
 				if (c2 == CRF_CHAR_ALNUM)
 					i += nb2;
 				else if (c2 == CRF_CHAR_PUNCT && nb2 == 1 && IsJoiner(text[i]) && i + 1 < len)

@@ -170,7 +170,19 @@ FastTextSigmoid(const FastTextModel *model, float x)
 	return model->sigmoid_table[(int64_t) ((x + 8.0f) * 512.0f / 8.0f / 2.0f)];
 }
 
-/* Per-call working memory; grows as needed and may be reused across calls */
+/*
+ * With a token limit (FastTextScratch.max_tokens), the input rows read for
+ * one input stay within this many per token allowed: a word row, its
+ * character n-grams (up to maxn per character, and a hostile model may set
+ * maxn to 64) and its word n-grams (wordNgrams - 1).  Natural text with
+ * fastText's usual maxn of 6 or less averages well under this.
+ */
+#define FASTTEXT_ROWS_PER_TOKEN 64
+
+/*
+ * Per-call working memory; grows as needed and may be reused across calls
+ * (FastTextScratchTrim gives back what an oversized input made it grow to).
+ */
 typedef struct FastTextScratch
 {
 	int32_t    *rows;
@@ -188,6 +200,15 @@ typedef struct FastTextScratch
 	char	   *word;			/* a token wrapped in "<" and ">" */
 	size_t		word_capacity;
 	TriageAllocator allocator;
+
+	/*
+	 * Set by the caller: read at most max_tokens tokens of an input (0: no
+	 * limit), and at most FASTTEXT_ROWS_PER_TOKEN * (max_tokens + 1) input
+	 * rows (the tokens and the line's "</s>");
+	 * the rest of the input is ignored, as if the line ended there.
+	 */
+	int64_t		max_tokens;
+	bool		truncated;		/* set when the last input was cut short */
 } FastTextScratch;
 
 typedef struct FastTextScored
@@ -253,6 +274,8 @@ extern int32_t FastTextFindWord(const FastTextModel *model, const char *word, si
 
 extern void FastTextScratchInit(FastTextScratch *scratch, const TriageAllocator *allocator);
 extern void FastTextScratchFree(FastTextScratch *scratch);
+extern size_t FastTextScratchTrim(const FastTextModel *model, FastTextScratch *scratch,
+								  size_t keep_bytes);
 
 extern TriageStatus FastTextPredict(const FastTextModel *model, FastTextScratch *scratch,
 									const char *text, size_t len, int32_t k, float threshold,

@@ -156,6 +156,9 @@ ComputeSubwords(const FastTextModel *model, FastTextScratch *scratch,
 		uint32_t	h = 2166136261u;
 		size_t		j = i;
 
+		/* a token can be the whole input: let cancel in */
+		if ((i & 4095) == 4095)
+			TRIAGE_CHECK_INTERRUPTS();
 		if (IsContinuationByte(word[i]))
 			continue;
 		for (int32_t n = 1; j < wlen && n <= maxn; n++)
@@ -243,6 +246,9 @@ AddWordNgrams(const FastTextModel *model, FastTextScratch *scratch, char *errbuf
 	{
 		uint64_t	h = (uint64_t) (int64_t) hashes[i];
 
+		if ((i & 1023) == 1023)
+			TRIAGE_CHECK_INTERRUPTS();
+
 		for (int64_t j = i + 1; j < nh && j < i + n; j++)
 		{
 			h = h * 116049371 + (uint64_t) (int64_t) hashes[j];
@@ -282,11 +288,36 @@ AddToken(const FastTextModel *model, FastTextScratch *scratch, const char *token
 }
 
 /*
+ * An upper bound on the input rows one token adds, and its word n-grams:
+ * cheap from its length when that is far from the limit, else counted.
+ */
+static int64_t
+TokenRowsBound(const FastTextModel *model, const char *token, size_t len, int64_t room)
+{
+	int64_t		ngrams = model->args.wordNgrams > 1 ? model->args.wordNgrams - 1 : 0;
+	int64_t		rough;
+
+	if (model->args.maxn <= 0)
+		return 1 + ngrams;
+	/* bytes are at least characters, so this bounds the n-grams too */
+	rough = 1 + ngrams + ((int64_t) len + 2) * model->args.maxn;
+	if (rough <= room)
+		return rough;
+	return 1 + ngrams + FastTextCountSubwords(model, token, len);
+}
+
+/*
  * The input rows of one line of text, as fastText's getLine computes them
  * for a line that ends in a newline: the tokens, then "</s>", reading
  * stops at the first "</s>".  A newline inside the text is taken as a
  * space, so a multi-line value is one example (the fasttext tool would
  * split it into several lines).
+ *
+ * With scratch->max_tokens set, reading also stops before the token past
+ * that many, or before a token whose rows could pass the row budget
+ * (FASTTEXT_ROWS_PER_TOKEN per token allowed, and "</s>"); the line then ends there,
+ * with its "</s>", and scratch->truncated is set.  An input under both
+ * limits is read exactly as fastText reads it.
  */
 TriageStatus
 FastTextTokenize(const FastTextModel *model, FastTextScratch *scratch,
@@ -295,12 +326,34 @@ FastTextTokenize(const FastTextModel *model, FastTextScratch *scratch,
 	size_t		pos = 0,
 				start,
 				end;
+	int64_t		ntokens = 0;
+	int64_t		max_rows = INT64_MAX;
+	int64_t		eos_rows = 1 + (model->args.wordNgrams > 1 ? model->args.wordNgrams - 1 : 0);
 	TriageStatus status;
 
 	scratch->nrows = 0;
 	scratch->nhashes = 0;
+	scratch->truncated = false;
+	/* the line's "</s>" gets a token's share, so that max_tokens 1 still reads a token */
+	if (scratch->max_tokens > 0 && scratch->max_tokens < INT64_MAX / FASTTEXT_ROWS_PER_TOKEN - 1)
+		max_rows = (scratch->max_tokens + 1) * FASTTEXT_ROWS_PER_TOKEN;
 	while (FastTextNextToken(text, len, &pos, &start, &end))
 	{
+		if ((ntokens & 1023) == 1023)
+			TRIAGE_CHECK_INTERRUPTS();
+		if (scratch->max_tokens > 0)
+		{
+			/* rows so far, with the n-grams still to come, leaving room for "</s>" */
+			int64_t		used = scratch->nrows + scratch->nhashes * (eos_rows - 1) + eos_rows;
+
+			if (ntokens >= scratch->max_tokens ||
+				used + TokenRowsBound(model, text + start, end - start, max_rows - used) > max_rows)
+			{
+				scratch->truncated = true;
+				break;
+			}
+		}
+		ntokens++;
 		status = AddToken(model, scratch, text + start, end - start, errbuf, errlen);
 		if (status != TRIAGE_OK)
 			return status;
@@ -333,4 +386,52 @@ FastTextScratchFree(FastTextScratch *scratch)
 	TriageFree(alloc, scratch->heap);
 	TriageFree(alloc, scratch->word);
 	FastTextScratchInit(scratch, alloc);
+}
+
+/*
+ * Give back the buffers an input made larger than keep_bytes (each), so that
+ * one huge input does not leave its memory held for the life of the model.
+ * The buffers the model itself needs (a row per label, the hierarchical
+ * softmax stack) are kept whatever their size: they would only be regrown.
+ * Returns the bytes given back.
+ */
+size_t
+FastTextScratchTrim(const FastTextModel *model, FastTextScratch *scratch, size_t keep_bytes)
+{
+	const TriageAllocator *alloc = &scratch->allocator;
+	size_t		keep_rows = keep_bytes / sizeof(int32_t);
+	size_t		freed = 0;
+
+	/* HsSearch keeps its stack in rows: two int32 per frame, 2 * nlabels + 1 frames */
+	if (model->args.loss == FASTTEXT_LOSS_HS)
+	{
+		size_t		stack = ((size_t) 2 * (size_t) model->nlabels + 1) * 2;
+
+		if (stack > keep_rows)
+			keep_rows = stack;
+	}
+	if ((size_t) scratch->rows_capacity > keep_rows)
+	{
+		freed += (size_t) scratch->rows_capacity * sizeof(int32_t);
+		TriageFree(alloc, scratch->rows);
+		scratch->rows = NULL;
+		scratch->rows_capacity = 0;
+		scratch->nrows = 0;
+	}
+	if ((size_t) scratch->hashes_capacity > keep_bytes / sizeof(int32_t))
+	{
+		freed += (size_t) scratch->hashes_capacity * sizeof(int32_t);
+		TriageFree(alloc, scratch->hashes);
+		scratch->hashes = NULL;
+		scratch->hashes_capacity = 0;
+		scratch->nhashes = 0;
+	}
+	if (scratch->word_capacity > keep_bytes)
+	{
+		freed += scratch->word_capacity;
+		TriageFree(alloc, scratch->word);
+		scratch->word = NULL;
+		scratch->word_capacity = 0;
+	}
+	return freed;
 }

@@ -332,7 +332,11 @@ FastTextHidden(const FastTextModel *model, FastTextScratch *scratch, const char 
 		return status;
 	memset(hidden, 0, sizeof(float) * (size_t) dim);
 	for (int64_t r = 0; r < scratch->nrows; r++)
+	{
+		if ((r & 4095) == 4095)
+			TRIAGE_CHECK_INTERRUPTS();
 		AddRow(&model->input, scratch->rows[r], hidden);
+	}
 	inverse = (float) (1.0 / (double) scratch->nrows);
 	for (int32_t j = 0; j < dim; j++)
 		hidden[j] *= inverse;

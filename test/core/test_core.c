@@ -106,11 +106,141 @@ TestModel(const char *dir)
 	free(data);
 }
 
+static int	interrupt_checks = 0;
+
+static void
+CountInterruptCheck(void)
+{
+	interrupt_checks++;
+}
+
+/* Predict text with scratch; p gets every label, best first */
+static int32_t
+PredictAll(const FastTextModel *model, FastTextScratch *scratch, const char *text,
+		   FastTextPrediction *p)
+{
+	int32_t		n = -1;
+	char		err[256];
+
+	if (FastTextPredict(model, scratch, text, strlen(text), -1, 0.0f, p, &n, err, sizeof(err)) != TRIAGE_OK)
+		return -1;
+	return n;
+}
+
+static int
+SamePredictions(const FastTextPrediction *a, int32_t na, const FastTextPrediction *b, int32_t nb)
+{
+	return na == nb && na >= 0 && memcmp(a, b, sizeof(FastTextPrediction) * (size_t) na) == 0;
+}
+
+/*
+ * The caller's limits (FastTextScratch.max_tokens): a cut input predicts as
+ * its first tokens do, an input within the limits exactly as without them;
+ * the rows stay within the budget on a model with maxn 64; cancel is
+ * checked while reading and summing; trimming gives back what a big input
+ * made the scratch grow to.
+ */
+static void
+TestLimits(const char *dir)
+{
+	char		path[4096];
+	size_t		len;
+	uint8_t    *data;
+	FastTextModel *model = NULL;
+	FastTextScratch scratch;
+	FastTextPrediction p1[8],
+				p2[8];
+	int32_t		n1,
+				n2;
+	char		err[256];
+	size_t		blen = 4 << 20;
+	char	   *big;
+
+	snprintf(path, sizeof(path), "%s/sentiment_v1.ftz", dir);
+	data = ReadFile(path, &len);
+	if (data == NULL || FastTextLoad(data, len, NULL, &model, err, sizeof(err)) != TRIAGE_OK)
+	{
+		Check(0, "limits: fixture loads");
+		free(data);
+		return;
+	}
+	FastTextScratchInit(&scratch, NULL);
+
+	n1 = PredictAll(model, &scratch, "stale bitter awful", p1);
+	scratch.max_tokens = 3;
+	n2 = PredictAll(model, &scratch, "stale bitter awful great great great", p2);
+	Check(SamePredictions(p1, n1, p2, n2) && scratch.truncated,
+		  "limits: max_tokens 3 predicts as the first 3 tokens do, and says it cut");
+	n2 = PredictAll(model, &scratch, "  stale\tbitter awful  \n ", p2);
+	Check(SamePredictions(p1, n1, p2, n2) && !scratch.truncated,
+		  "limits: an input of exactly max_tokens tokens is read whole");
+	scratch.max_tokens = 1;
+	n1 = PredictAll(model, &scratch, "great", p1);
+	scratch.max_tokens = 0;
+	n2 = PredictAll(model, &scratch, "great", p2);
+	Check(SamePredictions(p1, n1, p2, n2), "limits: max_tokens 1 reads one token");
+
+	/* a model whose subword n-grams go up to 64 (args.maxn is at byte 48) */
+	FastTextFree(model);
+	model = NULL;
+	data[48] = 64;
+	if (FastTextLoad(data, len, NULL, &model, err, sizeof(err)) != TRIAGE_OK)
+	{
+		Check(0, "limits: the fixture with maxn 64 loads");
+		printf("# %s\n", err);
+		FastTextScratchFree(&scratch);
+		free(data);
+		return;
+	}
+	big = malloc(blen + 1);
+	memset(big, 'x', blen);
+	big[blen] = '\0';
+	memcpy(big, "great ", 6);
+
+	/* a 4 MB token after "great": its n-grams alone would be 256 million rows */
+	scratch.max_tokens = 1000;
+	n1 = PredictAll(model, &scratch, big, p1);
+	Check(n1 > 0 && scratch.truncated && scratch.nrows <= 1001 * FASTTEXT_ROWS_PER_TOKEN,
+		  "limits: maxn 64 on a 4 MB token: reading stops before it, rows within the budget");
+	n2 = PredictAll(model, &scratch, "great", p2);
+	Check(SamePredictions(p1, n1, p2, n2), "limits: ... and predicts as the tokens before it");
+
+	/* a million two-letter tokens: cancel is checked while reading and summing */
+	for (size_t i = 0; i < blen; i += 4)
+		memcpy(big + i, "ab  ", 4);
+	scratch.max_tokens = 0;
+	interrupt_checks = 0;
+	TriageInterruptHook = CountInterruptCheck;
+	n1 = PredictAll(model, &scratch, big, p1);
+	TriageInterruptHook = NULL;
+	printf("# %lld rows, %d checks for cancel\n", (long long) scratch.nrows, interrupt_checks);
+	Check(n1 > 0 && interrupt_checks >= 1000, "limits: a million tokens check for cancel at least 1,000 times");
+	{
+		int64_t		grown = scratch.rows_capacity;
+		size_t		freed = FastTextScratchTrim(model, &scratch, 1 << 20);
+
+		Check(grown > (1 << 20) / 4 && freed >= (size_t) grown * 4 && scratch.rows == NULL &&
+			  scratch.hashes == NULL, "limits: trimming gives back the rows and hashes a big input grew");
+		Check(FastTextScratchTrim(model, &scratch, 1 << 20) == 0, "limits: ... once");
+		n2 = PredictAll(model, &scratch, big, p2);
+		Check(SamePredictions(p1, n1, p2, n2), "limits: ... and the same input predicts the same after");
+		FastTextScratchTrim(model, &scratch, 1 << 20);
+		n2 = PredictAll(model, &scratch, "great", p2);
+		Check(FastTextScratchTrim(model, &scratch, 1 << 20) == 0, "limits: a small input's scratch is kept");
+	}
+
+	free(big);
+	FastTextScratchFree(&scratch);
+	FastTextFree(model);
+	free(data);
+}
+
 int
 main(int argc, char **argv)
 {
 	TestHash();
 	TestModel(argc > 1 ? argv[1] : "test/data");
+	TestLimits(argc > 1 ? argv[1] : "test/data");
 	printf("1..%d\n", checks);
 	return failures > 0;
 }

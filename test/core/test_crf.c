@@ -517,6 +517,94 @@ TestTokenCache(const CrfModel *m, FixRow *rows, int n)
 	Check(same, "extract: a workspace's cached token sums change no result");
 }
 
+static int	interrupt_checks = 0;
+
+static void
+CountInterruptCheck(void)
+{
+	interrupt_checks++;
+}
+
+/*
+ * The caller's limits: a workspace told to read fewer tokens than the model
+ * extracts only from those; after a long text, trimming gives its arrays
+ * back and the next extraction is the same; the tokenizer lets cancel in
+ * on a text that is one long token.
+ */
+static void
+TestLimits(const CrfModel *m, FixRow *rows, int n)
+{
+	CrfWorkspace ws;
+	CrfResult	r1[CRF_MAX_FIELDS],
+				r2[CRF_MAX_FIELDS];
+	int32_t		n1,
+				n2;
+	int			inside = 1,
+				same = 1;
+	CrfToken	tokens[8];
+
+	CrfWorkspaceInit(&ws, NULL);
+	ws.max_tokens = 3;
+	for (int i = 0; i < n; i++)
+	{
+		size_t		len = strlen(rows[i].text);
+		int32_t		nt = CrfTokenize(rows[i].text, len, tokens, 3);
+		char	   *prefix;
+
+		CrfExtract(m, &ws, rows[i].text, len, r1, &n1, NULL, 0);
+		for (int k = 0; k < n1; k++)
+			if (nt == 3 && r1[k].end > tokens[2].end)
+				inside = 0;
+		/* the same as the text cut after its third token */
+		prefix = strndup(rows[i].text, nt > 0 ? tokens[nt - 1].end : 0);
+		ws.max_tokens = 0;
+		CrfExtract(m, &ws, prefix, strlen(prefix), r2, &n2, NULL, 0);
+		ws.max_tokens = 3;
+		if (n1 != n2 || memcmp(r1, r2, n1 * sizeof(CrfResult)) != 0)
+			same = 0;
+		free(prefix);
+	}
+	Check(inside, "limits: a workspace's max_tokens 3 finds fields in the first 3 tokens only");
+	Check(same, "limits: ... as if the text ended after them");
+
+	ws.max_tokens = 0;
+	{
+		size_t		blen = 1 << 20;
+		char	   *big = malloc(blen);
+		size_t		freed;
+
+		for (size_t i = 0; i < blen; i++)
+			big[i] = "Order A-12345 for John Smith \n$12.50 x@y.com "[i % 45];
+		CrfExtract(m, &ws, big, blen, r1, &n1, NULL, 0);
+		freed = CrfWorkspaceTrim(&ws, 64 * 1024);
+		Check(freed > 64 * 1024 && ws.token_capacity == 0 && ws.scores == NULL,
+			  "limits: trimming gives back what a long text made the arrays grow to");
+		Check(CrfWorkspaceTrim(&ws, 64 * 1024) == 0, "limits: ... once");
+		CrfExtract(m, &ws, big, blen, r2, &n2, NULL, 0);
+		Check(n1 == n2 && memcmp(r1, r2, n1 * sizeof(CrfResult)) == 0,
+			  "limits: ... and the next extraction is the same");
+		CrfExtract(m, &ws, rows[0].text, strlen(rows[0].text), r1, &n1, NULL, 0);
+		Check(CrfWorkspaceTrim(&ws, 1 << 30) == 0, "limits: small arrays are kept");
+
+		/* one token of 3 MB, then 3 MB of spaces: checked every megabyte */
+		free(big);
+		blen = 3 << 20;
+		big = malloc(blen);
+		memset(big, 'x', blen);
+		interrupt_checks = 0;
+		TriageInterruptHook = CountInterruptCheck;
+		CrfExtract(m, &ws, big, blen, r1, &n1, NULL, 0);
+		Check(interrupt_checks == 2, "limits: the tokenizer checks for cancel inside a 3 MB token");
+		memset(big, ' ', blen);
+		interrupt_checks = 0;
+		CrfExtract(m, &ws, big, blen, r1, &n1, NULL, 0);
+		TriageInterruptHook = NULL;
+		Check(interrupt_checks == 2, "limits: ... and in 3 MB of spaces");
+		free(big);
+	}
+	CrfWorkspaceFree(&ws);
+}
+
 static void
 TestTrainAndModel(void)
 {
@@ -570,6 +658,7 @@ TestTrainAndModel(void)
 	}
 	TestPosteriors(model);
 	TestTokenCache(model, test, NTEST);
+	TestLimits(model, test, NTEST);
 
 	/* save / load */
 	st = CrfSave(model, NULL, &bytes, &len, err, sizeof(err));

@@ -231,6 +231,11 @@ RunLoad(const uint8_t *data, size_t size, int expect_reject)
 	Extract(model, &workspace, results, tokens, LongText, strlen(LongText));
 	/* the workspace has grown: a short text again reuses it */
 	Extract(model, &workspace, results, tokens, FixedTexts[4], strlen(FixedTexts[4]));
+	/* as the server runs it: fewer tokens than the model's, the arrays given back between calls */
+	workspace.max_tokens = 16;
+	Extract(model, &workspace, results, tokens, LongText, strlen(LongText));
+	(void) CrfWorkspaceTrim(&workspace, 0);
+	Extract(model, &workspace, results, tokens, FixedTexts[4], strlen(FixedTexts[4]));
 
 	CrfWorkspaceFree(&workspace);
 	free(results);

@@ -5,9 +5,10 @@
  *
  * Besides memory errors (ASan) and undefined behaviour (UBSan), it aborts
  * when a loaded model breaks an invariant the SQL layer relies on (labels
- * in range, words found again by lookup), and when loading or predicting
- * allocates far more than the file's size: the loader promises that a
- * model cannot make it allocate much more than its own bytes.
+ * in range, words found again by lookup, the input rows of a line within
+ * the budget of a token limit), and when loading or predicting allocates
+ * far more than the file's size: the loader promises that a model cannot
+ * make it allocate much more than its own bytes.
  *
  * The same entry point is linked into fuzz_fasttext_standalone.c, which
  * replays files and mutations without libFuzzer; FuzzFastTextLoaded counts
@@ -179,6 +180,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		Predict(model, &scratch, predictions, FixedLines[i], strlen(FixedLines[i]));
 	Predict(model, &scratch, predictions, LongLine, strlen(LongLine));
 	Predict(model, &scratch, predictions, LongLine, 37);
+
+	/*
+	 * As the server runs it: with a token limit, whatever the model's maxn
+	 * and wordNgrams, the rows stay within the budget; and giving back the
+	 * scratch between calls (keeping nothing) changes nothing else.
+	 */
+	scratch.max_tokens = 64;
+	(void) FastTextTokenize(model, &scratch, LongLine, strlen(LongLine), errbuf, sizeof(errbuf));
+	if (scratch.nrows > (scratch.max_tokens + 1) * FASTTEXT_ROWS_PER_TOKEN)
+		Fail("rows past the budget of max_tokens");
+	Predict(model, &scratch, predictions, LongLine, strlen(LongLine));
+	(void) FastTextScratchTrim(model, &scratch, 0);
+	Predict(model, &scratch, predictions, FixedLines[2], strlen(FixedLines[2]));
+	(void) FastTextScratchTrim(model, &scratch, 0);
 
 	FastTextScratchFree(&scratch);
 	free(predictions);
