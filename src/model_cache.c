@@ -1,6 +1,7 @@
 /*
  * model_cache.c
- *		The per-backend model cache and its invalidation.
+ *		The per-backend model cache and its invalidation, and who may use a
+ *		model.
  *
  * Design note.  Models are immutable once stored, so a loaded model keyed by
  * (name, version) stays valid; what changes is which version a name is
@@ -13,10 +14,26 @@
  * the models table changed, the loaded models) and resolves again with SPI.
  *
  * Each SQL call site keeps a ModelRef in fn_extra, so the per-row cost of
- * finding the model is one integer compare and one name compare.
+ * finding the model is a few integer compares and one name compare.
+ *
+ * Pins.  A call that got a model may run SPI (a trigger queueing, a
+ * held-out query), and a nested call may then drop every loaded model.  So
+ * each lookup pins the model until the memory context it was looked up in
+ * is reset or deleted (the call's, or the row's): a dropped model that is
+ * still pinned is only marked, and the last unpin frees it.  Error recovery
+ * resets those contexts too, so pins cannot leak.
+ *
+ * Privileges.  Model bytes are read as the owner of pg_triage's tables (a
+ * user may have no right to the data column, which holds the training
+ * words), after checking that the current user may read triage.models at
+ * all.  A ModelRef remembers who was checked and under which grants (a
+ * generation bumped by any invalidation of triage.models, which GRANT and
+ * REVOKE send, and by changes to role memberships or attributes), so a hit
+ * costs integer compares and SET ROLE is seen at the next row.
  *
  * Memory: every model lives in its own context under CacheMemoryContext's
- * child "pg_triage models", freed when the model is dropped from the cache.
+ * child "pg_triage models", freed when the model is dropped from the cache
+ * and no call holds it.
  */
 #include "postgres.h"
 
@@ -26,12 +43,14 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "fasttext_quantize.h"
 #include "triage.h"
@@ -54,6 +73,14 @@ typedef struct DeploymentEntry
 	int32		version;
 } DeploymentEntry;
 
+/* A pin: held until the context it was taken in is reset or deleted */
+typedef struct ModelPin
+{
+	MemoryContextCallback callback;
+	CachedModel *model;
+	MemoryContext context;
+} ModelPin;
+
 static MemoryContext ModelCacheContext = NULL;
 static HTAB *ModelTable = NULL;
 static HTAB *DeploymentTable = NULL;
@@ -64,6 +91,9 @@ static bool ModelsChanged = false;
 static bool DeploymentsChanged = false;
 static Oid	ModelsRelid = InvalidOid;
 static Oid	DeploymentsRelid = InvalidOid;
+
+/* bumped when who may read triage.models may have changed */
+static uint64 PrivilegeGeneration = 1;
 
 static void *
 ContextAlloc(void *context, size_t size)
@@ -199,7 +229,11 @@ static void
 ModelStoreInvalidate(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == ModelsRelid)
+	{
 		ModelsChanged = true;
+		/* GRANT and REVOKE on the table come this way too */
+		PrivilegeGeneration++;
+	}
 	if (relid == InvalidOid || relid == ModelsRelid || relid == DeploymentsRelid)
 	{
 		DeploymentsChanged = true;
@@ -207,10 +241,20 @@ ModelStoreInvalidate(Datum arg, Oid relid)
 	}
 }
 
+/* Role memberships (GRANT triage_user TO ...) or attributes (SUPERUSER) changed */
+static void
+RolesInvalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	PrivilegeGeneration++;
+}
+
+/* The invalidation callbacks.  Called once per backend from _PG_init. */
 void
 ModelCacheInit(void)
 {
 	CacheRegisterRelcacheCallback(ModelStoreInvalidate, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, RolesInvalidate, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHOID, RolesInvalidate, (Datum) 0);
 }
 
 static void
@@ -252,7 +296,13 @@ ProcessInvalidations(void)
 
 		hash_seq_init(&status, ModelTable);
 		while ((entry = hash_seq_search(&status)) != NULL)
-			MemoryContextDelete(entry->model->context);
+		{
+			/* a call still using it frees it when it ends (UnpinModel) */
+			if (entry->model->pins > 0)
+				entry->model->dropped = true;
+			else
+				MemoryContextDelete(entry->model->context);
+		}
 		hash_destroy(ModelTable);
 		ModelTable = NULL;
 		/* the tables may have been dropped and recreated */
@@ -301,6 +351,7 @@ ResolveDeployment(const char *name)
 	int32		version = 0;
 	bool		known = false;
 	char		key[NAMEDATALEN];
+	OwnSqlSection section;
 
 	/* the map's keys are NUL-padded, so that any PostgreSQL version can hash them */
 	memset(key, 0, sizeof(key));
@@ -310,8 +361,10 @@ ResolveDeployment(const char *name)
 		return entry->version;
 
 	arg = CStringGetTextDatum(name);
-	SPI_connect();
-	if (SPI_execute_with_args("SELECT version FROM triage.deployments WHERE name = $1",
+	/* as the tables' owner: the caller's right to read models was checked */
+	BeginOwnSql(&section, TriageOwner());
+	if (SPI_execute_with_args("SELECT version FROM triage.deployments "
+							  "WHERE name OPERATOR(pg_catalog.=) $1",
 							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read triage.deployments");
 	if (SPI_processed == 1)
@@ -323,12 +376,12 @@ ResolveDeployment(const char *name)
 	else
 	{
 		/* only to say which error it is */
-		if (SPI_execute_with_args("SELECT FROM triage.models WHERE name = $1",
+		if (SPI_execute_with_args("SELECT FROM triage.models WHERE name OPERATOR(pg_catalog.=) $1",
 								  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read triage.models");
 		known = SPI_processed > 0;
 	}
-	SPI_finish();
+	EndOwnSql(&section);
 
 	if (version == 0 && !known)
 		ereport(ERROR,
@@ -361,13 +414,22 @@ LoadModel(const char *name, int32 version)
 	TriageStatus status;
 	char		errbuf[256];
 	float4		temperature = 1.0f;
+	OwnSqlSection section;
 
 	args[0] = CStringGetTextDatum(name);
 	args[1] = Int32GetDatum(version);
-	SPI_connect();
+
+	/*
+	 * As the tables' owner, since users need not have SELECT on data (the
+	 * caller's right to use models was checked); every name qualified,
+	 * though the section pins search_path too.
+	 */
+	BeginOwnSql(&section, TriageOwner());
 	if (SPI_execute_with_args("SELECT kind, data, "
-							  "coalesce((metrics #>> '{calibration,temperature}')::real, 1) "
-							  "FROM triage.models WHERE name = $1 AND version = $2",
+							  "coalesce((metrics OPERATOR(pg_catalog.#>>) "
+							  "'{calibration,temperature}')::pg_catalog.float4, 1) "
+							  "FROM triage.models "
+							  "WHERE name OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
 							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read triage.models");
 	if (SPI_processed == 1)
@@ -426,7 +488,7 @@ LoadModel(const char *name, int32 version)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	SPI_finish();
+	EndOwnSql(&section);
 
 	if (model->kind == MODEL_KIND_CRF)
 	{
@@ -445,9 +507,76 @@ LoadModel(const char *name, int32 version)
 }
 
 /*
+ * Error unless the current user may read triage.models: SELECT on the table
+ * or on any of its columns (triage_user has every column but the bytes).
+ */
+static void
+CheckUseModels(const char *name)
+{
+	Oid			userid = GetUserId();
+
+	if (!OidIsValid(ModelsRelid))
+		ModelsRelid = TriageRelation("models");
+	if (pg_class_aclcheck(ModelsRelid, userid, ACL_SELECT) == ACLCHECK_OK ||
+		pg_attribute_aclcheck_all(ModelsRelid, userid, ACL_SELECT, ACLMASK_ANY) == ACLCHECK_OK)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for model \"%s\"", name),
+			 errdetail("Using a model needs SELECT on %s.models.", TRIAGE_SCHEMA),
+			 errhint("Grant the role triage_user: GRANT triage_user TO %s;",
+					 quote_identifier(GetUserNameFromId(userid, false)))));
+}
+
+/* Give a pin back (a reset callback): free the model if it was dropped meanwhile */
+static void
+UnpinModel(void *arg)
+{
+	ModelPin   *pin = (ModelPin *) arg;
+	CachedModel *model = pin->model;
+
+	if (model->pinned_in == pin->context)
+		model->pinned_in = NULL;
+	Assert(model->pins > 0);
+	if (--model->pins == 0 && model->dropped)
+		MemoryContextDelete(model->context);
+}
+
+/*
+ * Keep model from being freed until CurrentMemoryContext (the caller's call
+ * or row) is reset.  Once per context: a row that looks it up twice, or a
+ * loop in one context, holds one pin.
+ */
+static void
+PinModel(CachedModel *model)
+{
+	ModelPin   *pin;
+
+	if (model->pinned_in == CurrentMemoryContext)
+		return;
+	pin = MemoryContextAlloc(CurrentMemoryContext, sizeof(ModelPin));
+	pin->model = model;
+	pin->context = CurrentMemoryContext;
+	pin->callback.func = UnpinModel;
+	pin->callback.arg = pin;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, &pin->callback);
+	model->pins++;
+	model->pinned_in = CurrentMemoryContext;
+}
+
+/* A model about to run: pinned */
+static CachedModel *
+ModelForCall(CachedModel *model)
+{
+	PinModel(model);
+	return model;
+}
+
+/*
  * The model for (name, version), version 0 meaning the deployed one, through
- * ref: a caller's own slot that remembers the last model it resolved, so that
- * later calls cost one comparison until something is invalidated.
+ * ref: a caller's own slot that remembers the last model it resolved, and
+ * for whom, so that later calls cost a few comparisons until something is
+ * invalidated.  The model stays valid until CurrentMemoryContext is reset.
  */
 CachedModel *
 ModelRefLookup(ModelRef *ref, const char *name, int len, int32 version)
@@ -455,11 +584,13 @@ ModelRefLookup(ModelRef *ref, const char *name, int len, int32 version)
 	ModelKey	key;
 	ModelCacheEntry *entry;
 	bool		found;
+	uint64		privilege_generation = PrivilegeGeneration;
 
 	if (ref->model != NULL && ref->generation == CacheGeneration &&
+		ref->userid == GetUserId() && ref->privilege_generation == privilege_generation &&
 		ref->version == version && len < NAMEDATALEN &&
 		strncmp(ref->name, name, len) == 0 && ref->name[len] == '\0')
-		return ref->model;
+		return ModelForCall(ref->model);
 
 	if (version < 0)
 		ereport(ERROR,
@@ -469,6 +600,8 @@ ModelRefLookup(ModelRef *ref, const char *name, int len, int32 version)
 	ProcessInvalidations();
 	memset(&key, 0, sizeof(key));
 	CopyModelName(key.name, name, len);
+	/* before anything that says whether the model exists */
+	CheckUseModels(key.name);
 	key.version = version > 0 ? version : ResolveDeployment(key.name);
 
 	entry = hash_search(ModelTable, &key, HASH_FIND, NULL);
@@ -485,7 +618,10 @@ ModelRefLookup(ModelRef *ref, const char *name, int len, int32 version)
 	strlcpy(ref->name, key.name, NAMEDATALEN);
 	ref->version = version;
 	ref->model = entry->model;
-	return ref->model;
+	/* as of before the check: a REVOKE seen since makes the next call check again */
+	ref->userid = GetUserId();
+	ref->privilege_generation = privilege_generation;
+	return ModelForCall(ref->model);
 }
 
 /*

@@ -41,6 +41,10 @@ typedef struct CachedModel
 	CrfWorkspace crf_workspace;
 	CrfResult  *crf_results;	/* room for every field */
 	int32		crf_nresults;	/* filled by the last extraction */
+	/* calls using it: a model dropped from the cache is freed by the last */
+	int32		pins;
+	bool		dropped;
+	MemoryContext pinned_in;	/* the context of its latest pin, while held */
 } CachedModel;
 
 /*
@@ -54,6 +58,8 @@ typedef struct ModelRef
 	int32		version;		/* as requested: 0 means the deployed version */
 	CachedModel *model;
 	TupleDesc	tupdesc;		/* result type, for composite results */
+	Oid			userid;			/* who was found allowed to read triage.models */
+	uint64		privilege_generation;	/* and as of which grants */
 } ModelRef;
 
 /* model_cache.c */
