@@ -394,6 +394,28 @@ triage_train_crf(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
 
+/*
+ * Field names become jsonb keys and text, so they must be valid in the
+ * database encoding (a name with a stray byte would be stored, and then
+ * make a dump of triage.models impossible to restore).  The file is
+ * untrusted: checked when it is imported and when it is loaded.
+ */
+void
+CheckCrfFieldNames(const CrfModel *model, const char *what)
+{
+	for (int32 f = 0; f < CrfFieldCount(model); f++)
+	{
+		const char *name = CrfFieldName(model, f);
+
+		if (!pg_verifymbstr(name, (int) strlen(name), true))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("invalid extractor file: field name %d is not valid in the database encoding", f),
+					 what ? errcontext("%s", what) : 0,
+					 errhint("Pass the bytes of an extractor saved by pg_triage (triage.export_extractor()).")));
+	}
+}
+
 PG_FUNCTION_INFO_V1(triage_inspect_crf);
 
 /* Validate an extractor file and describe it: its fields and sizes */
@@ -428,6 +450,7 @@ triage_inspect_crf(PG_FUNCTION_ARGS)
 						 : ERRCODE_INVALID_BINARY_REPRESENTATION),
 				 errmsg("invalid extractor file: %s", errbuf),
 				 errhint("Pass the bytes of an extractor saved by pg_triage (triage.export_extractor()).")));
+	CheckCrfFieldNames(model, NULL);
 	names = palloc(sizeof(Datum) * Max(CrfFieldCount(model), 1));
 	for (int32 f = 0; f < CrfFieldCount(model); f++)
 		names[f] = CStringGetTextDatum(CrfFieldName(model, f));
@@ -443,7 +466,10 @@ triage_inspect_crf(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
 
-/* Run the extractor on input: fills model->crf_results, returns how many */
+/*
+ * Run the extractor on input (up to triage.max_input_bytes of it, and
+ * triage.max_tokens tokens): fills model->crf_results, returns how many.
+ */
 int32
 ModelExtract(CachedModel *model, text *input)
 {
@@ -454,11 +480,13 @@ ModelExtract(CachedModel *model, text *input)
 	ModelRequireKind(model, MODEL_KIND_CRF);
 	model->crf_nresults = 0;
 	status = CrfExtract(model->crf, &model->crf_workspace, VARDATA_ANY(input),
-						VARSIZE_ANY_EXHDR(input), model->crf_results, &n, errbuf, sizeof(errbuf));
+						LimitInputLength(VARDATA_ANY(input), VARSIZE_ANY_EXHDR(input)),
+						model->crf_results, &n, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf,
 						psprintf("extractor \"%s\" version %d", model->name, model->version));
 	model->crf_nresults = n;
+	TrimModelScratch(model);
 	return n;
 }
 
@@ -605,7 +633,7 @@ triage_extract(PG_FUNCTION_ARGS)
 {
 	CachedModel *model = ModelRefGet(fcinfo, PG_GETARG_TEXT_PP(0), 0);
 
-	PG_RETURN_JSONB_P(ExtractJsonb(model, PG_GETARG_TEXT_PP(1)));
+	PG_RETURN_JSONB_P(ExtractJsonb(model, LimitInput((text *) PG_GETARG_RAW_VARLENA_P(1))));
 }
 
 PG_FUNCTION_INFO_V1(triage_extract_version);
@@ -623,5 +651,5 @@ triage_extract_version(PG_FUNCTION_ARGS)
 				 errmsg("model version %d is invalid", version),
 				 errhint("Versions start at 1; omit the version to use the deployed one.")));
 	model = ModelRefGet(fcinfo, PG_GETARG_TEXT_PP(0), version);
-	PG_RETURN_JSONB_P(ExtractJsonb(model, PG_GETARG_TEXT_PP(2)));
+	PG_RETURN_JSONB_P(ExtractJsonb(model, LimitInput((text *) PG_GETARG_RAW_VARLENA_P(2))));
 }

@@ -162,7 +162,10 @@ BeginMaterialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
 	return store;
 }
 
-/* Run the model on input; returns the number of predictions */
+/*
+ * Run the model on input (up to triage.max_input_bytes of it, and
+ * triage.max_tokens tokens); returns the number of predictions.
+ */
 int32
 ModelPredict(CachedModel *model, text *input, int32 k, float threshold)
 {
@@ -171,12 +174,14 @@ ModelPredict(CachedModel *model, text *input, int32 k, float threshold)
 	TriageStatus status;
 
 	ModelRequireKind(model, MODEL_KIND_FASTTEXT);
-	status = FastTextPredict(model->fasttext, &model->scratch,
-							 VARDATA_ANY(input), VARSIZE_ANY_EXHDR(input), k, threshold,
-							 model->predictions, &n, errbuf, sizeof(errbuf));
+	status = FastTextPredict(model->fasttext, &model->scratch, VARDATA_ANY(input),
+							 LimitInputLength(VARDATA_ANY(input), VARSIZE_ANY_EXHDR(input)),
+							 k, threshold, model->predictions, &n, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf,
 						psprintf("model \"%s\" version %d", model->name, model->version));
+	/* a long input leaves nothing big behind, even in a long-lived caller */
+	TrimModelScratch(model);
 	return n;
 }
 
@@ -200,7 +205,7 @@ Datum
 triage_predict(PG_FUNCTION_ARGS)
 {
 	text	   *name = PG_GETARG_TEXT_PP(0);
-	text	   *input = PG_GETARG_TEXT_PP(1);
+	text	   *input = LimitInput((text *) PG_GETARG_RAW_VARLENA_P(1));
 	int32		k = PG_GETARG_INT32(2);
 	float4		threshold = PG_GETARG_FLOAT4(3);
 	TupleDesc	tupdesc;
@@ -259,7 +264,7 @@ PG_FUNCTION_INFO_V1(triage_classify);
 Datum
 triage_classify(PG_FUNCTION_ARGS)
 {
-	return Classify(fcinfo, PG_GETARG_TEXT_PP(0), 0, PG_GETARG_TEXT_PP(1));
+	return Classify(fcinfo, PG_GETARG_TEXT_PP(0), 0, LimitInput((text *) PG_GETARG_RAW_VARLENA_P(1)));
 }
 
 PG_FUNCTION_INFO_V1(triage_classify_version);
@@ -275,7 +280,8 @@ triage_classify_version(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("model version %d is invalid", version),
 				 errhint("Versions start at 1; omit the version to use the deployed one.")));
-	return Classify(fcinfo, PG_GETARG_TEXT_PP(0), version, PG_GETARG_TEXT_PP(2));
+	return Classify(fcinfo, PG_GETARG_TEXT_PP(0), version,
+					LimitInput((text *) PG_GETARG_RAW_VARLENA_P(2)));
 }
 
 PG_FUNCTION_INFO_V1(triage_classify_batch);
@@ -328,7 +334,7 @@ triage_classify_batch(PG_FUNCTION_ARGS)
 		}
 		t = DatumGetTextPP(elems[i]);
 		texts[i] = VARDATA_ANY(t);
-		lens[i] = VARSIZE_ANY_EXHDR(t);
+		lens[i] = LimitInputLength(texts[i], VARSIZE_ANY_EXHDR(t));
 	}
 	hidden = palloc_extended(mul_size(Max(n, 1), mul_size(model->fasttext->args.dim, sizeof(float))),
 							 MCXT_ALLOC_HUGE);
@@ -340,6 +346,7 @@ triage_classify_batch(PG_FUNCTION_ARGS)
 								  hidden, scores, predictions, found, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf, psprintf("model \"%s\" version %d", model->name, model->version));
+	TrimModelScratch(model);
 
 	for (int i = 0; i < n; i++)
 	{

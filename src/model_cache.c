@@ -1,7 +1,7 @@
 /*
  * model_cache.c
- *		The per-backend model cache and its invalidation, and who may use a
- *		model.
+ *		The per-backend model cache and its invalidation, who may use a
+ *		model, and the limits on what a model is run on.
  *
  * Design note.  Models are immutable once stored, so a loaded model keyed by
  * (name, version) stays valid; what changes is which version a name is
@@ -33,18 +33,25 @@
  *
  * Memory: every model lives in its own context under CacheMemoryContext's
  * child "pg_triage models", freed when the model is dropped from the cache
- * and no call holds it.
+ * and no call holds it.  What one input made a model's scratch grow to is
+ * given back after the call (SCRATCH_KEEP_BYTES).
  */
 #include "postgres.h"
 
+#include <limits.h>
 #include <math.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -54,6 +61,9 @@
 
 #include "fasttext_quantize.h"
 #include "triage.h"
+
+/* Scratch memory a loaded model keeps between calls; more is given back */
+#define SCRATCH_KEEP_BYTES ((size_t) 4 * 1024 * 1024)
 
 typedef struct ModelKey
 {
@@ -80,6 +90,10 @@ typedef struct ModelPin
 	CachedModel *model;
 	MemoryContext context;
 } ModelPin;
+
+/* settings */
+static int	MaxInputBytes = 1024 * 1024;
+static int	MaxTokens = 100000;
 
 static MemoryContext ModelCacheContext = NULL;
 static HTAB *ModelTable = NULL;
@@ -248,13 +262,98 @@ RolesInvalidate(Datum arg, int cacheid, uint32 hashvalue)
 	PrivilegeGeneration++;
 }
 
-/* The invalidation callbacks.  Called once per backend from _PG_init. */
+/*
+ * The settings, and the invalidation callbacks.  Called once per backend
+ * from _PG_init.
+ */
 void
 ModelCacheInit(void)
 {
+	DefineCustomIntVariable("triage.max_input_bytes",
+							"The most bytes of one input that classification and extraction read.",
+							"A longer input is read up to this many bytes, cut at a character "
+							"boundary, and the rest is ignored, so that one huge row costs no more "
+							"than a row of this size and never fails the statement.  The same cut "
+							"applies to the text queued for the large model.  Values of 1GB and "
+							"more (the longest text value) mean no limit.",
+							&MaxInputBytes, 1024 * 1024, 1, INT_MAX, PGC_USERSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("triage.max_tokens",
+							"The most tokens of one input that a model reads.",
+							"Classification stops reading an input after this many tokens (words "
+							"between white space), or earlier if the tokens' input rows (each word, "
+							"its character n-grams and word n-grams, which a model's maxn and "
+							"wordNgrams multiply) would pass 64 per token allowed; the rest of the "
+							"input is ignored.  Extractors read at most the lower of this and the "
+							"limit they were trained with (4,096 tokens by default).",
+							&MaxTokens, 100000, 1, INT_MAX / FASTTEXT_ROWS_PER_TOKEN - 1,
+							PGC_USERSET, 0, NULL, NULL, NULL);
 	CacheRegisterRelcacheCallback(ModelStoreInvalidate, (Datum) 0);
 	CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, RolesInvalidate, (Datum) 0);
 	CacheRegisterSyscacheCallback(AUTHOID, RolesInvalidate, (Datum) 0);
+}
+
+/* triage.max_input_bytes, for code that reads inputs without the helpers below */
+int32
+InputBytesLimit(void)
+{
+	return Min(MaxInputBytes, (int32) MaxAllocSize);
+}
+
+/*
+ * How many of bytes[0..len) are considered: all of them up to
+ * triage.max_input_bytes, else that many cut back to a character boundary.
+ * bytes is text in the database encoding.
+ */
+int32
+LimitInputLength(const char *bytes, int32 len)
+{
+	int32		limit = InputBytesLimit();
+	int32		cut;
+
+	if (len <= limit)
+		return len;
+	if (pg_database_encoding_max_length() == 1)
+		return limit;
+	if (GetDatabaseEncoding() == PG_UTF8)
+	{
+		/* bytes[limit] is the first left out: it must start a character */
+		cut = limit;
+		while (cut > 0 && ((unsigned char) bytes[cut] & 0xC0) == 0x80)
+			cut--;
+		return cut;
+	}
+	return pg_mbcliplen(bytes, len, limit);
+}
+
+/*
+ * input as considered: itself when it is within triage.max_input_bytes,
+ * else a copy of what is considered.  input may still be toasted (for
+ * example PG_GETARG_RAW_VARLENA_P): then only the part considered is
+ * fetched and decompressed, so a 300 MB value costs what 1 MB does.
+ */
+text *
+LimitInput(text *input)
+{
+	int32		limit = InputBytesLimit();
+	int32		len;
+	int32		cut;
+	text	   *result;
+
+	if (VARATT_IS_EXTERNAL(input) || VARATT_IS_COMPRESSED(input))
+	{
+		/* one byte more than the limit tells whether to cut, and where */
+		input = (text *) pg_detoast_datum_slice((struct varlena *) input, 0,
+												limit < INT_MAX ? limit + 1 : limit);
+	}
+	len = VARSIZE_ANY_EXHDR(input);
+	cut = LimitInputLength(VARDATA_ANY(input), len);
+	if (cut == len)
+		return input;
+	result = (text *) palloc(cut + VARHDRSZ);
+	SET_VARSIZE(result, cut + VARHDRSZ);
+	memcpy(VARDATA(result), VARDATA_ANY(input), cut);
+	return result;
 }
 
 static void
@@ -472,6 +571,7 @@ LoadModel(const char *name, int32 version)
 								 : ERRCODE_INVALID_BINARY_REPRESENTATION),
 						 errmsg("invalid extractor \"%s\" version %d: %s", name, version, errbuf),
 						 errhint("Train it again with triage.train_extractor().")));
+			CheckCrfFieldNames(model->crf, psprintf("extractor \"%s\" version %d", name, version));
 		}
 		else
 		{
@@ -528,6 +628,36 @@ CheckUseModels(const char *name)
 					 quote_identifier(GetUserNameFromId(userid, false)))));
 }
 
+/*
+ * Give back what an input made a model's scratch grow to beyond
+ * SCRATCH_KEEP_BYTES.  Between calls only: scratch holds nothing then.
+ */
+void
+TrimModelScratch(CachedModel *model)
+{
+	size_t		freed;
+
+	if (model->kind == MODEL_KIND_FASTTEXT)
+		freed = FastTextScratchTrim(model->fasttext, &model->scratch, SCRATCH_KEEP_BYTES);
+	else
+		freed = CrfWorkspaceTrim(&model->crf_workspace, SCRATCH_KEEP_BYTES);
+#ifdef __GLIBC__
+
+	/*
+	 * Freed, the memory may still be held: once glibc has given a big block
+	 * back to the system, it raises its mmap threshold (up to 32 MB) and keeps
+	 * smaller blocks, such as the scratch's doublings, in the heap, which it
+	 * shrinks only past a threshold raised the same way.  Ask it to return
+	 * the free pages now, so that the backend does not stay tens of
+	 * megabytes larger after one big input.
+	 */
+	if (freed > 0)
+		malloc_trim(0);
+#else
+	(void) freed;
+#endif
+}
+
 /* Give a pin back (a reset callback): free the model if it was dropped meanwhile */
 static void
 UnpinModel(void *arg)
@@ -538,8 +668,15 @@ UnpinModel(void *arg)
 	if (model->pinned_in == pin->context)
 		model->pinned_in = NULL;
 	Assert(model->pins > 0);
-	if (--model->pins == 0 && model->dropped)
+	if (--model->pins > 0)
+		return;
+	if (model->dropped)
+	{
 		MemoryContextDelete(model->context);
+		return;
+	}
+	/* no call is using the scratch now: give back what a big input grew */
+	TrimModelScratch(model);
 }
 
 /*
@@ -564,11 +701,13 @@ PinModel(CachedModel *model)
 	model->pinned_in = CurrentMemoryContext;
 }
 
-/* A model about to run: pinned */
+/* A model about to run: pinned, and with the limits of the settings now */
 static CachedModel *
 ModelForCall(CachedModel *model)
 {
 	PinModel(model);
+	model->scratch.max_tokens = MaxTokens;
+	model->crf_workspace.max_tokens = MaxTokens;
 	return model;
 }
 

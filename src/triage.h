@@ -71,6 +71,10 @@ extern FastTextModel *LoadModelBytea(bytea *data, MemoryContext context);
 extern bytea *SaveModelBytea(const FastTextModel *model, MemoryContext context, const char *what);
 extern void ModelRequireKind(CachedModel *model, ModelKind kind);
 extern void ReportCoreError(TriageStatus status, const char *message, const char *context);
+extern void TrimModelScratch(CachedModel *model);
+extern int32 InputBytesLimit(void);
+extern int32 LimitInputLength(const char *bytes, int32 len);
+extern text *LimitInput(text *input);
 
 /* security.c: every SPI statement of the extension's own runs in a section */
 typedef struct OwnSqlSection
@@ -103,6 +107,7 @@ extern void ForEachQueryRow(const char *query, const QueryRowsSpec *spec, void *
 extern int32 ModelExtract(CachedModel *model, text *input);
 extern Jsonb *ExtractJsonb(CachedModel *model, text *input);
 extern Jsonb *FieldValuesJsonb(CachedModel *model, text *input);
+extern void CheckCrfFieldNames(const CrfModel *model, const char *what);
 
 /* route.c */
 extern void RouteInit(void);
