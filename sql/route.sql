@@ -420,6 +420,39 @@ SELECT label_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1 IS NULL AS first_
   FROM long_names;
 DROP TABLE long_names;
 
+-- process_table takes any orderable primary key, and a key's text in the
+-- queue does not depend on the session's settings: answered under another
+-- DateStyle, the answer still finds its row
+CREATE TABLE by_time (at timestamptz PRIMARY KEY, body text, label text);
+INSERT INTO by_time VALUES ('2026-01-02 03:04:05.123456+00', 'I want a refund', NULL),
+                           ('2026-01-03 00:00:00+00', 'lovely tea', NULL);
+CREATE TABLE by_uuid (id uuid PRIMARY KEY, body text, label text);
+INSERT INTO by_uuid VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'I want a refund', NULL),
+                           ('b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'lovely tea', NULL);
+CREATE TABLE by_flag (flag boolean PRIMARY KEY, body text, label text);
+INSERT INTO by_flag VALUES (true, 'I want a refund', NULL), (false, 'lovely tea', NULL);
+SELECT triage.attach(t, 'body', 'label', 'app_policy') FROM unnest('{by_time,by_uuid,by_flag}'::regclass[]) t;
+SET datestyle = 'SQL, MDY';
+SET client_min_messages = warning;
+CALL triage.process_table('by_time', 'body', 'label', 'app_policy', 1);
+CALL triage.process_table('by_uuid', 'body', 'label', 'app_policy', 1);
+CALL triage.process_table('by_flag', 'body', 'label', 'app_policy', 1);
+RESET client_min_messages;
+SELECT (SELECT count(label) FROM by_time) AS by_time, (SELECT count(label) FROM by_uuid) AS by_uuid,
+       (SELECT count(label) FROM by_flag) AS by_flag;
+SET datestyle = 'ISO, DMY';
+SELECT count(*) AS claimed FROM triage.claim('w1', 100, '1 minute', 'app_policy')
+ WHERE id IN (SELECT id FROM triage.escalations WHERE source IN ('by_time'::regclass, 'by_uuid', 'by_flag'));
+SELECT e.source, triage.complete(e.id, pg_catalog.jsonb_build_object('choices', pg_catalog.jsonb_build_array(
+         pg_catalog.jsonb_build_object('message', pg_catalog.jsonb_build_object('content', e.small_answer->>'label')))))
+  FROM triage.escalations e WHERE e.source IN ('by_time'::regclass, 'by_uuid', 'by_flag') AND e.status = 'claimed'
+ ORDER BY e.id;
+SELECT source, outcome, count(*) FROM triage.escalations
+ WHERE source IN ('by_time'::regclass, 'by_uuid', 'by_flag') GROUP BY 1, 2 ORDER BY 1, 2;
+RESET datestyle;
+SELECT triage.detach(t, 'label') FROM unnest('{by_time,by_uuid,by_flag}'::regclass[]) t;
+DROP TABLE by_time, by_uuid, by_flag;
+
 -- the role made above, and what it owns
 DROP TABLE app_inbox;
 REVOKE CREATE ON SCHEMA public FROM regress_app;

@@ -115,6 +115,36 @@ triage_queue_limits(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
 
+/*
+ * Keys go into the queue as text and come back when the answer is written,
+ * maybe in another session: both conversions run with the same date, interval
+ * and float settings, so that a key's text never depends on who converted it.
+ */
+static int
+BeginKeyTextSettings(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("datestyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/* A key as the queue stores it: its text in the settings above */
+Datum
+KeyText(Oid output_func, Datum key)
+{
+	int			nestlevel = BeginKeyTextSettings();
+	char	   *text = OidOutputFunctionCall(output_func, key);
+
+	AtEOXact_GUC(false, nestlevel);
+	return CStringGetTextDatum(text);
+}
+
 /* The type of a column of relid, or InvalidOid if there is no such column */
 static Oid
 ColumnType(Oid relid, const char *column, AttrNumber *attno)
@@ -648,8 +678,13 @@ triage_write_answer(PG_FUNCTION_ARGS)
 
 	/* everything the table runs (its triggers, casts, defaults) runs as its owner */
 	BeginOwnSql(&section, owner);
-	/* the key's own input function, as the owner too */
-	args[0] = OidInputFunctionCall(typinput, key_text, typioparam, key_typmod);
+	/* the key's own input function, as the owner too, in the settings it was written in */
+	{
+		int			nestlevel = BeginKeyTextSettings();
+
+		args[0] = OidInputFunctionCall(typinput, key_text, typioparam, key_typmod);
+		AtEOXact_GUC(false, nestlevel);
+	}
 	argtypes[0] = key_type;
 	if (SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the source row");

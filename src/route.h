@@ -82,6 +82,7 @@ extern void RouteInput(RouteState *state, Policy *policy, text *input, bool desc
 
 /* queue.c */
 extern void QueueInit(void);
+extern Datum KeyText(Oid output_func, Datum key);
 extern void CheckAnswerTarget(const AnswerTarget *target, Policy *policy);
 extern int64 QueueEscalation(Policy *policy, const AnswerTarget *target, text *input,
 							 Datum key_text, Jsonb *small_answer, const char *reason);

@@ -323,7 +323,7 @@ triage_route_row(PG_FUNCTION_ARGS)
 							RelationGetRelationName(rel)),
 					 errhint("Escalated answers are written back by key.")));
 		QueueEscalation(policy, &state->target, input,
-						CStringGetTextDatum(OidOutputFunctionCall(state->key_output_func, key)),
+						KeyText(state->key_output_func, key),
 						SmallAnswer(policy, &result, field_values), result.reason);
 	}
 

@@ -147,7 +147,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 			 WHERE (r.d).escalate
 			   AND NOT triage.open_escalation($2, jsonb_build_object($3, r.k::text)))
 		SELECT (SELECT count(*) FROM routed) AS routed, (SELECT count(*) FROM queued) AS escalated,
-			   (SELECT max(k)::text FROM routed) AS last_key, (SELECT count(*) FROM written) AS written
+			   (SELECT k::text FROM routed ORDER BY k DESC LIMIT 1) AS last_key, (SELECT count(*) FROM written) AS written
 	$q$, key_col, input_col, rows_sql, tbl, output_col,
 		CASE WHEN provenance_col IS NOT NULL THEN format(
 			$p$, %I = jsonb_build_object('by', 'model', 'model', $7, 'version', $8,
@@ -357,7 +357,9 @@ COMMENT ON FUNCTION triage.process_table_start(regclass, name, name, text, integ
 -- stopped, since every committed batch has its outputs written.  Returns the
 -- state for the next batch, or NULL once no row is left.
 CREATE FUNCTION triage.process_table_batch(state jsonb) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp
+	-- keys go into the queue as text: in the settings the row trigger uses too
+	SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3 AS $$
 DECLARE
 	tbl regclass := (state->>'tbl')::oid::regclass;
 	key_col name := state->>'key_col';
