@@ -60,3 +60,27 @@ SELECT triage.quantize_fasttext(pg_read_binary_file(:'v1'), '{"cutoff": -1}');
 SELECT triage.fasttext_file(convert_to('not a model', 'UTF8'));
 SELECT triage.fit_temperature('errs', 0, 'SELECT 1, 2');
 SELECT triage.fit_temperature('errs', 1, 'SELECT ''a'', ''great''');
+
+-- limits: the settings refuse values out of range
+SET triage.max_input_bytes = 0;
+SET triage.max_input_bytes = 'lots';
+SET triage.max_tokens = 0;
+SET triage.max_tokens = 100000000;
+-- a cut input is no error: the first 14 bytes, back to a character boundary
+SET triage.max_input_bytes = 14;
+SELECT triage.classify('errs', 'stale bitter écrasé') = triage.classify('errs', 'stale bitter ') AS cut;
+RESET triage.max_input_bytes;
+
+-- a role that may not read triage.models cannot use a model, though this
+-- session has it loaded
+CREATE ROLE regress_triage_nobody;
+GRANT USAGE ON SCHEMA triage TO regress_triage_nobody;
+SELECT (triage.classify('errs', 'stale')).label IS NOT NULL AS loaded;
+SET ROLE regress_triage_nobody;
+SELECT triage.classify('errs', 'stale');
+SELECT * FROM triage.predict('errs', 'stale');
+SELECT triage.classify('no_such_model', 'stale');
+SELECT triage.extract('errs', 'stale');
+RESET ROLE;
+REVOKE USAGE ON SCHEMA triage FROM regress_triage_nobody;
+DROP ROLE regress_triage_nobody;
