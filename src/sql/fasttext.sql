@@ -145,6 +145,30 @@ COMMENT ON FUNCTION triage.train(text, text, jsonb) IS
 	'Trains a classifier on the (input, label) rows of query and stores it as a new version of name.';
 
 
+-- Classification ----------------------------------------------------------------
+
+-- COST 100: one prediction costs about what 40 md5() calls do, so that the
+-- planner considers parallel workers for large classifications
+CREATE FUNCTION triage.predict(name text, input text, k integer DEFAULT 1,
+							   threshold real DEFAULT 0.0)
+	RETURNS TABLE (label text, probability real)
+	AS 'MODULE_PATHNAME', 'triage_predict'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 100 ROWS 2;
+COMMENT ON FUNCTION triage.predict(text, text, integer, real) IS
+	'The k most likely labels of input (k = -1: all) with probability >= threshold, as fasttext predict-prob.';
+
+CREATE FUNCTION triage.classify(name text, input text) RETURNS triage.prediction
+	AS 'MODULE_PATHNAME', 'triage_classify'
+	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 100;
+COMMENT ON FUNCTION triage.classify(text, text) IS
+	'The most likely label of input and its probability, with the deployed version of model name.';
+
+CREATE FUNCTION triage.classify(name text, version integer, input text) RETURNS triage.prediction
+	AS 'MODULE_PATHNAME', 'triage_classify_version'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE COST 100;
+COMMENT ON FUNCTION triage.classify(text, integer, text) IS
+	'As classify(name, input) with a fixed version; versions never change, so it can back an index.';
+
 -- Batch classification ------------------------------------------------------------
 
 CREATE FUNCTION triage.classify_batch(name text, inputs text[])

@@ -122,3 +122,49 @@ $$;
 COMMENT ON FUNCTION triage.check_model_name(text) IS
 	'Raises an error unless name is a valid model name.';
 
+-- Deployment ------------------------------------------------------------------
+
+CREATE FUNCTION triage.deploy(name text, version integer) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+	IF NOT EXISTS (SELECT FROM triage.models m
+				   WHERE m.name = deploy.name AND m.version = deploy.version) THEN
+		RAISE EXCEPTION 'model "%" version % does not exist', deploy.name, deploy.version
+			USING ERRCODE = 'undefined_object',
+				HINT = 'List versions with SELECT name, version FROM triage.models.';
+	END IF;
+	INSERT INTO triage.deployments AS d (name, version)
+		VALUES (deploy.name, deploy.version)
+		ON CONFLICT (name) DO UPDATE SET version = excluded.version, deployed_at = now();
+END;
+$$;
+COMMENT ON FUNCTION triage.deploy(text, integer) IS
+	'Makes version the one triage.classify(name, input) uses, in every session from its next statement.';
+
+CREATE FUNCTION triage.rollback(name text) RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+	current integer;
+	previous integer;
+BEGIN
+	SELECT d.version INTO current FROM triage.deployments d WHERE d.name = rollback.name FOR UPDATE;
+	IF current IS NULL THEN
+		RAISE EXCEPTION 'model "%" has no deployed version', name
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				HINT = 'Deploy one with SELECT triage.deploy(name, version).';
+	END IF;
+	SELECT max(m.version) INTO previous FROM triage.models m
+	 WHERE m.name = rollback.name AND m.version < current;
+	IF previous IS NULL THEN
+		RAISE EXCEPTION 'model "%" has no version before %', name, current
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				HINT = 'Nothing to roll back to; deploy a specific version with triage.deploy().';
+	END IF;
+	PERFORM triage.deploy(name, previous);
+	RETURN previous;
+END;
+$$;
+COMMENT ON FUNCTION triage.rollback(text) IS
+	'Deploys the highest version below the deployed one and returns it.';
