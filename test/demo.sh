@@ -34,10 +34,10 @@ CREATE TABLE reviews AS
 ALTER TABLE reviews ADD PRIMARY KEY (id);
 SQL
 
-say "Classify a few reviews:  SELECT (triage.classify('sentiment', review)).* FROM reviews"
+say "Classify a few reviews:  SELECT c.* FROM reviews r, LATERAL triage.classify('sentiment', r.review) c"
 sql <<'SQL'
-SELECT id, left(review, 60) || '...' AS review, (triage.classify('sentiment', review)).*, gold
-  FROM reviews ORDER BY id LIMIT 6;
+SELECT id, left(review, 60) || '...' AS review, c.label, c.confidence, gold
+  FROM reviews, LATERAL triage.classify('sentiment', review) c ORDER BY id LIMIT 6;
 SQL
 
 say "Top 2 labels with probabilities:  triage.predict(name, input, k)"
@@ -68,7 +68,7 @@ SQL
 say "Confidence: the small model is right when it is sure; the unsure rows are the ones to escalate"
 sql <<'SQL'
 CREATE TABLE scored AS
-  SELECT id, gold, (triage.classify('sentiment', review)).* FROM reviews;
+  SELECT id, gold, c.label, c.confidence FROM reviews, LATERAL triage.classify('sentiment', review) c;
 SELECT threshold,
        round(avg((confidence < threshold)::int), 3) AS "escalated share",
        round(avg((label = gold)::int) FILTER (WHERE confidence >= threshold), 3) AS "accuracy on kept rows"
@@ -96,7 +96,7 @@ sql <<'SQL'
 SELECT triage.create_policy('reviews', 'sentiment');
 SELECT c->'threshold' AS threshold, c->'escalation_rate' AS "escalation rate", c->'kept_accuracy' AS "kept accuracy"
   FROM triage.calibrate('reviews', 'SELECT review, gold FROM reviews WHERE id % 10 = 9', target_accuracy => 0.9) c;
-SELECT (triage.route('reviews', 'Stale, bitter, and the bag arrived torn. Never again.')).*;
+SELECT * FROM triage.route('reviews', 'Stale, bitter, and the bag arrived torn. Never again.');
 SQL
 
 say "New rows are routed as they arrive: an attached table, 200 unseen reviews inserted"
