@@ -97,6 +97,9 @@ static int	MaxTokens = 100000;
 
 static MemoryContext ModelCacheContext = NULL;
 static HTAB *ModelTable = NULL;
+
+/* how many models this backend has loaded: each load's serial */
+static uint64 ModelLoads = 0;
 static HTAB *DeploymentTable = NULL;
 
 /* bumped by invalidations; ModelRefs from older generations re-resolve */
@@ -556,6 +559,7 @@ LoadModel(const char *name, int32 version)
 	model = MemoryContextAllocZero(context, sizeof(CachedModel));
 	strlcpy(model->name, name, NAMEDATALEN);
 	model->version = version;
+	model->serial = ++ModelLoads;
 	model->kind = strcmp(kind, "crf") == 0 ? MODEL_KIND_CRF : MODEL_KIND_FASTTEXT;
 	model->context = context;
 	allocator = ContextAllocator(context);

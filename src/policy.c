@@ -237,7 +237,7 @@ ResolveLabelThresholds(Policy *policy, CachedModel *model)
 			policy->label_has_own[label] = true;
 		}
 	}
-	policy->model_for_labels = model;
+	policy->labels_model_serial = model->serial;
 }
 
 PG_FUNCTION_INFO_V1(triage_may_use_policy);

@@ -70,18 +70,6 @@ QueueInit(void)
 							NULL, NULL, NULL);
 }
 
-/* triage.max_input_bytes, or 1 GB if it is not set */
-static int64
-MaxInputBytes(void)
-{
-	const char *setting = GetConfigOption("triage.max_input_bytes", true, false);
-	int			max_bytes;
-
-	if (setting == NULL || !parse_int(setting, &max_bytes, GUC_UNIT_BYTE, NULL))
-		return (int64) 1 << 30;
-	return max_bytes;
-}
-
 /*
  * Error if input is longer than triage.max_input_bytes: an escalation is
  * sent whole to the large model, so it is refused rather than cut.
@@ -89,11 +77,12 @@ MaxInputBytes(void)
 static void
 CheckInputBytes(text *input)
 {
-	if (VARSIZE_ANY_EXHDR(input) > MaxInputBytes())
+	if (VARSIZE_ANY_EXHDR(input) > InputBytesLimit())
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("input of %d bytes is too long to escalate", (int) VARSIZE_ANY_EXHDR(input)),
-				 errhint("The limit is triage.max_input_bytes (" INT64_FORMAT " bytes).", MaxInputBytes())));
+				 errhint("The limit is triage.max_input_bytes (%d bytes); the small model reads only that many.",
+						 InputBytesLimit())));
 }
 
 PG_FUNCTION_INFO_V1(triage_queue_limits);
@@ -110,7 +99,7 @@ triage_queue_limits(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	retry->time = (int64) MaxRetryAfter * USECS_PER_SEC;
-	values[0] = Int64GetDatum(MaxInputBytes());
+	values[0] = Int64GetDatum(InputBytesLimit());
 	values[1] = IntervalPGetDatum(retry);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }

@@ -96,7 +96,7 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool describe, RouteR
 	{
 		model = ModelRefLookup(&state->model_ref, policy->model, strlen(policy->model), 0);
 		ModelRequireKind(model, MODEL_KIND_FASTTEXT);
-		if (policy->model_for_labels != model)
+		if (policy->labels_model_serial != model->serial)
 			ResolveLabelThresholds(policy, model);
 		result->model = model;
 		if (ModelPredict(model, input, 1, 0.0f) > 0)

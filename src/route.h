@@ -31,8 +31,9 @@ typedef struct Policy
 	char	  **required_fields;
 	float4		min_field_confidence;	/* -1: no such rule */
 
-	/* the thresholds by label index of the model last used */
-	CachedModel *model_for_labels;
+	/* the thresholds by label index of the model last used (a freed model's
+	 * address may be reused: its load serial tells) */
+	uint64		labels_model_serial;	/* the CachedModel's serial; 0: none yet */
 	float4	   *label_threshold;
 	bool	   *label_has_own;
 } Policy;

@@ -30,6 +30,7 @@ typedef struct CachedModel
 {
 	char		name[NAMEDATALEN];
 	int32		version;
+	uint64		serial;			/* unique per load in this backend: tells reloads apart */
 	ModelKind	kind;
 	MemoryContext context;		/* owns the model and its scratch */
 	/* a classifier */
