@@ -57,9 +57,15 @@ else
 	record "core unit tests (build)" 1
 fi
 
-# quantization and saving: round trips, PQ, pruning, allocation failures
+# quantization and saving: round trips, PQ, pruning, allocation failures;
+# and two models the fasttext tool trains now, quantized by us and by it
+if ! test/harness/quantize_inputs.sh "$WORK/quantize" >"$WORK/quantize_inputs.log" 2>&1; then
+	cat "$WORK/quantize_inputs.log"
+	record "test_quantize inputs (test/harness/quantize_inputs.sh)" 1
+fi
 if gcc $SANITIZE -Isrc test/core/test_quantize.c $CORE_SRCS -lm -o "$WORK/test_quantize"; then
-	"$WORK/test_quantize" "$ROOT/test/data" >"$WORK/quantize.out" 2>&1
+	"$WORK/test_quantize" "$ROOT/test/data" "$WORK/quantize/dense.bin" "$WORK/quantize/lines.txt" \
+		"$WORK/quantize/many.bin" "$WORK/quantize/out" "$WORK/quantize/ref" >"$WORK/quantize.out" 2>&1
 	status=$?
 	grep -E '^(not ok|# )' "$WORK/quantize.out" | head -40
 	n_ok=$(grep -c '^ok ' "$WORK/quantize.out")
