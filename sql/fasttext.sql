@@ -34,8 +34,13 @@ SELECT c.label = p.label AND c.confidence = p.probability AS same
   FROM (VALUES ('stale and bitter'), ('love it'), (''), ('café crème 日本語')) AS v(t),
        LATERAL triage.classify('sentiment', t) AS c,
        LATERAL triage.predict('sentiment', t) AS p;
--- empty input and whitespace are predicted from the end-of-line token alone, as fastText does
-SELECT (triage.classify('sentiment', '')).label = (triage.classify('sentiment', E' \t ')).label AS same;
+-- no evidence: empty, blank, or no word the model knows gets no prediction
+-- (fastText would answer from the end-of-line token alone, with a confidence
+-- near 1), and routing escalates it
+SELECT t, c.label IS NULL AS no_label, c.confidence IS NULL AS no_confidence,
+       (SELECT count(*) FROM triage.predict('sentiment', t)) AS predictions
+  FROM (VALUES (''), (E' \t '), ('!!!'), ('zzqx qxzz')) AS v(t), LATERAL triage.classify('sentiment', t) AS c;
+SELECT (triage.classify('sentiment', 'stale')).label IS NOT NULL AS one_known_word_is_evidence;
 -- a newline inside the input is a space: one prediction for the whole value
 SELECT (triage.classify('sentiment', E'stale\nand bitter')).confidence
      = (triage.classify('sentiment', 'stale and bitter')).confidence AS same;

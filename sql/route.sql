@@ -14,6 +14,9 @@ SELECT name, model, labels, thresholds, max_attempts FROM triage.policies;
 -- route: the small model's answer and why it is kept or escalated
 SELECT (triage.route('reviews', 'the coffee was stale and bitter, never again')).*;
 SELECT (triage.route('reviews', 'I want a refund for this')).reason;
+-- no evidence (empty, blank, no word the model knows): escalated, never kept with confidence 1
+SELECT t, r.label, r.confidence, r.escalate, r.reason
+  FROM (VALUES (''), ('   '), ('zzqx qxzz')) AS v(t), LATERAL triage.route('reviews', t) AS r;
 SELECT (triage.route('reviews', repeat('tasty ', 50))).reason;
 UPDATE triage.policies SET thresholds = '{"default": 0.5}' WHERE name = 'reviews';
 SELECT (triage.route('reviews', 'the coffee was stale and bitter, never again')).escalate;

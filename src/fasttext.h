@@ -187,6 +187,7 @@ typedef struct FastTextScratch
 {
 	int32_t    *rows;
 	int64_t		nrows;
+	int64_t		text_rows;		/* rows from the text's own tokens, before its "</s>" */
 	int64_t		rows_capacity;
 	int32_t    *hashes;
 	int64_t		nhashes;

@@ -332,6 +332,7 @@ FastTextTokenize(const FastTextModel *model, FastTextScratch *scratch,
 	TriageStatus status;
 
 	scratch->nrows = 0;
+	scratch->text_rows = 0;
 	scratch->nhashes = 0;
 	scratch->truncated = false;
 	/* the line's "</s>" gets a token's share, so that max_tokens 1 still reads a token */
@@ -358,8 +359,12 @@ FastTextTokenize(const FastTextModel *model, FastTextScratch *scratch,
 		if (status != TRIAGE_OK)
 			return status;
 		if (end - start == 4 && memcmp(text + start, FASTTEXT_EOS, 4) == 0)
+		{
+			scratch->text_rows = scratch->nrows - 1;
 			return AddWordNgrams(model, scratch, errbuf, errlen);
+		}
 	}
+	scratch->text_rows = scratch->nrows;
 	status = AddToken(model, scratch, FASTTEXT_EOS, 4, errbuf, errlen);
 	if (status != TRIAGE_OK)
 		return status;

@@ -180,6 +180,15 @@ ModelPredict(CachedModel *model, text *input, int32 k, float threshold)
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf,
 						psprintf("model \"%s\" version %d", model->name, model->version));
+
+	/*
+	 * No evidence: no word or subword of the input maps to a row, and the
+	 * answer would be the model's prior for an empty line ("</s>" alone),
+	 * often with a confidence near 1.  No prediction instead: classify gives
+	 * NULL and routing escalates.
+	 */
+	if (model->scratch.text_rows == 0)
+		n = 0;
 	/* a long input leaves nothing big behind, even in a long-lived caller */
 	TrimModelScratch(model);
 	return n;

@@ -157,7 +157,7 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool describe, RouteR
 	}
 	if (model != NULL && result->label < 0)
 	{
-		result->reason = pstrdup("no prediction: no token of the input is known to the model");
+		result->reason = pstrdup("no evidence: no word of the input is known to the model");
 		return;
 	}
 
