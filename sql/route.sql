@@ -122,6 +122,21 @@ SELECT count(*) FROM triage.claim('w1', 10, '1 millisecond');
 SELECT pg_sleep(0.01);
 SELECT count(*) FROM triage.claim('w2', 10, '1 minute');
 SELECT status, attempts, claimed_by FROM triage.escalations WHERE id = :rel;
+-- at the policy's max_attempts (2 here), an expired lease dead-letters the
+-- row instead of leasing it again: a row that kills workers cannot loop
+UPDATE triage.escalations SET visible_at = now() - interval '1 second' WHERE id = :rel;
+SELECT count(*) FROM triage.claim('w3', 10, '1 minute') WHERE id = :rel;
+SELECT status, attempts, error FROM triage.escalations WHERE id = :rel;
+-- a row over triage.max_input_bytes is refused when queued, and
+-- dead-lettered when claimed (the limit may have been lowered since)
+SET triage.max_input_bytes = 20;
+SELECT triage.enqueue('reviews', repeat('long ', 10));
+RESET triage.max_input_bytes;
+SELECT triage.enqueue('reviews', repeat('long ', 10)) AS long_job \gset
+SET triage.max_input_bytes = 20;
+SELECT count(*) FROM triage.claim('w3', 10, '1 minute') WHERE id = :long_job;
+RESET triage.max_input_bytes;
+SELECT status, attempts, error FROM triage.escalations WHERE id = :long_job;
 
 -- bad input
 SELECT triage.enqueue('nope', 'x');

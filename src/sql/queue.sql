@@ -206,27 +206,29 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				HINT = pg_catalog.format('An admin of this database can allow it: SELECT triage.allow_worker(%L);', caller);
 	END IF;
-	-- A lease that ran out (a worker died) counts as an attempt, so that a
-	-- row that kills workers is dead-lettered instead of looping forever;
-	-- so does a row too large to send.
-	UPDATE triage.escalations e
-	   SET status = 'dead', attempts = e.attempts + 1, done_at = now(), claimed_role = NULL,
-		   error = CASE WHEN pg_catalog.octet_length(e.input) > max_bytes
-						THEN pg_catalog.format('input of %s bytes is over triage.max_input_bytes', pg_catalog.octet_length(e.input))
-						ELSE 'the lease ran out on the last attempt allowed (the worker died or timed out)' END
-	  FROM triage.policies p
-	 WHERE p.name = e.policy AND e.status IN ('pending', 'claimed') AND e.visible_at <= now()
-	   AND ((e.status = 'claimed' AND e.attempts + 1 >= p.max_attempts) OR pg_catalog.octet_length(e.input) > max_bytes)
-	   AND e.id IN (SELECT x.id FROM triage.escalations x WHERE x.status IN ('pending', 'claimed')
-					   AND x.visible_at <= now() FOR UPDATE SKIP LOCKED);
 	FOR picked IN
-		SELECT e.id FROM triage.escalations e
+		SELECT e.id, e.status, e.attempts, p.max_attempts, pg_catalog.octet_length(e.input) AS bytes
+		  FROM triage.escalations e JOIN triage.policies p ON p.name = e.policy
 		 WHERE e.status IN ('pending', 'claimed') AND e.visible_at <= now()
 		   AND (claim.policy IS NULL OR e.policy = claim.policy)
 		 ORDER BY e.visible_at, e.id
 		 LIMIT n
-		   FOR UPDATE SKIP LOCKED
+		   FOR UPDATE OF e SKIP LOCKED
 	LOOP
+		-- A lease that ran out (a worker died) counts as an attempt, so that a
+		-- row that kills workers is dead-lettered instead of looping forever;
+		-- so is a row too large to send
+		IF (picked.status = 'claimed' AND picked.attempts + 1 >= picked.max_attempts)
+		   OR picked.bytes > max_bytes THEN
+			UPDATE triage.escalations e
+			   SET status = 'dead', attempts = e.attempts + (e.status = 'claimed')::int, done_at = now(),
+				   claimed_role = NULL,
+				   error = CASE WHEN picked.bytes > max_bytes
+								THEN pg_catalog.format('input of %s bytes is over triage.max_input_bytes', picked.bytes)
+								ELSE 'the lease ran out on the last attempt allowed (the worker died or timed out)' END
+			 WHERE e.id = picked.id;
+			CONTINUE;
+		END IF;
 		-- one row that cannot be turned into a request is dead-lettered, not
 		-- the whole claim failed
 		BEGIN
