@@ -11,6 +11,14 @@
  * calls again after reconnecting; the server answers "stale" if the first
  * call had gone through, so no job is answered twice.
  *
+ * Nothing here resolves a name through the login role's search_path, which
+ * anyone with CREATE on a schema in it could fill with look-alike functions
+ * or operators: every connection starts with SET search_path = pg_catalog,
+ * pg_temp, and every statement names its functions, operators and types
+ * with their schema (a SET rather than a startup option, which poolers such
+ * as PgBouncer refuse, and which would replace the options of a service
+ * file or PGOPTIONS).
+ *
  *-------------------------------------------------------------------------
  */
 #include <stdio.h>
@@ -144,6 +152,7 @@ db_connect(Db *db, int64_t now)
 	const char *values[] = {"triage-worker", "10", "30", "10", "3", db->cfg->dsn, NULL};
 	PGresult   *res;
 	DbStatus	st;
+	char		path[256];
 
 	db->conn = PQconnectdbParams(keywords, values, 1);
 	if (db->conn == NULL || PQstatus(db->conn) != CONNECTION_OK)
@@ -159,12 +168,26 @@ db_connect(Db *db, int64_t now)
 		return DB_LOST;
 	}
 
+	/* first, before any statement that names anything */
+	res = PQexec(db->conn, "SET search_path = pg_catalog, pg_temp");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		st = db_error(db, res, "SET search_path");
+		PQclear(res);
+		return st == DB_LOST ? DB_LOST : DB_FATAL;
+	}
+	PQclear(res);
+
 	res = PQexec(db->conn,
-				 "SELECT count(DISTINCT p.proname) FROM pg_catalog.pg_proc p"
-				 " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
-				 " WHERE n.nspname = 'triage'"
-				 " AND p.proname IN ('claim', 'complete', 'fail', 'release', 'heartbeat')");
-	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+				 "SELECT (SELECT pg_catalog.count(DISTINCT p.proname)"
+				 "          FROM pg_catalog.pg_proc p"
+				 "          JOIN pg_catalog.pg_namespace n"
+				 "            ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
+				 "         WHERE n.nspname OPERATOR(pg_catalog.=) 'triage'::pg_catalog.name"
+				 "           AND p.proname OPERATOR(pg_catalog.=) ANY"
+				 "               ('{claim,complete,fail,release,heartbeat}'::pg_catalog.name[])),"
+				 "       pg_catalog.current_setting('search_path')");
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
 	{
 		st = db_error(db, res, "checking for pg_triage");
 		PQclear(res);
@@ -179,6 +202,7 @@ db_connect(Db *db, int64_t now)
 		db_close(db);
 		return DB_FATAL;
 	}
+	snprintf(path, sizeof(path), "%s", PQgetvalue(res, 0, 1));
 	PQclear(res);
 
 	res = PQexec(db->conn, "LISTEN triage_escalations");
@@ -190,8 +214,8 @@ db_connect(Db *db, int64_t now)
 	}
 	PQclear(res);
 
-	log_msg("info", "connected to database \"%s\" as \"%s\"%s", PQdb(db->conn), PQuser(db->conn),
-			db->ever_connected ? " again" : "");
+	log_msg("info", "connected to database \"%s\" as \"%s\"%s (search_path %s)",
+			PQdb(db->conn), PQuser(db->conn), db->ever_connected ? " again" : "", path);
 	db->ever_connected = true;
 	db->backoff = RECONNECT_FIRST;
 	return DB_OK;
@@ -248,7 +272,9 @@ db_claim(Db *db, int n, JobQueue *out, int *claimed)
 	params[2] = vis_text;
 	params[3] = cfg->policy;
 	res = PQexecParams(db->conn,
-					   "SELECT * FROM triage.claim($1, $2, make_interval(secs => $3), $4)",
+					   "SELECT * FROM triage.claim($1::pg_catalog.text, $2::pg_catalog.int4,"
+					   " pg_catalog.make_interval(secs => $3::pg_catalog.float8),"
+					   " $4::pg_catalog.text)",
 					   4, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
@@ -338,7 +364,8 @@ db_record(Db *db, Job *job, const char **outcome)
 		else
 		{
 			params[1] = job->reply;
-			res = PQexecParams(db->conn, "SELECT triage.complete($1, $2::jsonb)",
+			res = PQexecParams(db->conn,
+							   "SELECT triage.complete($1::pg_catalog.int8, $2::pg_catalog.jsonb)",
 							   2, NULL, params, NULL, NULL, 0);
 			if (PQresultStatus(res) == PGRES_TUPLES_OK)
 			{
@@ -395,7 +422,9 @@ db_record(Db *db, Job *job, const char **outcome)
 		}
 		else
 			params[2] = NULL;
-		res = PQexecParams(db->conn, "SELECT triage.fail($1, $2, make_interval(secs => $3))",
+		res = PQexecParams(db->conn,
+						   "SELECT triage.fail($1::pg_catalog.int8, $2::pg_catalog.text,"
+						   " pg_catalog.make_interval(secs => $3::pg_catalog.float8))",
 						   3, NULL, params, NULL, NULL, 0);
 		if (PQresultStatus(res) == PGRES_TUPLES_OK)
 		{
@@ -408,7 +437,8 @@ db_record(Db *db, Job *job, const char **outcome)
 		return st;
 	}
 
-	res = PQexecParams(db->conn, "SELECT triage.release($1)", 1, NULL, params, NULL, NULL, 0);
+	res = PQexecParams(db->conn, "SELECT triage.release($1::pg_catalog.int8)",
+					   1, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) == PGRES_TUPLES_OK)
 	{
 		*outcome = "released";
@@ -438,7 +468,9 @@ db_heartbeat(Db *db, long jobs_done, long jobs_failed)
 	params[2] = pid_text;
 	params[3] = done_text;
 	params[4] = failed_text;
-	res = PQexecParams(db->conn, "SELECT triage.heartbeat($1, $2, $3, $4, $5)",
+	res = PQexecParams(db->conn,
+					   "SELECT triage.heartbeat($1::pg_catalog.text, $2::pg_catalog.text,"
+					   " $3::pg_catalog.int4, $4::pg_catalog.int8, $5::pg_catalog.int8)",
 					   5, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) == PGRES_TUPLES_OK)
 	{
