@@ -69,6 +69,10 @@ core_test test_quantize "$CORE_SRCS -lm" "$ROOT/test/data" "$WORK/quantize/dense
 # the CRF extractor: tokenizer, alignment, training, decoding, model format
 core_test test_crf "$CRF_SRCS -llbfgs -lm"
 
+# triage-worker's masking of secrets (the API key whole, cut, escaped) and
+# what it says of the endpoint URL: the stub LLM cannot echo a key
+core_test test_worker_redact "-Isrc/worker src/worker/redact.c src/worker/url.c"
+
 # a test/core/test_*.c without a core_test line above would never run
 check_all_ran "core test" "$CORE_RAN" test/core/test_*.c
 

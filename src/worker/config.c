@@ -6,7 +6,9 @@
  *
  * Every option can also come from a TRIAGE_* environment variable; a flag
  * wins over its variable.  The API key itself is never an option, so that it
- * cannot show in ps: it is read from a named environment variable or a file.
+ * cannot show in ps: it is read from a named environment variable, which is
+ * then wiped and removed (so that /proc/PID/environ does not show it
+ * either), or from a file.
  *
  *-------------------------------------------------------------------------
  */
@@ -69,18 +71,28 @@ static const char *help_text =
 "        ts=... level=info job=123 outcome=done http=200 ms=532 tokens=81\n"
 "    outcome is done, invalid (the server rejected the answer and counted a\n"
 "    failed try), retry, dead, stale (the lease was lost) or released.\n"
+"    The API key, the database password and the URL's credentials and\n"
+"    query values are masked in the log and in the errors stored in the\n"
+"    queue, also cut or escaped (any 8 characters of them in a row); of a\n"
+"    400, 401, 403 or 407 reply only the status is kept.\n"
 "\n"
 "OPTIONS\n"
 "    --dsn CONNSTR\n"
 "        libpq connection string or URI of the database with pg_triage.\n"
 "        Prefer a password file (PGPASSFILE) to a password in CONNSTR,\n"
-"        which ps would show.\n"
+"        which ps would show.  The log shows CONNSTR as libpq reads it,\n"
+"        without passwords.  In a URI, write \"@\" and \"/\" in a user name or\n"
+"        password as %40 and %2F.\n"
 "    --base-url URL\n"
-"        The endpoint's base URL, e.g. https://api.openai.com/v1.\n"
+"        The endpoint's base URL, e.g. https://api.openai.com/v1.  The log\n"
+"        shows it without user, password and query string.  With plain\n"
+"        http:// to a host other than localhost, 127.0.0.0/8 or ::1, the\n"
+"        worker warns at start that the key crosses the network in clear.\n"
 "    --model NAME\n"
 "        The \"model\" of every request.\n"
 "    --api-key-env VAR\n"
-"        Read the API key from the environment variable VAR.\n"
+"        Read the API key from the environment variable VAR, then wipe and\n"
+"        remove VAR from the worker's environment.\n"
 "    --api-key-file PATH\n"
 "        Read the API key from PATH (surrounding white space is ignored);\n"
 "        re-read on SIGHUP.  Without either option no Authorization header\n"
@@ -396,6 +408,12 @@ config_parse(WorkerConfig *cfg, int argc, char **argv)
 
 	if (cfg->dsn == NULL)
 		usage_error("%s", "--dsn (or TRIAGE_DSN) is required");
+	{
+		char		err[256];
+
+		if (!dsn_check(cfg->dsn, err, sizeof(err)))
+			usage_error("%s", err);
+	}
 	if (cfg->base_url == NULL || cfg->base_url[0] == '\0')
 		usage_error("%s", "--base-url (or TRIAGE_BASE_URL) is required");
 	if (cfg->model == NULL || cfg->model[0] == '\0')
@@ -436,6 +454,11 @@ config_parse(WorkerConfig *cfg, int argc, char **argv)
  * Reads the API key named by the configuration into *key (malloc'd; NULL
  * when no source is configured).  Returns false with a message in err when
  * the source is configured but unusable.  The key is never part of err.
+ *
+ * A key from the environment is then wiped where it lies and the variable
+ * removed: unsetenv() alone takes it out of environ, so that no child
+ * would inherit it, but /proc/PID/environ shows the memory the process
+ * started with.
  */
 bool
 load_api_key(const WorkerConfig *cfg, char **key, char *err, size_t errlen)
@@ -447,7 +470,8 @@ load_api_key(const WorkerConfig *cfg, char **key, char *err, size_t errlen)
 	*key = NULL;
 	if (cfg->api_key_env)
 	{
-		const char *value = getenv(cfg->api_key_env);
+		char	   *value = getenv(cfg->api_key_env);
+		size_t		value_len;
 
 		if (value == NULL || value[0] == '\0')
 		{
@@ -455,14 +479,17 @@ load_api_key(const WorkerConfig *cfg, char **key, char *err, size_t errlen)
 					 cfg->api_key_env);
 			return false;
 		}
-		len = strlen(value);
+		value_len = len = strlen(value);
+		if (len <= MAX_API_KEY)
+			memcpy(buf, value, len);
+		explicit_bzero(value, value_len);
+		unsetenv(cfg->api_key_env);
 		if (len > MAX_API_KEY)
 		{
 			snprintf(err, errlen, "the API key in %s is longer than %d bytes",
 					 cfg->api_key_env, MAX_API_KEY);
 			return false;
 		}
-		memcpy(buf, value, len);
 	}
 	else if (cfg->api_key_file)
 	{
@@ -480,11 +507,13 @@ load_api_key(const WorkerConfig *cfg, char **key, char *err, size_t errlen)
 			snprintf(err, errlen, "could not read API key file \"%s\": %s",
 					 cfg->api_key_file, strerror(errno));
 			fclose(f);
+			explicit_bzero(buf, sizeof(buf));
 			return false;
 		}
 		fclose(f);
 		if (len > MAX_API_KEY)
 		{
+			explicit_bzero(buf, sizeof(buf));
 			snprintf(err, errlen, "API key file \"%s\" is longer than %d bytes",
 					 cfg->api_key_file, MAX_API_KEY);
 			return false;
@@ -508,13 +537,13 @@ load_api_key(const WorkerConfig *cfg, char **key, char *err, size_t errlen)
 	{
 		if ((unsigned char) buf[i] < 0x21 || (unsigned char) buf[i] == 0x7f)
 		{
-			memset(buf, 0, sizeof(buf));
+			explicit_bzero(buf, sizeof(buf));
 			snprintf(err, errlen, "the API key contains white space or control characters");
 			return false;
 		}
 	}
 	*key = strdup(buf + start);
-	memset(buf, 0, sizeof(buf));
+	explicit_bzero(buf, sizeof(buf));
 	if (*key == NULL)
 	{
 		snprintf(err, errlen, "out of memory");

@@ -32,6 +32,8 @@
 
 #define RECONNECT_FIRST 1.0
 #define RECONNECT_MAX 30.0
+/* The excerpt of a reply complete() could not take, message included */
+#define COMPLETE_EXCERPT_MAX 300
 
 void
 db_init(Db *db, const WorkerConfig *cfg)
@@ -67,15 +69,23 @@ db_close(Db *db)
 
 /*
  * Copies a libpq message into buf as one line: its line breaks and the
- * indentation after them become one space, the final newline goes.
+ * indentation after them become one space, the final newline goes.  The
+ * message is masked first (it may quote a reply), then cut.
  */
 static void
 one_line(char *buf, size_t len, const char *msg)
 {
 	size_t		n = 0;
 	bool		space = false;
+	char	   *masked = strdup(msg);
 
-	for (const char *p = msg; *p && n + 1 < len; p++)
+	if (masked == NULL)
+	{
+		snprintf(buf, len, "(out of memory)");
+		return;
+	}
+	redact(masked);
+	for (const char *p = masked; *p && n + 1 < len; p++)
 	{
 		if (*p == '\n' || *p == '\t' || *p == ' ')
 			space = true;
@@ -88,6 +98,7 @@ one_line(char *buf, size_t len, const char *msg)
 		}
 	}
 	buf[n] = '\0';
+	free(masked);
 }
 
 /* The connection is gone: drop it and try again soon */
@@ -385,27 +396,26 @@ db_record(Db *db, Job *job, const char **outcome)
 			/*
 			 * The reply is no JSON (the cast failed: SQLSTATE class 22), or
 			 * the server could not use it: a failed try either way, so that a
-			 * reply that can never be recorded ends in the dead letters.
+			 * reply that can never be recorded ends in the dead letters.  The
+			 * server's message may quote the reply: masked before it is cut.
 			 */
 			{
 				const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-				size_t		n;
+				const char *msg = PQresultErrorMessage(res);
+				char	   *prefix = malloc(strlen(msg) + 64);
 
-				if (state && strncmp(state, "22", 2) == 0)
-					n = snprintf(job->error, sizeof(job->error), "reply is not JSON: ");
-				else
-					n = snprintf(job->error, sizeof(job->error), "complete() failed: %s; reply: ",
-								 PQresultErrorMessage(res));
-				for (size_t i = 0; i < job->reply_len && n < 300 && n + 1 < sizeof(job->error); i++)
+				if (prefix != NULL && state && strncmp(state, "22", 2) == 0)
+					strcpy(prefix, "reply is not JSON: ");
+				else if (prefix != NULL)
 				{
-					unsigned char c = (unsigned char) job->reply[i];
-
-					job->error[n++] = (c >= 0x20 && c < 0x7f) ? (char) c : ' ';
+					strcpy(prefix, "complete() failed: ");
+					one_line(prefix + strlen(prefix), strlen(msg) + 1, msg);
+					strcat(prefix, "; reply: ");
 				}
-				if (n >= sizeof(job->error))
-					n = sizeof(job->error) - 1;
-				job->error[n] = '\0';
-				redact(job->error);
+				redacted_excerpt(job->error, sizeof(job->error), COMPLETE_EXCERPT_MAX,
+								 prefix ? prefix : "complete() failed; reply: ",
+								 job->reply, job->reply_len);
+				free(prefix);
 			}
 			PQclear(res);
 			job->action = JOB_FAIL;

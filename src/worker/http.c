@@ -10,6 +10,12 @@
  * status, the Retry-After header and the usage's total_tokens, and leaves
  * the rest to triage.complete().
  *
+ * Every reply is masked (redact.c) as soon as it is in, before anything is
+ * cut from it, logged, or handed to the server: an endpoint may echo the
+ * Authorization header, whole, cut or escaped.  Of a 400, 401, 403 or 407
+ * nothing of the body is kept at all, since those are the replies that
+ * quote a request's headers.
+ *
  *-------------------------------------------------------------------------
  */
 #include <ctype.h>
@@ -22,6 +28,8 @@
 
 /* A reply larger than this is no chat completion of a label */
 #define MAX_REPLY (8 * 1024 * 1024)
+/* The excerpt of a reply kept in an error, message included */
+#define EXCERPT_MAX 200
 
 /*
  * s as a JSON string literal, quotes included (malloc'd).  Only the model
@@ -324,24 +332,20 @@ usage_tokens(const char *reply, size_t len)
 	return strtol(p, NULL, 10);
 }
 
-/* Copies a printable ASCII excerpt of the reply into the job's error */
+/* The job's error: what, then an excerpt of the (masked) reply */
 static void
 error_with_excerpt(Job *job, const char *what)
 {
-	size_t		n = snprintf(job->error, sizeof(job->error), "%s", what);
-	size_t		i;
+	char		prefix[128];
 
-	if (job->reply_len == 0 || n + 3 >= sizeof(job->error))
-		return;
-	job->error[n++] = ':';
-	job->error[n++] = ' ';
-	for (i = 0; i < job->reply_len && n < 200 && n + 1 < sizeof(job->error); i++)
+	if (job->reply_len == 0)
 	{
-		unsigned char c = (unsigned char) job->reply[i];
-
-		job->error[n++] = (c >= 0x20 && c < 0x7f) ? (char) c : ' ';
+		snprintf(job->error, sizeof(job->error), "%s", what);
+		return;
 	}
-	job->error[n] = '\0';
+	snprintf(prefix, sizeof(prefix), "%s: ", what);
+	redacted_excerpt(job->error, sizeof(job->error), EXCERPT_MAX, prefix, job->reply,
+					 job->reply_len);
 }
 
 /*
@@ -363,6 +367,8 @@ http_finish(CURLM *multi, Job *job, CURLcode result, double timeout)
 	job->retry_after = parse_retry_after(job->retry_after_hdr, time(NULL));
 	job->error[0] = '\0';
 	http_cleanup(multi, job);
+	if (job->reply != NULL)
+		redact_text(job->reply, job->reply_len);
 
 	if (result != CURLE_OK)
 	{
@@ -405,18 +411,29 @@ http_finish(CURLM *multi, Job *job, CURLcode result, double timeout)
 		error_with_excerpt(job, "rate limited (429)");
 		verdict = VERDICT_RATE_LIMITED;
 	}
-	else if (status == 401 || status == 403 || status == 404 || status == 407)
+	else if (status == 401 || status == 403 || status == 407)
 	{
 		/*
-		 * A refused key, or a wrong URL or model name: every job would get the
-		 * same, so none of them is charged an attempt.
+		 * A refused key: every job would get the same, so none of them is
+		 * charged an attempt.  The body may quote the key: not a word of it.
 		 */
-		char		what[64];
-
-		snprintf(what, sizeof(what), "endpoint refused the request (%ld)", status);
 		job->action = JOB_RELEASE;
-		error_with_excerpt(job, what);
+		snprintf(job->error, sizeof(job->error), "endpoint refused the request (%ld)", status);
 		verdict = VERDICT_DOWN;
+	}
+	else if (status == 404)
+	{
+		/* a wrong URL or model name: the same for every job, as above */
+		job->action = JOB_RELEASE;
+		error_with_excerpt(job, "endpoint refused the request (404)");
+		verdict = VERDICT_DOWN;
+	}
+	else if (status == 400)
+	{
+		/* about this request; the body may quote its headers */
+		job->action = JOB_FAIL;
+		snprintf(job->error, sizeof(job->error), "request rejected (400)");
+		verdict = VERDICT_OK;
 	}
 	else if (status >= 500)
 	{
@@ -429,7 +446,7 @@ http_finish(CURLM *multi, Job *job, CURLcode result, double timeout)
 	}
 	else
 	{
-		/* 400, 413, 422, ...: about this request */
+		/* 413, 422, ...: about this request */
 		char		what[64];
 
 		snprintf(what, sizeof(what), "request rejected (%ld)", status);

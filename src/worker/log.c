@@ -6,8 +6,11 @@
  *
  * Each line is written with a single write() on an O_APPEND descriptor, so
  * that the lines of several workers sharing a file do not interleave.  The
- * API key is scrubbed from every line: the worker never logs it on purpose,
- * but an endpoint could echo it back in an error message.
+ * secrets (redact.c) are masked in every line: the worker never logs them
+ * on purpose, but an endpoint could echo the key back in an error message.
+ * A message is masked before it is quoted (quoting doubles backslashes,
+ * which would hide an escaped key from the masking) and the whole line
+ * again after.
  *
  *-------------------------------------------------------------------------
  */
@@ -26,7 +29,6 @@
 
 static int	log_fd = STDERR_FILENO;
 static const char *log_path;
-static const char *log_secret;
 
 bool
 log_open(const char *path)
@@ -68,27 +70,6 @@ log_reopen(void)
 		close(log_fd);
 	log_fd = fd;
 	log_msg("info", "log file reopened");
-}
-
-/* secret: the API key, or NULL; the caller keeps it alive */
-void
-log_set_secret(const char *secret)
-{
-	log_secret = (secret != NULL && secret[0] != '\0') ? secret : NULL;
-}
-
-/* Overwrites every occurrence of the API key in text, in place */
-void
-redact(char *text)
-{
-	size_t		n;
-	char	   *p;
-
-	if (log_secret == NULL)
-		return;
-	n = strlen(log_secret);
-	while ((p = strstr(text, log_secret)) != NULL)
-		memset(p, '*', n);
 }
 
 static size_t
@@ -185,6 +166,7 @@ log_msg(const char *level, const char *fmt,...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	redact(msg);
 
 	pos = timestamp(line, sizeof(line));
 	pos = appendf(line, pos, sizeof(line), " level=%s msg=", level);
@@ -197,6 +179,7 @@ void
 log_job(const Job *job, const char *outcome)
 {
 	char		line[LOG_LINE_MAX];
+	char		error[sizeof(job->error)];
 	size_t		pos;
 	bool		bad = strcmp(outcome, "done") != 0 && strcmp(outcome, "released") != 0;
 
@@ -214,8 +197,10 @@ log_job(const Job *job, const char *outcome)
 		pos = appendf(line, pos, sizeof(line), " probe=true");
 	if (job->error[0] != '\0' && strcmp(outcome, "done") != 0)
 	{
+		snprintf(error, sizeof(error), "%s", job->error);
+		redact(error);
 		pos = appendf(line, pos, sizeof(line), " error=");
-		pos = append_quoted(line, pos, sizeof(line) - 1, job->error);
+		pos = append_quoted(line, pos, sizeof(line) - 1, error);
 	}
 	emit(line, pos);
 }

@@ -194,6 +194,17 @@ abort_running(Worker *w)
 	}
 }
 
+/*
+ * The secrets to mask besides the API key: the database password and the
+ * endpoint URL's credentials and query values.
+ */
+static void
+add_config_secrets(const WorkerConfig *cfg)
+{
+	dsn_add_secrets(cfg->dsn);
+	url_add_secrets(cfg->base_url);
+}
+
 /* SIGHUP: reopen the log, re-read the key file */
 static void
 reload(Worker *w)
@@ -209,7 +220,19 @@ reload(Worker *w)
 		log_msg("error", "keeping the old API key: %s", err);
 		return;
 	}
-	log_set_secret(key);
+	/* the old key stays masked too: replies to it may still come */
+	if (!redact_add_secret(key))
+	{
+		redact_forget_all();
+		add_config_secrets(&w->cfg);
+		if (!redact_add_secret(key))
+		{
+			log_msg("error", "keeping the old API key: no memory to mask the new one");
+			memset(key, 0, strlen(key));
+			free(key);
+			return;
+		}
+	}
 	if (w->api_key)
 	{
 		memset(w->api_key, 0, strlen(w->api_key));
@@ -481,24 +504,6 @@ collect(Worker *w)
 	}
 }
 
-/* The base URL for the log, without any user:password@ */
-static void
-printable_url(const char *url, char *out, size_t len)
-{
-	const char *host = strstr(url, "://");
-	const char *at;
-	const char *slash;
-
-	snprintf(out, len, "%s", url);
-	if (host == NULL)
-		return;
-	host += 3;
-	at = strchr(host, '@');
-	slash = strchr(host, '/');
-	if (at && (slash == NULL || at < slash))
-		snprintf(out, len, "%.*s%s", (int) (host - url), url, at + 1);
-}
-
 static void
 setup_signals(void)
 {
@@ -530,6 +535,8 @@ main(int argc, char **argv)
 	static Worker w;
 	char		err[512];
 	char		url[1024];
+	char		dsn[1024];
+	char		host[256];
 
 	config_parse(&w.cfg, argc, argv);
 	if (!log_open(w.cfg.log_file))
@@ -539,7 +546,12 @@ main(int argc, char **argv)
 		log_msg("error", "%s", err);
 		return EXIT_FATAL;
 	}
-	log_set_secret(w.api_key);
+	if (!redact_add_secret(w.api_key))
+	{
+		log_msg("error", "out of memory");
+		return EXIT_FATAL;
+	}
+	add_config_secrets(&w.cfg);
 	srand48((long) time(NULL) ^ ((long) getpid() << 16));
 	setup_signals();
 
@@ -559,12 +571,20 @@ main(int argc, char **argv)
 	w.tokens_per_byte = 0.25;
 	w.claim_wanted = true;
 
-	printable_url(w.cfg.base_url, url, sizeof(url));
+	url_printable(w.cfg.base_url, url, sizeof(url));
+	dsn_printable(w.cfg.dsn, dsn, sizeof(dsn));
 	log_msg("info", "triage-worker %s starting: name=%s endpoint=%s model=%s concurrency=%d"
-			" rps=%g tpm=%ld timeout=%g visibility=%g policy=%s api_key=%s%s",
+			" rps=%g tpm=%ld timeout=%g visibility=%g policy=%s api_key=%s database=%s%s",
 			WORKER_VERSION, w.cfg.name, url, w.cfg.model, w.cfg.concurrency, w.cfg.rps,
-			w.cfg.tpm, w.cfg.timeout, w.cfg.visibility, w.cfg.policy ? w.cfg.policy : "(all)",
-			w.api_key ? "set" : "none", w.cfg.once ? " once" : "");
+			w.cfg.tpm, w.cfg.timeout, w.cfg.visibility,
+			w.cfg.policy ? w.cfg.policy : "(all)", w.api_key ? "set" : "none", dsn,
+			w.cfg.once ? " once" : "");
+	/* the printable URL differs when the URL holds credentials or a query */
+	if ((w.api_key != NULL || strcmp(url, w.cfg.base_url) != 0) &&
+		url_plain_http_remote(w.cfg.base_url, host, sizeof(host)))
+		log_msg("warning", "%s goes to %s over plain http://, in clear text to anyone on the"
+				" way: use https://, or an endpoint on this machine (localhost, 127.0.0.0/8, ::1)",
+				w.api_key ? "the API key" : "what the URL holds (user, password, query)", host);
 	if (w.cfg.visibility <= w.cfg.timeout)
 		log_msg("warning", "--visibility %g is not above --timeout %g: a slow request can lose"
 				" its lease to another worker", w.cfg.visibility, w.cfg.timeout);

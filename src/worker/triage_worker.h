@@ -11,8 +11,10 @@
  * and the usage count of tokens.
  *
  * Files: triage_worker.c (the main loop), config.c (options, environment,
- * API key), db.c (libpq), http.c (libcurl), limiter.c (rate limits and the
- * circuit breaker), log.c (one logfmt line per event).
+ * API key), db.c (libpq), dsn.c (the connection string), http.c (libcurl),
+ * url.c (the endpoint URL), limiter.c (rate limits and the circuit
+ * breaker), log.c (one logfmt line per event), redact.c (secrets kept out
+ * of the log and the queue).
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +27,8 @@
 #include <time.h>
 
 #include <curl/curl.h>
+
+#include "redact.h"
 
 #define WORKER_VERSION "0.1.0"
 
@@ -124,14 +128,23 @@ extern void job_free(Job *job);
 extern void config_parse(WorkerConfig *cfg, int argc, char **argv);
 extern bool load_api_key(const WorkerConfig *cfg, char **key, char *err, size_t errlen);
 
+/* dsn.c */
+extern bool dsn_check(const char *dsn, char *err, size_t errlen);
+extern void dsn_printable(const char *dsn, char *out, size_t len);
+extern void dsn_add_secrets(const char *dsn);
+
+/* url.c */
+extern void url_printable(const char *url, char *out, size_t len);
+extern bool host_is_loopback(const char *host);
+extern bool url_plain_http_remote(const char *url, char *host, size_t len);
+extern void url_add_secrets(const char *url);
+
 /* log.c */
 extern bool log_open(const char *path);
 extern void log_reopen(void);
-extern void log_set_secret(const char *secret);
 extern void log_msg(const char *level, const char *fmt,...)
 			__attribute__((format(printf, 2, 3)));
 extern void log_job(const Job *job, const char *outcome);
-extern void redact(char *text);
 
 /* http.c */
 extern char *json_string(const char *s);
