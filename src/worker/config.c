@@ -36,7 +36,8 @@ static const char *help_text =
 "                  [--api-key-env VAR | --api-key-file PATH]\n"
 "                  [--concurrency N] [--rps R] [--tpm N] [--timeout SECONDS]\n"
 "                  [--max-attempts N] [--policy NAME] [--name WORKER_NAME]\n"
-"                  [--batch N] [--visibility SECONDS] [--log-file PATH]\n"
+"                  [--batch N] [--visibility SECONDS]\n"
+"                  [--max-retry-after SECONDS] [--log-file PATH]\n"
 "                  [--once] [--help] [--version]\n"
 "\n"
 "DESCRIPTION\n"
@@ -51,16 +52,30 @@ static const char *help_text =
 "    Requests run in parallel, up to --concurrency at a time, within the\n"
 "    --rps and --tpm limits.  A 429 or 5xx reply, a timeout or a broken\n"
 "    reply counts as a failed try, retried after the Retry-After the\n"
-"    endpoint sent.  Failures that are not a job's fault (connection\n"
-"    refused, unknown host, 401, 403, 404, or five 5xx replies or timeouts\n"
-"    in a row) open a circuit breaker: the worker gives its unstarted jobs\n"
-"    back without counting an attempt, stops claiming, waits (1 s doubling\n"
-"    to 60 s, with jitter) and sends one request before resuming.\n"
+"    endpoint sent (at most --max-retry-after).  Failures that are not a\n"
+"    job's fault (connection refused, unknown host, 401, 403, 404, or five\n"
+"    5xx replies or timeouts in a row) open a circuit breaker: the worker\n"
+"    gives its unstarted jobs back without counting an attempt, stops\n"
+"    claiming, waits (1 s doubling to 60 s, with jitter) and sends one\n"
+"    request before resuming.\n"
 "\n"
 "    When nothing is claimable the worker sleeps until NOTIFY\n"
-"    triage_escalations or a few seconds pass.  It reconnects, with backoff,\n"
-"    when the database restarts.  It reports itself in triage.workers\n"
-"    through triage.heartbeat() every 10 seconds.\n"
+"    triage_escalations or a few seconds pass.  Any role may send that\n"
+"    notification: it is only a hint to claim now, its payload is ignored.\n"
+"    A failed triage.claim() is retried with backoff (1 s doubling to 60 s,\n"
+"    with jitter).  It reconnects, with backoff, when the database restarts.\n"
+"    It reports itself in triage.workers through triage.heartbeat() every\n"
+"    10 seconds.\n"
+"\n"
+"    The worker's session has search_path pg_catalog, pg_temp and every name\n"
+"    in its SQL is schema-qualified: nothing resolves through its role's\n"
+"    search_path.  In each database it serves, an admin must run\n"
+"    SELECT triage.allow_worker('ROLE') for the worker's login role.\n"
+"\n"
+"    A job is leased for --visibility seconds; a request is cut short to end\n"
+"    before its lease does.  If the lease was lost anyway (the database was\n"
+"    away, or an admin gave the job back), the server answers \"stale\": the\n"
+"    job is another worker's now, and this one logs it and moves on.\n"
 "\n"
 "    SIGTERM or SIGINT: stop claiming, let requests in flight finish (up to\n"
 "    --timeout), give the rest back, exit 0; a second signal gives\n"
@@ -122,6 +137,9 @@ static const char *help_text =
 "        How long a claimed job stays leased to this worker (default 300);\n"
 "        if the worker dies, another one may take the job after that.  Keep\n"
 "        it well above --timeout.\n"
+"    --max-retry-after SECONDS\n"
+"        The longest Retry-After passed on to triage.fail() (default 3600);\n"
+"        an endpoint's longer one is cut to it.\n"
 "    --log-file PATH\n"
 "        Append the log to PATH instead of standard error; reopened on\n"
 "        SIGHUP.\n"
@@ -137,17 +155,19 @@ static const char *help_text =
 "    TRIAGE_DSN, TRIAGE_BASE_URL, TRIAGE_MODEL, TRIAGE_API_KEY_ENV,\n"
 "    TRIAGE_API_KEY_FILE, TRIAGE_CONCURRENCY, TRIAGE_RPS, TRIAGE_TPM,\n"
 "    TRIAGE_TIMEOUT, TRIAGE_MAX_ATTEMPTS, TRIAGE_POLICY, TRIAGE_NAME,\n"
-"    TRIAGE_BATCH, TRIAGE_VISIBILITY, TRIAGE_LOG_FILE, TRIAGE_ONCE (1, true\n"
-"    or yes)\n"
+"    TRIAGE_BATCH, TRIAGE_VISIBILITY, TRIAGE_MAX_RETRY_AFTER,\n"
+"    TRIAGE_LOG_FILE, TRIAGE_ONCE (1, true or yes)\n"
 "        Defaults of the options of the same names; a flag wins.\n"
 "    PGHOST, PGPORT, PGUSER, PGPASSFILE, ...\n"
 "        As for every libpq client.\n"
 "\n"
 "EXIT STATUS\n"
 "    0   --once found nothing more to claim, or a signal stopped the worker\n"
-"    1   a fatal error: the API key cannot be read, pg_triage is missing or\n"
-"        not allowed, the log cannot be opened, or with --once the endpoint\n"
-"        refused the key (401, 403)\n"
+"    1   a fatal error: the API key cannot be read, pg_triage is missing,\n"
+"        the role may not claim (insufficient_privilege: the log names the\n"
+"        triage.allow_worker() call that fixes it), the log cannot be\n"
+"        opened, or with --once the endpoint refused the key (401, 403), or\n"
+"        the endpoint or triage.claim() kept failing\n"
 "    2   bad usage\n"
 "\n"
 "EXAMPLES\n"
@@ -231,6 +251,7 @@ enum
 	OPT_NAME,
 	OPT_BATCH,
 	OPT_VISIBILITY,
+	OPT_MAX_RETRY_AFTER,
 	OPT_LOG_FILE,
 	OPT_ONCE,
 	OPT_HELP,
@@ -259,6 +280,7 @@ static const struct
 	{OPT_NAME, "TRIAGE_NAME", "--name"},
 	{OPT_BATCH, "TRIAGE_BATCH", "--batch"},
 	{OPT_VISIBILITY, "TRIAGE_VISIBILITY", "--visibility"},
+	{OPT_MAX_RETRY_AFTER, "TRIAGE_MAX_RETRY_AFTER", "--max-retry-after"},
 	{OPT_LOG_FILE, "TRIAGE_LOG_FILE", "--log-file"},
 	{OPT_ONCE, "TRIAGE_ONCE", "--once"},
 };
@@ -311,6 +333,9 @@ set_option(WorkerConfig *cfg, int code, const char *value, const char *what)
 		case OPT_VISIBILITY:
 			cfg->visibility = parse_double(value, what, 1, 7 * 86400);
 			break;
+		case OPT_MAX_RETRY_AFTER:
+			cfg->max_retry_after = parse_double(value, what, 0, 7 * 86400);
+			break;
 		case OPT_LOG_FILE:
 			cfg->log_file = value[0] ? strdup(value) : NULL;
 			break;
@@ -342,6 +367,7 @@ config_parse(WorkerConfig *cfg, int argc, char **argv)
 		{"name", required_argument, NULL, OPT_NAME},
 		{"batch", required_argument, NULL, OPT_BATCH},
 		{"visibility", required_argument, NULL, OPT_VISIBILITY},
+		{"max-retry-after", required_argument, NULL, OPT_MAX_RETRY_AFTER},
 		{"log-file", required_argument, NULL, OPT_LOG_FILE},
 		{"once", no_argument, NULL, OPT_ONCE},
 		{"help", no_argument, NULL, OPT_HELP},
@@ -357,6 +383,7 @@ config_parse(WorkerConfig *cfg, int argc, char **argv)
 	cfg->concurrency = 4;
 	cfg->timeout = 60;
 	cfg->visibility = 300;
+	cfg->max_retry_after = 3600;
 
 	for (i = 0; i < sizeof(option_names) / sizeof(option_names[0]); i++)
 	{

@@ -19,6 +19,11 @@
  * as PgBouncer refuse, and which would replace the options of a service
  * file or PGOPTIONS).
  *
+ * A failed claim() is transient: one bad row or a busy server must not stop
+ * the queue.  Fatal are only a database without pg_triage's queue and a
+ * role that may not claim there (insufficient_privilege: an admin must run
+ * triage.allow_worker for it).
+ *
  *-------------------------------------------------------------------------
  */
 #include <stdio.h>
@@ -114,6 +119,14 @@ db_lost(Db *db, const char *what)
 	db->next_try_ms = now_ms() + 200;
 }
 
+/* Whether a statement that failed with SQLSTATE state lost the connection */
+static bool
+connection_lost(Db *db, const char *state)
+{
+	return PQstatus(db->conn) == CONNECTION_BAD || state == NULL ||
+		strncmp(state, "57P", 3) == 0 || strncmp(state, "08", 2) == 0;
+}
+
 /*
  * What a failed statement means: the connection is gone, an error worth
  * trying again later (serialization, resources, locks, a server shutting
@@ -127,8 +140,7 @@ db_error(Db *db, PGresult *res, const char *what)
 	const char *msg = res ? PQresultErrorMessage(res) : PQerrorMessage(db->conn);
 	char		text[512];
 
-	if (PQstatus(db->conn) == CONNECTION_BAD || state == NULL ||
-		strncmp(state, "57P", 3) == 0 || strncmp(state, "08", 2) == 0)
+	if (connection_lost(db, state))
 	{
 		char		phrase[128];
 
@@ -149,9 +161,34 @@ db_error(Db *db, PGresult *res, const char *what)
 }
 
 /*
- * Connects, checks that pg_triage's queue is there and LISTENs.  DB_LOST
- * (retry later, at db->next_try_ms) or DB_FATAL when the database is
- * reachable but cannot serve.
+ * Runs a statement of db_connect that returns no rows.  Returns DB_OK, or
+ * after an error DB_LOST (try again later: the connection is closed) or
+ * DB_FATAL.
+ */
+static DbStatus
+connect_command(Db *db, const char *sql, const char *what)
+{
+	PGresult   *res = PQexec(db->conn, sql);
+	DbStatus	st = DB_OK;
+
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		st = db_error(db, res, what);
+		if (st == DB_TRANSIENT)
+		{
+			db_close(db);
+			db->next_try_ms = now_ms() + 1000;
+			st = DB_LOST;
+		}
+	}
+	PQclear(res);
+	return st;
+}
+
+/*
+ * Connects, pins the session's search_path, checks that pg_triage's queue
+ * is there and LISTENs.  DB_LOST (retry later, at db->next_try_ms) or
+ * DB_FATAL when the database is reachable but cannot serve.
  */
 DbStatus
 db_connect(Db *db, int64_t now)
@@ -180,14 +217,9 @@ db_connect(Db *db, int64_t now)
 	}
 
 	/* first, before any statement that names anything */
-	res = PQexec(db->conn, "SET search_path = pg_catalog, pg_temp");
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-	{
-		st = db_error(db, res, "SET search_path");
-		PQclear(res);
-		return st == DB_LOST ? DB_LOST : DB_FATAL;
-	}
-	PQclear(res);
+	st = connect_command(db, "SET search_path = pg_catalog, pg_temp", "SET search_path");
+	if (st != DB_OK)
+		return st;
 
 	res = PQexec(db->conn,
 				 "SELECT (SELECT pg_catalog.count(DISTINCT p.proname)"
@@ -197,11 +229,18 @@ db_connect(Db *db, int64_t now)
 				 "         WHERE n.nspname OPERATOR(pg_catalog.=) 'triage'::pg_catalog.name"
 				 "           AND p.proname OPERATOR(pg_catalog.=) ANY"
 				 "               ('{claim,complete,fail,release,heartbeat}'::pg_catalog.name[])),"
-				 "       pg_catalog.current_setting('search_path')");
+				 "       pg_catalog.current_setting('search_path'),"
+				 "       CURRENT_USER::pg_catalog.text");
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
 	{
 		st = db_error(db, res, "checking for pg_triage");
 		PQclear(res);
+		if (st == DB_TRANSIENT)
+		{
+			db_close(db);
+			db->next_try_ms = now + 1000;
+			return DB_LOST;
+		}
 		return st == DB_LOST ? DB_LOST : DB_FATAL;
 	}
 	if (strcmp(PQgetvalue(res, 0, 0), "5") != 0)
@@ -214,25 +253,25 @@ db_connect(Db *db, int64_t now)
 		return DB_FATAL;
 	}
 	snprintf(path, sizeof(path), "%s", PQgetvalue(res, 0, 1));
+	snprintf(db->role, sizeof(db->role), "%s", PQgetvalue(res, 0, 2));
 	PQclear(res);
 
-	res = PQexec(db->conn, "LISTEN triage_escalations");
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-	{
-		st = db_error(db, res, "LISTEN");
-		PQclear(res);
-		return st == DB_LOST ? DB_LOST : DB_FATAL;
-	}
-	PQclear(res);
+	st = connect_command(db, "LISTEN triage_escalations", "LISTEN");
+	if (st != DB_OK)
+		return st;
 
 	log_msg("info", "connected to database \"%s\" as \"%s\"%s (search_path %s)",
-			PQdb(db->conn), PQuser(db->conn), db->ever_connected ? " again" : "", path);
+			PQdb(db->conn), db->role, db->ever_connected ? " again" : "", path);
 	db->ever_connected = true;
 	db->backoff = RECONNECT_FIRST;
 	return DB_OK;
 }
 
-/* Reads what the server sent; *count: how many NOTIFYs concern us */
+/*
+ * Reads what the server sent; *count: how many notifications came on our
+ * channel.  Any role may NOTIFY triage_escalations, so a notification is
+ * only a hint that there may be work: its payload is not read.
+ */
 DbStatus
 db_poll_notifies(Db *db, int *count)
 {
@@ -248,9 +287,7 @@ db_poll_notifies(Db *db, int *count)
 	}
 	while ((n = PQnotifies(db->conn)) != NULL)
 	{
-		/* the payload is the job's policy: others' work is not for us */
-		if (db->cfg->policy == NULL || n->extra[0] == '\0' ||
-			strcmp(n->extra, db->cfg->policy) == 0)
+		if (strcmp(n->relname, "triage_escalations") == 0)
 			(*count)++;
 		PQfreemem(n);
 	}
@@ -259,11 +296,16 @@ db_poll_notifies(Db *db, int *count)
 
 /*
  * Leases up to n jobs with triage.claim() and appends them to out;
- * *claimed: how many.  A job whose request is not a JSON object comes with
- * a NULL request and its action already set to fail.
+ * *claimed: how many.  now: the time before the call, from which the
+ * leases are counted (the server's start a little later).  A job whose
+ * request is not a JSON object comes with a NULL request and its action
+ * already set to fail.
+ *
+ * DB_TRANSIENT (with the reason in err): try again later.  DB_FATAL, after
+ * logging why: the role may not claim here, or the queue is missing.
  */
 DbStatus
-db_claim(Db *db, int n, JobQueue *out, int *claimed)
+db_claim(Db *db, int n, int64_t now, JobQueue *out, int *claimed, char *err, size_t errlen)
 {
 	const WorkerConfig *cfg = db->cfg;
 	char		n_text[16];
@@ -273,9 +315,9 @@ db_claim(Db *db, int n, JobQueue *out, int *claimed)
 	int			id_col;
 	int			request_col;
 	int			attempts_col;
-	DbStatus	st;
 
 	*claimed = 0;
+	err[0] = '\0';
 	snprintf(n_text, sizeof(n_text), "%d", n);
 	snprintf(vis_text, sizeof(vis_text), "%.3f", cfg->visibility);
 	params[0] = cfg->name;
@@ -289,9 +331,47 @@ db_claim(Db *db, int n, JobQueue *out, int *claimed)
 					   4, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
-		st = db_error(db, res, "triage.claim()");
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		char		text[512];
+
+		if (connection_lost(db, state))
+		{
+			PQclear(res);
+			db_lost(db, "in triage.claim()");
+			return DB_LOST;
+		}
+		one_line(text, sizeof(text), PQresultErrorMessage(res));
 		PQclear(res);
-		return st;
+		if (strcmp(state, "42501") == 0)
+		{
+			char		quoted[2 * sizeof(db->role) + 3];
+			size_t		q = 0;
+
+			/* the role as an SQL literal, for the hint */
+			quoted[q++] = '\'';
+			for (const char *p = db->role; *p && q + 3 < sizeof(quoted); p++)
+			{
+				if (*p == '\'')
+					quoted[q++] = '\'';
+				quoted[q++] = *p;
+			}
+			quoted[q++] = '\'';
+			quoted[q] = '\0';
+			log_msg("error", "role \"%s\" may not claim escalations in database \"%s\""
+					" (SQLSTATE 42501): %s; a database admin must run"
+					" SELECT triage.allow_worker(%s); in database \"%s\" (and"
+					" GRANT triage_worker TO \"%s\"; if it is not a member)",
+					db->role, PQdb(db->conn), text, quoted, PQdb(db->conn), db->role);
+			return DB_FATAL;
+		}
+		if (strcmp(state, "42883") == 0 || strcmp(state, "3F000") == 0)
+		{
+			log_msg("error", "triage.claim() failed (SQLSTATE %s): %s; is pg_triage's queue in"
+					" database \"%s\" of another version?", state, text, PQdb(db->conn));
+			return DB_FATAL;
+		}
+		snprintf(err, errlen, "SQLSTATE %s: %s", state, text);
+		return DB_TRANSIENT;
 	}
 	id_col = PQfnumber(res, "id");
 	request_col = PQfnumber(res, "request");
@@ -315,6 +395,8 @@ db_claim(Db *db, int n, JobQueue *out, int *claimed)
 		}
 		job->id = strtoll(PQgetvalue(res, i, id_col), NULL, 10);
 		job->retry_after = -1;
+		job->claimed_ms = now;
+		job->lease_end_ms = now + (int64_t) (cfg->visibility * 1000);
 		if (attempts_col >= 0 && !PQgetisnull(res, i, attempts_col))
 			job->attempt = atoi(PQgetvalue(res, i, attempts_col)) + 1;
 		job->request = http_build_body(PQgetvalue(res, i, request_col), cfg->model_json,
@@ -342,6 +424,15 @@ outcome_of(PGresult *res)
 		if (strcmp(v, known[i]) == 0)
 			return known[i];
 	return "unknown";
+}
+
+/* The job's error when the server answered "stale" */
+static void
+set_stale(Job *job)
+{
+	snprintf(job->error, sizeof(job->error),
+			 "the lease was lost (it ran out, or the job was given back): another worker"
+			 " may have the job");
 }
 
 /*
@@ -383,6 +474,8 @@ db_record(Db *db, Job *job, const char **outcome)
 				*outcome = outcome_of(res);
 				if (strcmp(*outcome, "invalid") == 0)
 					snprintf(job->error, sizeof(job->error), "the server rejected the answer");
+				else if (strcmp(*outcome, "stale") == 0)
+					set_stale(job);
 				PQclear(res);
 				return DB_OK;
 			}
@@ -439,6 +532,8 @@ db_record(Db *db, Job *job, const char **outcome)
 		if (PQresultStatus(res) == PGRES_TUPLES_OK)
 		{
 			*outcome = outcome_of(res);
+			if (strcmp(*outcome, "stale") == 0)
+				set_stale(job);
 			PQclear(res);
 			return DB_OK;
 		}

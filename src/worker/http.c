@@ -160,8 +160,9 @@ on_header(char *data, size_t size, size_t nitems, void *arg)
 }
 
 /*
- * Starts job's request on multi.  api_key may be NULL (no Authorization
- * header).  Returns false if libcurl could not set it up.
+ * Starts job's request on multi, limited to job->timeout_ms.  api_key may be
+ * NULL (no Authorization header).  Returns false if libcurl could not set
+ * it up.
  */
 bool
 http_start(CURLM *multi, Job *job, const WorkerConfig *cfg, const char *api_key)
@@ -219,9 +220,9 @@ http_start(CURLM *multi, Job *job, const WorkerConfig *cfg, const char *api_key)
 	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, job->request);
 	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) job->request_len);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "triage-worker/" WORKER_VERSION);
-	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) (cfg->timeout * 1000));
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, job->timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
-					 (long) (cfg->timeout < 10 ? cfg->timeout * 1000 : 10000));
+					 job->timeout_ms < 10000 ? job->timeout_ms : 10000L);
 	/* signals are ours (SIGTERM, SIGHUP); and resolve without alarm() */
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
@@ -350,11 +351,11 @@ error_with_excerpt(Job *job, const char *what)
 
 /*
  * Sorts out a finished transfer: sets job's action, status, error and
- * Retry-After, frees the transfer and returns what it says about the
- * endpoint.  timeout: seconds, for the message.
+ * Retry-After (cut to cfg->max_retry_after), masks the reply, frees the
+ * transfer and returns what it says about the endpoint.
  */
-Verdict
-http_finish(CURLM *multi, Job *job, CURLcode result, double timeout)
+static Verdict
+finish(CURLM *multi, Job *job, CURLcode result, const WorkerConfig *cfg)
 {
 	long		status = 0;
 	long		sent = 0;
@@ -365,6 +366,9 @@ http_finish(CURLM *multi, Job *job, CURLcode result, double timeout)
 	job->http_status = status;
 	job->elapsed_ms = (long) (now_ms() - job->started_ms);
 	job->retry_after = parse_retry_after(job->retry_after_hdr, time(NULL));
+	/* the server clamps too, but an absurd value should not even be sent */
+	if (job->retry_after > cfg->max_retry_after)
+		job->retry_after = cfg->max_retry_after;
 	job->error[0] = '\0';
 	http_cleanup(multi, job);
 	if (job->reply != NULL)
@@ -392,8 +396,12 @@ http_finish(CURLM *multi, Job *job, CURLcode result, double timeout)
 			return VERDICT_DOWN;
 		}
 		job->action = JOB_FAIL;
-		if (result == CURLE_OPERATION_TIMEDOUT)
-			snprintf(job->error, sizeof(job->error), "timeout after %g s", timeout);
+		if (result == CURLE_OPERATION_TIMEDOUT && job->timeout_cut)
+			snprintf(job->error, sizeof(job->error),
+					 "no answer before the lease's end (after %g s)",
+					 (double) job->timeout_ms / 1000.0);
+		else if (result == CURLE_OPERATION_TIMEDOUT)
+			snprintf(job->error, sizeof(job->error), "timeout after %g s", cfg->timeout);
 		else
 			snprintf(job->error, sizeof(job->error), "broken reply: %s", detail);
 		return VERDICT_TROUBLE;
@@ -454,6 +462,15 @@ http_finish(CURLM *multi, Job *job, CURLcode result, double timeout)
 		error_with_excerpt(job, what);
 		verdict = VERDICT_OK;
 	}
+	return verdict;
+}
+
+/* finish(), and libcurl's own messages masked as well (they may quote a URL) */
+Verdict
+http_finish(CURLM *multi, Job *job, CURLcode result, const WorkerConfig *cfg)
+{
+	Verdict		verdict = finish(multi, job, result, cfg);
+
 	redact(job->error);
 	return verdict;
 }

@@ -174,14 +174,19 @@ log_msg(const char *level, const char *fmt,...)
 	emit(line, pos);
 }
 
-/* A job's outcome: ts=... level=... job=N outcome=... http=... ms=... */
+/*
+ * A job's outcome: ts=... level=... job=N outcome=... http=... ms=...
+ * "stale" is no failure of this worker: its lease ran out (or an admin gave
+ * the job back) and the server kept the job for whoever holds it now.
+ */
 void
 log_job(const Job *job, const char *outcome)
 {
 	char		line[LOG_LINE_MAX];
 	char		error[sizeof(job->error)];
 	size_t		pos;
-	bool		bad = strcmp(outcome, "done") != 0 && strcmp(outcome, "released") != 0;
+	bool		bad = strcmp(outcome, "done") != 0 && strcmp(outcome, "released") != 0 &&
+		strcmp(outcome, "stale") != 0;
 
 	pos = timestamp(line, sizeof(line));
 	pos = appendf(line, pos, sizeof(line), " level=%s job=%lld outcome=%s http=%ld ms=%ld",

@@ -15,7 +15,14 @@
  * Leases: a job is leased for --visibility seconds by claim().  A job that
  * never got a real try (the breaker opened, the worker stops) is given back
  * with release(), which does not count an attempt.  If the worker dies, the
- * lease runs out and another worker takes the job.
+ * lease runs out and another worker takes the job.  The server takes
+ * complete(), fail() and release() only from the lease's holder while the
+ * lease lasts (else it answers "stale"), so a request is cut short to end
+ * before its lease: an answer that came later would be thrown away.
+ *
+ * A NOTIFY on triage_escalations is a hint, from anyone: it brings the next
+ * claim forward (no closer than NOTIFY_GAP_MS to the last one, and never
+ * into the backoff after failed claims), nothing more.
  *
  *-------------------------------------------------------------------------
  */
@@ -30,13 +37,22 @@
 
 #include "triage_worker.h"
 
-/* When nothing is claimable, look again this often even without NOTIFY */
 /* --once stops after the breaker opened this many times in a row */
 #define ONCE_MAX_BREAKER_OPENINGS 3
+/* --once stops after this many failed claims in a row (about 30 s) */
+#define ONCE_MAX_CLAIM_FAILURES 5
+/* When nothing is claimable, look again this often even without NOTIFY */
 #define IDLE_POLL_MS 2000
+/* NOTIFYs bring claims no closer together than this */
+#define NOTIFY_GAP_MS 200
+/* After a failed claim: 1 s, doubling up to 60 s, with jitter */
+#define CLAIM_BACKOFF_FIRST 1.0
+#define CLAIM_BACKOFF_MAX 60.0
 #define HEARTBEAT_MS 10000
 /* Longest pause after a 429, whatever its Retry-After says */
 #define MAX_PAUSE_MS 60000
+/* A request ends this long (or a tenth of the lease) before its lease */
+#define LEASE_MARGIN_MS 2000
 
 typedef struct Worker
 {
@@ -58,7 +74,11 @@ typedef struct Worker
 	long		jobs_failed;
 	int64_t		next_heartbeat;
 	int64_t		next_claim;
-	bool		claim_wanted;	/* NOTIFY came, or the last claim was full */
+	int64_t		last_claim;		/* when the last claim was made */
+	int			claim_failures; /* in a row */
+	double		claim_backoff;	/* seconds before the next claim after a
+								 * failed one */
+	bool		claim_wanted;	/* the last claim was full, or a reconnect */
 	bool		drained;		/* --once: nothing was left to claim */
 	bool		was_idle;		/* nothing claimed, in flight or to record */
 	bool		stopping;
@@ -286,6 +306,7 @@ claim_jobs(Worker *w, int64_t now, int64_t *wait)
 	DbStatus	st;
 	Job		   *job;
 	JobQueue	fresh = {0};
+	char		err[600];
 
 	if (!db_connected(&w->db))
 	{
@@ -331,11 +352,34 @@ claim_jobs(Worker *w, int64_t now, int64_t *wait)
 			n = w->tpm.tokens >= per_job ? (int) (w->tpm.tokens / per_job) : 1;
 	}
 
-	st = db_claim(&w->db, n, &fresh, &claimed);
+	w->last_claim = now;
+	st = db_claim(&w->db, n, now, &fresh, &claimed, err, sizeof(err));
 	if (st == DB_FATAL)
 	{
 		w->exit_code = EXIT_FATAL;
 		begin_stop(w, now, "fatal database error");
+		return;
+	}
+	if (st == DB_TRANSIENT)
+	{
+		/*
+		 * One bad row, a lock, a full disk: whatever it is, the queue must
+		 * go on when it clears, so back off and try again, never exit.
+		 */
+		double		delay = w->claim_backoff * (0.75 + 0.5 * jitter());
+
+		w->claim_failures++;
+		w->claim_wanted = false;
+		w->next_claim = now + (int64_t) (delay * 1000);
+		w->claim_backoff = w->claim_backoff * 2 < CLAIM_BACKOFF_MAX ?
+			w->claim_backoff * 2 : CLAIM_BACKOFF_MAX;
+		log_msg("warning", "triage.claim() failed (%d in a row, next try in %.1f s): %s",
+				w->claim_failures, delay, err);
+		if (w->cfg.once && w->claim_failures >= ONCE_MAX_CLAIM_FAILURES)
+		{
+			w->exit_code = EXIT_FATAL;
+			begin_stop(w, now, "triage.claim() keeps failing");
+		}
 		return;
 	}
 	if (st != DB_OK)
@@ -344,6 +388,10 @@ claim_jobs(Worker *w, int64_t now, int64_t *wait)
 		w->next_claim = now + 1000;
 		return;
 	}
+	if (w->claim_failures > 0)
+		log_msg("info", "triage.claim() works again after %d failures", w->claim_failures);
+	w->claim_failures = 0;
+	w->claim_backoff = CLAIM_BACKOFF_FIRST;
 	if (claimed < n)
 	{
 		w->claim_wanted = false;
@@ -359,7 +407,6 @@ claim_jobs(Worker *w, int64_t now, int64_t *wait)
 			continue;
 		}
 		job->est_tokens = estimate_tokens(w, job);
-		job->claimed_ms = now;
 		w->avg_request_len = w->avg_request_len > 0 ?
 			0.8 * w->avg_request_len + 0.2 * (double) job->request_len : (double) job->request_len;
 		queue_push(&w->queued, job);
@@ -410,6 +457,24 @@ start_jobs(Worker *w, int64_t now, int64_t *wait)
 		}
 		queue_pop(&w->queued);
 		job->probe = probe;
+
+		/*
+		 * End the request before the lease does, with time left to record
+		 * it: after that the server would answer "stale" and the answer
+		 * would be lost anyway.
+		 */
+		{
+			int64_t		margin = (int64_t) (w->cfg.visibility * 100);
+			int64_t		left;
+
+			if (margin > LEASE_MARGIN_MS)
+				margin = LEASE_MARGIN_MS;
+			left = job->lease_end_ms - margin - now;
+			job->timeout_ms = (long) (w->cfg.timeout * 1000);
+			job->timeout_cut = left < job->timeout_ms;
+			if (job->timeout_cut)
+				job->timeout_ms = left > 100 ? (long) left : 100;
+		}
 		if (!http_start(w->multi, job, &w->cfg, w->api_key))
 		{
 			if (probe)
@@ -454,7 +519,7 @@ collect(Worker *w)
 				w->in_flight[i] = NULL;
 		w->running--;
 
-		v = http_finish(w->multi, job, result, w->cfg.timeout);
+		v = http_finish(w->multi, job, result, &w->cfg);
 
 		/* the estimate was charged at the start: settle with the real count */
 		if (job->tokens > 0)
@@ -570,13 +635,15 @@ main(int argc, char **argv)
 	breaker_init(&w.breaker);
 	w.tokens_per_byte = 0.25;
 	w.claim_wanted = true;
+	w.claim_backoff = CLAIM_BACKOFF_FIRST;
 
 	url_printable(w.cfg.base_url, url, sizeof(url));
 	dsn_printable(w.cfg.dsn, dsn, sizeof(dsn));
 	log_msg("info", "triage-worker %s starting: name=%s endpoint=%s model=%s concurrency=%d"
-			" rps=%g tpm=%ld timeout=%g visibility=%g policy=%s api_key=%s database=%s%s",
+			" rps=%g tpm=%ld timeout=%g visibility=%g max_retry_after=%g policy=%s api_key=%s"
+			" database=%s%s",
 			WORKER_VERSION, w.cfg.name, url, w.cfg.model, w.cfg.concurrency, w.cfg.rps,
-			w.cfg.tpm, w.cfg.timeout, w.cfg.visibility,
+			w.cfg.tpm, w.cfg.timeout, w.cfg.visibility, w.cfg.max_retry_after,
 			w.cfg.policy ? w.cfg.policy : "(all)", w.api_key ? "set" : "none", dsn,
 			w.cfg.once ? " once" : "");
 	/* the printable URL differs when the URL holds credentials or a query */
@@ -586,8 +653,8 @@ main(int argc, char **argv)
 				" way: use https://, or an endpoint on this machine (localhost, 127.0.0.0/8, ::1)",
 				w.api_key ? "the API key" : "what the URL holds (user, password, query)", host);
 	if (w.cfg.visibility <= w.cfg.timeout)
-		log_msg("warning", "--visibility %g is not above --timeout %g: a slow request can lose"
-				" its lease to another worker", w.cfg.visibility, w.cfg.timeout);
+		log_msg("warning", "--visibility %g is not above --timeout %g: slow requests will be"
+				" cut short to end before their lease", w.cfg.visibility, w.cfg.timeout);
 	if (w.cfg.max_attempts > 0)
 		log_msg("info", "--max-attempts %d is only logged: each policy's max_attempts decides",
 				w.cfg.max_attempts);
@@ -637,8 +704,17 @@ main(int argc, char **argv)
 		{
 			int			notified = 0;
 
-			if (db_poll_notifies(&w.db, &notified) == DB_OK && notified > 0)
-				w.claim_wanted = true;
+			/* a hint to claim soon, from anyone: not into a backoff */
+			if (db_poll_notifies(&w.db, &notified) == DB_OK && notified > 0 &&
+				w.claim_failures == 0)
+			{
+				int64_t		at = w.last_claim + NOTIFY_GAP_MS;
+
+				if (at < now)
+					at = now;
+				if (at < w.next_claim)
+					w.next_claim = at;
+			}
 		}
 		record_finished(&w);
 		if (db_connected(&w.db) && now >= w.next_heartbeat)

@@ -55,6 +55,7 @@ typedef struct WorkerConfig
 	char	   *name;
 	int			batch;
 	double		visibility;		/* seconds a claim leases a job for */
+	double		max_retry_after;	/* seconds: a longer Retry-After is cut */
 	char	   *log_file;
 	bool		once;
 } WorkerConfig;
@@ -88,7 +89,12 @@ typedef struct Job
 	size_t		request_len;
 	long		est_tokens;
 	bool		probe;			/* the one request of a half-open breaker */
-	int64_t		claimed_ms;
+	int64_t		claimed_ms;		/* taken before claim() ran */
+	int64_t		lease_end_ms;	/* claimed_ms + visibility: by then the
+								 * server gives the job to others */
+	long		timeout_ms;		/* of this request: --timeout, or less to
+								 * end before the lease does */
+	bool		timeout_cut;	/* timeout_ms was cut to the lease */
 
 	/* the transfer */
 	CURL	   *easy;
@@ -106,7 +112,8 @@ typedef struct Job
 	long		http_status;
 	long		elapsed_ms;
 	long		tokens;			/* from the reply's usage, else the estimate */
-	double		retry_after;	/* seconds; < 0 when the endpoint gave none */
+	double		retry_after;	/* seconds, at most --max-retry-after; < 0
+								 * when the endpoint gave none */
 	char		error[512];
 } Job;
 
@@ -151,7 +158,7 @@ extern char *json_string(const char *s);
 extern char *http_build_body(const char *request, const char *model_json, size_t *len);
 extern bool http_start(CURLM *multi, Job *job, const WorkerConfig *cfg,
 					   const char *api_key);
-extern Verdict http_finish(CURLM *multi, Job *job, CURLcode result, double timeout);
+extern Verdict http_finish(CURLM *multi, Job *job, CURLcode result, const WorkerConfig *cfg);
 extern void http_abort(CURLM *multi, Job *job);
 extern double parse_retry_after(const char *value, time_t now);
 extern long usage_tokens(const char *reply, size_t len);
@@ -201,6 +208,7 @@ typedef struct Db
 	bool		ever_connected;
 	char		host[256];
 	int			pid;
+	char		role[128];		/* who claims: current_user, for messages */
 } Db;
 
 /* what a database call says beyond its result */
@@ -209,7 +217,8 @@ typedef enum DbStatus
 	DB_OK,
 	DB_LOST,					/* the connection is gone: try again later */
 	DB_TRANSIENT,				/* an error worth retrying */
-	DB_FATAL					/* a configuration error: stop */
+	DB_FATAL					/* the database cannot serve this worker
+								 * as configured: stop */
 } DbStatus;
 
 extern void db_init(Db *db, const WorkerConfig *cfg);
@@ -218,7 +227,8 @@ extern DbStatus db_connect(Db *db, int64_t now);
 extern void db_close(Db *db);
 extern int	db_socket(const Db *db);
 extern DbStatus db_poll_notifies(Db *db, int *count);
-extern DbStatus db_claim(Db *db, int n, JobQueue *out, int *claimed);
+extern DbStatus db_claim(Db *db, int n, int64_t now, JobQueue *out, int *claimed,
+						 char *err, size_t errlen);
 extern DbStatus db_record(Db *db, Job *job, const char **outcome);
 extern DbStatus db_heartbeat(Db *db, long jobs_done, long jobs_failed);
 
