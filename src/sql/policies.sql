@@ -167,6 +167,8 @@ BEGIN
 	RETURN NEW;
 END;
 $$;
+COMMENT ON FUNCTION triage.check_policy() IS
+	'Trigger: validates a policy as it is written (by create_policy or by hand) and fills in its default labels and fields.';
 CREATE TRIGGER policies_check BEFORE INSERT OR UPDATE ON triage.policies
 	FOR EACH ROW EXECUTE FUNCTION triage.check_policy();
 

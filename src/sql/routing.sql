@@ -44,6 +44,9 @@ BEGIN
 END;
 $$;
 
+COMMENT ON FUNCTION triage.lock_policy_for_calibration(text, text, real, real) IS
+	'(internal) The checks calibrate and train_and_calibrate share; locks the policy until the thresholds are stored.';
+
 -- Chooses and stores a policy's thresholds from rows of the model's answers
 -- ([{"l": label, "c": confidence, "ok": right?}]): the part of calibrate and
 -- train_and_calibrate after the answers are known.  source (what gave the
@@ -162,6 +165,9 @@ BEGIN
 	RETURN result;
 END;
 $$;
+
+COMMENT ON FUNCTION triage.calibrate_answers(text, jsonb, real, real, jsonb) IS
+	'(internal) Chooses and stores a policy''s thresholds from rows of the model''s answers ([{"l", "c", "ok"}]).';
 
 CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real, max_escalation real,
 	query_search_path text) RETURNS jsonb

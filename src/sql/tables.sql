@@ -68,6 +68,8 @@ BEGIN
 	RETURN cols[1];
 END;
 $$;
+COMMENT ON FUNCTION triage.key_column(regclass) IS
+	'(internal) The single-column primary key of a table, which answers are written back by; an error otherwise.';
 
 CREATE FUNCTION triage.check_text_column(tbl regclass, col name) RETURNS void
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
@@ -86,6 +88,8 @@ BEGIN
 	END IF;
 END;
 $$;
+COMMENT ON FUNCTION triage.check_text_column(regclass, name) IS
+	'(internal) Error unless the column exists and is text or varchar.';
 
 -- The statement that routes the rows of rows_sql for process_table: writes
 -- labels (and provenance), queues escalations (unless the row already has
@@ -127,6 +131,8 @@ BEGIN
 	END IF;
 END;
 $$;
+COMMENT ON FUNCTION triage.check_output_column(regclass, name, text) IS
+	'(internal) Error unless the column can hold what the policy answers: text for a label, jsonb for fields.';
 
 CREATE FUNCTION triage.route_rows_sql(tbl regclass, key_col name, input_col name, output_col name,
 									  provenance_col name, rows_sql text, extraction boolean DEFAULT false)
@@ -156,6 +162,8 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 			 ELSE '' END,
 		CASE WHEN extraction THEN 'triage.field_values((r.d).fields)' ELSE '(r.d).label' END)
 $$;
+COMMENT ON FUNCTION triage.route_rows_sql(regclass, name, name, name, name, text, boolean) IS
+	'(internal) The set-based statement process_table runs per batch: writes answers, queues escalations, returns the counts.';
 
 -- The counters and the progress are written as the extension's owner: a
 -- table owner routing with process_table needs no rights on them, and may
@@ -246,6 +254,8 @@ BEGIN
 	END IF;
 END;
 $$;
+COMMENT ON FUNCTION triage.check_provenance_column(regclass, name) IS
+	'(internal) Error unless the provenance column exists and is jsonb.';
 
 CREATE FUNCTION triage.check_attachment(policy text, tbl regclass, key_column name, input_column name,
 										output_column name, provenance_column name) RETURNS void
