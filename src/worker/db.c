@@ -161,10 +161,55 @@ db_error(Db *db, PGresult *res, const char *what)
 }
 
 /*
- * Runs a statement of db_connect that returns no rows.  Returns DB_OK, or
- * after an error DB_LOST (try again later: the connection is closed) or
- * DB_FATAL.
+ * Logs that db->role may not use this database's queue (res: the error,
+ * insufficient_privilege), with the fix.
  */
+static void
+log_not_allowed(Db *db, const PGresult *res)
+{
+	const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	char		text[512];
+	char		quoted[2 * sizeof(db->role) + 3];
+	size_t		q = 0;
+
+	one_line(text, sizeof(text), primary ? primary : "permission denied");
+
+	/* the role as an SQL literal */
+	quoted[q++] = '\'';
+	for (const char *p = db->role; *p && q + 3 < sizeof(quoted); p++)
+	{
+		if (*p == '\'')
+			quoted[q++] = '\'';
+		quoted[q++] = *p;
+	}
+	quoted[q++] = '\'';
+	quoted[q] = '\0';
+	log_msg("error", "role \"%s\" may not claim escalations in database \"%s\""
+			" (SQLSTATE 42501): %s; a database admin must run"
+			" SELECT triage.allow_worker(%s); in database \"%s\" (and"
+			" GRANT triage_worker TO \"%s\"; if it is not a member)",
+			db->role, PQdb(db->conn), text, quoted, PQdb(db->conn), db->role);
+}
+
+/*
+ * What a failed statement of db_connect means: DB_LOST (try again later;
+ * the connection is closed) or DB_FATAL.
+ */
+static DbStatus
+connect_failed(Db *db, PGresult *res, const char *what)
+{
+	DbStatus	st = db_error(db, res, what);
+
+	if (st == DB_TRANSIENT)
+	{
+		db_close(db);
+		db->next_try_ms = now_ms() + 1000;
+		return DB_LOST;
+	}
+	return st == DB_LOST ? DB_LOST : DB_FATAL;
+}
+
+/* Runs a statement of db_connect that returns no rows */
 static DbStatus
 connect_command(Db *db, const char *sql, const char *what)
 {
@@ -172,15 +217,7 @@ connect_command(Db *db, const char *sql, const char *what)
 	DbStatus	st = DB_OK;
 
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-	{
-		st = db_error(db, res, what);
-		if (st == DB_TRANSIENT)
-		{
-			db_close(db);
-			db->next_try_ms = now_ms() + 1000;
-			st = DB_LOST;
-		}
-	}
+		st = connect_failed(db, res, what);
 	PQclear(res);
 	return st;
 }
@@ -221,39 +258,54 @@ db_connect(Db *db, int64_t now)
 	if (st != DB_OK)
 		return st;
 
-	res = PQexec(db->conn,
-				 "SELECT (SELECT pg_catalog.count(DISTINCT p.proname)"
-				 "          FROM pg_catalog.pg_proc p"
-				 "          JOIN pg_catalog.pg_namespace n"
-				 "            ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
-				 "         WHERE n.nspname OPERATOR(pg_catalog.=) 'triage'::pg_catalog.name"
-				 "           AND p.proname OPERATOR(pg_catalog.=) ANY"
-				 "               ('{claim,complete,fail,release,heartbeat}'::pg_catalog.name[])),"
-				 "       pg_catalog.current_setting('search_path'),"
-				 "       CURRENT_USER::pg_catalog.text");
+	res = PQexec(db->conn, "SELECT pg_catalog.current_setting('search_path'),"
+				 " CURRENT_USER::pg_catalog.text");
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
 	{
-		st = db_error(db, res, "checking for pg_triage");
+		st = connect_failed(db, res, "reading the session's settings");
 		PQclear(res);
-		if (st == DB_TRANSIENT)
+		return st;
+	}
+	snprintf(path, sizeof(path), "%s", PQgetvalue(res, 0, 0));
+	snprintf(db->role, sizeof(db->role), "%s", PQgetvalue(res, 0, 1));
+	PQclear(res);
+
+	/* the queue functions with the arguments this worker passes them */
+	res = PQexec(db->conn,
+				 "SELECT pg_catalog.num_nonnulls("
+				 "  pg_catalog.to_regprocedure('triage.claim(pg_catalog.text, pg_catalog.int4,"
+				 " pg_catalog.interval, pg_catalog.text)'),"
+				 "  pg_catalog.to_regprocedure('triage.complete(pg_catalog.int8, pg_catalog.jsonb)'),"
+				 "  pg_catalog.to_regprocedure('triage.fail(pg_catalog.int8, pg_catalog.text,"
+				 " pg_catalog.interval)'),"
+				 "  pg_catalog.to_regprocedure('triage.release(pg_catalog.int8)'),"
+				 "  pg_catalog.to_regprocedure('triage.heartbeat(pg_catalog.text, pg_catalog.text,"
+				 " pg_catalog.int4, pg_catalog.int8, pg_catalog.int8)'))");
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+	{
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		/* no USAGE on schema triage: the role is no triage_worker here */
+		if (state != NULL && strcmp(state, "42501") == 0)
 		{
+			log_not_allowed(db, res);
+			PQclear(res);
 			db_close(db);
-			db->next_try_ms = now + 1000;
-			return DB_LOST;
+			return DB_FATAL;
 		}
-		return st == DB_LOST ? DB_LOST : DB_FATAL;
+		st = connect_failed(db, res, "checking for pg_triage");
+		PQclear(res);
+		return st;
 	}
 	if (strcmp(PQgetvalue(res, 0, 0), "5") != 0)
 	{
 		log_msg("error", "database \"%s\" has no pg_triage queue (triage.claim, complete, fail,"
-				" release and heartbeat): CREATE EXTENSION pg_triage there, or update it",
-				PQdb(db->conn));
+				" release and heartbeat, with the arguments of this worker): CREATE EXTENSION"
+				" pg_triage there, or update it", PQdb(db->conn));
 		PQclear(res);
 		db_close(db);
 		return DB_FATAL;
 	}
-	snprintf(path, sizeof(path), "%s", PQgetvalue(res, 0, 1));
-	snprintf(db->role, sizeof(db->role), "%s", PQgetvalue(res, 0, 2));
 	PQclear(res);
 
 	st = connect_command(db, "LISTEN triage_escalations", "LISTEN");
@@ -340,30 +392,14 @@ db_claim(Db *db, int n, int64_t now, JobQueue *out, int *claimed, char *err, siz
 			db_lost(db, "in triage.claim()");
 			return DB_LOST;
 		}
-		one_line(text, sizeof(text), PQresultErrorMessage(res));
-		PQclear(res);
 		if (strcmp(state, "42501") == 0)
 		{
-			char		quoted[2 * sizeof(db->role) + 3];
-			size_t		q = 0;
-
-			/* the role as an SQL literal, for the hint */
-			quoted[q++] = '\'';
-			for (const char *p = db->role; *p && q + 3 < sizeof(quoted); p++)
-			{
-				if (*p == '\'')
-					quoted[q++] = '\'';
-				quoted[q++] = *p;
-			}
-			quoted[q++] = '\'';
-			quoted[q] = '\0';
-			log_msg("error", "role \"%s\" may not claim escalations in database \"%s\""
-					" (SQLSTATE 42501): %s; a database admin must run"
-					" SELECT triage.allow_worker(%s); in database \"%s\" (and"
-					" GRANT triage_worker TO \"%s\"; if it is not a member)",
-					db->role, PQdb(db->conn), text, quoted, PQdb(db->conn), db->role);
+			log_not_allowed(db, res);
+			PQclear(res);
 			return DB_FATAL;
 		}
+		one_line(text, sizeof(text), PQresultErrorMessage(res));
+		PQclear(res);
 		if (strcmp(state, "42883") == 0 || strcmp(state, "3F000") == 0)
 		{
 			log_msg("error", "triage.claim() failed (SQLSTATE %s): %s; is pg_triage's queue in"
