@@ -20,14 +20,20 @@ SELECT t, r.label, r.confidence, r.escalate, r.reason
 SELECT (triage.route('reviews', repeat('tasty ', 50))).reason;
 UPDATE triage.policies SET thresholds = '{"default": 0.5}' WHERE name = 'reviews';
 SELECT (triage.route('reviews', 'the coffee was stale and bitter, never again')).escalate;
--- the audit sample escalates some confident rows, the same ones every time
+-- the audit sample escalates the audit rate's share of confident rows (2,000
+-- rows at 0.5: within 0.45..0.55, 4.5 standard deviations), and the same ones
+-- in every session: a hash of the input, not a random draw
 UPDATE triage.policies SET audit_rate = 0.5 WHERE name = 'reviews';
-SELECT count(*) FILTER (WHERE (triage.route('reviews', 'great tea number ' || g)).reason LIKE 'audit%')
-       BETWEEN 5 AND 35 AS some_audited,
-       bool_and((triage.route('reviews', 'great tea number ' || g)).escalate
-                = (triage.route('reviews', 'great tea number ' || g)).escalate) AS deterministic
-  FROM generate_series(1, 40) g;
+CREATE TABLE audited AS
+SELECT g, (triage.route('reviews', 'great tea number ' || g)).reason LIKE 'audit%' AS audited
+  FROM generate_series(1, 2000) g;
+SELECT avg(audited::int) BETWEEN 0.45 AND 0.55 AS rate_kept FROM audited;
+\c
+SELECT count(*) FILTER (WHERE a.audited <> ((triage.route('reviews', 'great tea number ' || a.g)).reason LIKE 'audit%'))
+       AS differ_in_another_session
+  FROM audited a;
 UPDATE triage.policies SET audit_rate = 0 WHERE name = 'reviews';
+DROP TABLE audited;
 
 -- calibrate on labeled rows
 CREATE TABLE food_reviews (product text, review text, score text);
@@ -239,9 +245,19 @@ CALL triage.process_table('backlog', 'body', 'label', 'reviews', 0);
 -- the numbers of each policy
 SET triage.llm_prompt_price_per_1k = 0.01;
 SET triage.llm_completion_price_per_1k = 0.03;
-SELECT policy, rows_seen > 0 AS seen, escalated > 0 AS escalated, answered, dead, tokens,
-       llm_cost, all_llm_cost > llm_cost AS saves
+SELECT policy, rows_seen > 0 AS seen, escalated > 0 AS escalated, answered, dead, tokens, llm_cost
   FROM triage.escalation_stats;
+-- the costs, computed here from the queue and the counters on their own
+SELECT s.llm_cost = round(q.prompt / 1000 * 0.01 + q.completion / 1000 * 0.03, 4) AS llm_cost_right,
+       s.all_llm_cost = round(c.seen * (q.prompt / q.answered / 1000 * 0.01
+                                        + q.completion / q.answered / 1000 * 0.03), 4) AS all_llm_cost_right
+  FROM triage.escalation_stats s,
+       (SELECT sum((usage->>'prompt_tokens')::numeric) AS prompt,
+               sum((usage->>'completion_tokens')::numeric) AS completion,
+               count(usage->>'prompt_tokens') AS answered
+          FROM triage.escalations WHERE policy = 'reviews') q,
+       (SELECT sum(seen) AS seen FROM triage.policy_counters WHERE policy = 'reviews') c
+ WHERE s.policy = 'reviews';
 
 -- least privilege: the worker role can work the queue and nothing else
 SELECT triage.enqueue('reviews', 'for the worker role') AS job \gset
