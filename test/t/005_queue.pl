@@ -118,6 +118,7 @@ my ($total, $done, $pending, $examples) = split /\|/, $node->safe_psql('postgres
 		   (SELECT count(*) FROM triage.examples)
 	  FROM triage.escalations});
 is($total, '10000', 'no escalation lost');
+cmp_ok($done, '>', 3000, "a third of the jobs were answered ($done)");
 is($done, $examples, 'one training example per answered escalation');
 is($done + $pending, 10000, 'every escalation is answered or back in the queue');
 is($node->safe_psql('postgres', q{

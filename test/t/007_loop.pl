@@ -77,7 +77,10 @@ my ($threshold, $cal_rate, $cal_kept) = split /\|/, sql(qq{
 note("policy calibrated on 250 held-out rows: threshold $threshold, escalation rate $cal_rate, "
 	  . "accuracy on kept rows $cal_kept");
 cmp_ok($cal_rate, '<=', $budget, 'calibrate keeps the escalation rate within the budget');
-cmp_ok($threshold, '>', 0.5, 'and chose a threshold above the trivial one');
+# more escalation buys more kept accuracy, so the best within the budget
+# spends nearly all of it (250 rows: steps of 0.004); a trivial threshold
+# (0.5 with two labels, escalating nothing) would fail this
+cmp_ok($cal_rate, '>=', $budget - 0.05, 'and spends it: the best kept accuracy within the budget');
 
 # 4. 3,000 new reviews arrive in an attached table, in three statements; the
 # provenance of each label goes to label_by
@@ -96,8 +99,11 @@ my ($n_inbox, $n_escalated, $n_seen) = split /\|/, sql(qq{
 is($n_inbox, 3000, '3,000 rows inserted');
 is($n_seen, 3000, 'the policy counted each of them once');
 my $rate = $n_escalated / $n_inbox;
-ok($rate >= 0.15 && $rate <= 0.45,
-	sprintf('the inbox escalation rate %.3f is close to the budget %.2f set on held-out rows', $rate, $budget));
+# the threshold was chosen on 250 rows: the rate on new rows differs from
+# the calibration rate by its sampling error, sqrt(0.3 * 0.7 / 250) = 0.029
+# (and 0.008 for 3,000 rows); 3 standard deviations of both
+cmp_ok(abs($rate - $cal_rate), '<=', 0.09,
+	sprintf('the inbox escalation rate %.3f is within sampling error of the calibration rows\' %.3f', $rate, $cal_rate));
 is(sql(qq{
 	SELECT count(*) FROM inbox i
 	  FULL JOIN (SELECT (source_key->>'id')::integer AS id FROM triage.escalations WHERE policy = '$policy') e
