@@ -42,24 +42,15 @@ $node->init;
 $node->append_conf('postgresql.conf', "track_functions = 'all'");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION pg_triage');
-plan skip_all => 'this pg_triage has no queue yet (triage.claim)'
-  if $node->safe_psql('postgres', "SELECT to_regproc('triage.claim') IS NULL") eq 't';
 $node->safe_psql('postgres',
 	"SELECT triage.import_fasttext('sentiment', pg_read_binary_file('$root/test/data/sentiment_v1.ftz'))"
 );
 
-# In each database a worker serves, an admin allows its login role
-# (issue 13).  GUARD: triage.allow_worker is being added; until it exists,
-# membership in triage_worker is enough.  Drop the IF once it is there.
+# In each database a worker serves, an admin allows its login role (issue 13)
 sub allow_worker
 {
 	my ($role) = @_;
-	$node->safe_psql('postgres', qq{
-		DO \$\$ BEGIN
-			IF pg_catalog.to_regproc('triage.allow_worker') IS NOT NULL THEN
-				PERFORM triage.allow_worker('$role');
-			END IF;
-		END \$\$});
+	$node->safe_psql('postgres', "SELECT triage.allow_worker('$role')");
 }
 
 # The worker's role: only the documented grant, and a search_path where
@@ -741,23 +732,14 @@ sub check_gold
 	ok(count_in_log('o1',
 			qr/level=error msg="role \\"stranger\\" may not claim escalations in database \\"postgres\\" \(SQLSTATE 42501\).*SELECT triage\.allow_worker\('stranger'\)/) == 1,
 		'(o) the log names the fix: triage.allow_worker') or show_log('o1');
-	# GUARD: until triage.allow_worker exists (issue 13), a member of
-	# triage_worker may claim anywhere: nothing more to check (not a skip,
-	# which the runner counts as a failure).  Drop the if once it is there.
-	if ($node->safe_psql('postgres', "SELECT to_regproc('triage.allow_worker') IS NULL") eq 't')
-	{
-		note('(o) no triage.allow_worker yet: a triage_worker not allowed here is not checked');
-	}
-	else
-	{
-		$node->safe_psql('postgres', 'CREATE ROLE outsider LOGIN IN ROLE triage_worker');
-		IPC::Run::run(worker_base('o2', 'http://127.0.0.1:1/v1', '--policy', 'pk',
-				'--dsn', $node->connstr('postgres') . ' user=outsider'),
-			'>', \$out, '2>', \$err, IPC::Run::timeout(60));
-		is($? >> 8, 1, '(o) a triage_worker not allowed in this database exits 1');
-		ok(count_in_log('o2', qr/SELECT triage\.allow_worker\('outsider'\)/) == 1,
-			'(o) and the log names the fix') or show_log('o2');
-	}
+	# a member of triage_worker not allowed in this database may not claim here
+	$node->safe_psql('postgres', 'CREATE ROLE outsider LOGIN IN ROLE triage_worker');
+	IPC::Run::run(worker_base('o2', 'http://127.0.0.1:1/v1', '--policy', 'pk',
+			'--dsn', $node->connstr('postgres') . ' user=outsider'),
+		'>', \$out, '2>', \$err, IPC::Run::timeout(60));
+	is($? >> 8, 1, '(o) a triage_worker not allowed in this database exits 1');
+	ok(count_in_log('o2', qr/SELECT triage\.allow_worker\('outsider'\)/) == 1,
+		'(o) and the log names the fix') or show_log('o2');
 }
 
 # (p) a lease lost while the request runs (an admin gave the job back):
