@@ -54,3 +54,6 @@ quantize() {	# quantize BIN INPUT NAME OPTION...
 quantize "$DIR/dense.bin" "$DIR/train.txt" quantized_cutoff0 -dsub 2 -qnorm
 quantize "$DIR/dense.bin" "$DIR/train.txt" quantized_cutoff5000 -dsub 2 -qnorm -cutoff 5000
 quantize "$DIR/many.bin" "$DIR/many.txt" quantized_qout -dsub 2 -qnorm -qout
+
+# what test_quantize does not read (13 MB)
+rm -f "$DIR/dense.vec" "$DIR/many.vec" "$DIR/train.txt" "$DIR/many.txt"
