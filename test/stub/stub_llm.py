@@ -34,6 +34,13 @@ else a share of the requests:
 GET /stats returns the counts of requests per outcome as JSON.  The server
 stops by itself after --max-seconds, and on SIGTERM or SIGINT.
 
+An input that is not in the gold file is answered with the first gold label
+in sorted order (a test whose gold file misses rows would otherwise not
+notice); every request with such an input, whatever its mode, counts in
+/stats as unknown_input, the first 10 inputs are listed there as
+unknown_examples (cut to 200 characters), and each is logged to stderr.
+Tests whose inputs are all in the gold file assert unknown_input is 0.
+
 --instant: the benchmark's endpoint (test/bench/worker.sh).  Every POST to
 /v1/chat/completions gets the same 200 reply, {"label": LABEL} (--label, else
 the first gold label in sorted order), built once at start.  The request is
@@ -115,7 +122,7 @@ class Stub:
         self.lock = threading.Lock()
         self.requests = 0
         self.stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "models": {},
-                      "unknown_input": 0, "wrong": 0, "bad_request": 0}
+                      "unknown_input": 0, "unknown_examples": [], "wrong": 0, "bad_request": 0}
         for m in MODES:
             self.stats[m] = 0
         self.count_used = {}
@@ -141,6 +148,14 @@ class Stub:
                 if draw < cumulative:
                     return name, seconds
             return "ok", self.args.slow_seconds
+
+    def unknown(self, text):
+        """Counts and logs a request whose input is not in the gold file."""
+        with self.lock:
+            self.stats["unknown_input"] += 1
+            if len(self.stats["unknown_examples"]) < 10:
+                self.stats["unknown_examples"].append(text[:200])
+        sys.stderr.write("stub_llm: input not in the gold file: %r\n" % text[:200])
 
     def count(self, key, by=1):
         with self.lock:
@@ -241,6 +256,8 @@ class Handler(BaseHTTPRequestHandler):
 
         text, content = find_input(messages)
         row = stub.gold.get(text) or stub.gold.get(content.strip())
+        if row is None:
+            stub.unknown(text)
         # a refused request uses up none of the counted modes
         if args.api_key is not None and auth != f"Bearer {args.api_key}":
             mode, seconds = "401", 0
@@ -270,7 +287,6 @@ class Handler(BaseHTTPRequestHandler):
             return
 
         if row is None:
-            stub.count("unknown_input")
             label = stub.labels[0]
         else:
             label = row.get("label")

@@ -148,6 +148,11 @@ sub stub_stats
 sub stop_stub
 {
 	my ($stub) = @_;
+	# every case's inputs are in its gold file: an unknown one would get a
+	# made-up label (the stub's unknown_input count, #20)
+	my $stats = stub_stats($stub);
+	is($stats->{unknown_input}, 0, "($stub->{name}) the stub knew every input it was sent")
+	  or diag('not in the gold file: ' . join(' | ', @{ $stats->{unknown_examples} || [] }));
 	$stub->{h}->signal('TERM');
 	$stub->{h}->finish;
 }

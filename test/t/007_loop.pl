@@ -171,6 +171,8 @@ my ($n_done, $n_dead) = split /\|/, sql(qq{
 	  FROM triage.escalations WHERE policy = '$policy'});
 is($n_done, $n_escalated, 'the stub answers only valid labels: every escalation was answered');
 is($stats->{requests}, $n_escalated, 'one request per escalation: none was asked twice');
+is($stats->{unknown_input}, 0, 'every escalated input is in the gold file: none got a made-up label')
+  or diag('not in the gold file: ' . join(' | ', @{ $stats->{unknown_examples} || [] }));
 my @done_lines = grep { /outcome=done/ } split /\n/, (-e $log ? slurp_file($log) : '');
 my %jobs = map { /job=(\d+)/ ? ($1 => 1) : () } @done_lines;
 is(scalar(@done_lines), $n_escalated, 'the worker logged one answer per escalation');

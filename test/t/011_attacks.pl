@@ -735,6 +735,10 @@ attack('#21.2 the worker\'s session: triage-worker as a login whose search_path 
 	my ($status, $out, $err) = run_with_limit([ $worker, '--dsn', $node->connstr('shadowdb') . ' user=wanda',
 			'--base-url', "http://127.0.0.1:$stub->[1]/v1", '--model', 'stub', '--policy', $p,
 			'--name', 'wanda-l', '--once', '--log-file', $log ], 60);
+	# the stub answers an input it does not know with a made-up label (#20)
+	require HTTP::Tiny;
+	my $stats = decode_json(HTTP::Tiny->new(timeout => 10)->get("http://127.0.0.1:$stub->[1]/stats")->{content} || '{}');
+	is($stats->{unknown_input}, 0, 'the stub knew every input the worker sent');
 	stop_endpoint($stub);
 	su('postgres', 'ALTER ROLE wanda IN DATABASE shadowdb RESET search_path');
 	my @warnings = grep { /WARNING/ } split /\n/, $err;
