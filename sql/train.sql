@@ -39,6 +39,17 @@ SELECT e->'n' AS n, (e->>'accuracy')::float > 0.72 AS beats_majority,
        (e->>'ece')::float BETWEEN 0 AND 1 AS ece_ok,
        jsonb_array_length(e->'reliability') > 0 AS has_reliability
   FROM triage.evaluate('food', 'SELECT review, score FROM food_test') e;
+-- the same, as rows for people
+SELECT label, "precision" > 0.5 AS precise, recall > 0.5 AS recalled, support
+  FROM triage.label_scores(triage.evaluate('food', 'SELECT review, score FROM food_test'));
+-- and a policy's routing curve as rows: more escalation keeps more accurate rows
+SELECT triage.create_policy('food_policy', 'food');
+SELECT count(*) > 5 AS has_curve,
+       bool_and(escalation_rate BETWEEN 0 AND 1 AND kept_accuracy BETWEEN 0 AND 1) AS shares,
+       corr(escalation_rate, kept_accuracy) > 0 AS more_escalation_more_accuracy
+  FROM triage.routing_curve(triage.calibrate('food_policy', 'SELECT review, score FROM food_test',
+                                             target_accuracy => 0.9));
+DELETE FROM triage.policies WHERE name = 'food_policy';
 -- a given version
 SELECT (triage.evaluate('food', 'SELECT review, score FROM food_test', 3))->'version' AS version;
 
@@ -62,6 +73,12 @@ SELECT (SELECT octet_length(data) FROM triage.models WHERE name = 'food_q' AND v
        abs((triage.evaluate('food_q', 'SELECT review, score FROM food_test', 1)->>'accuracy')::float
            - (triage.evaluate('food_q', 'SELECT review, score FROM food_test', 2)->>'accuracy')::float) <= 0.02
        AS similar_accuracy;
+-- the pruned model was retrained: the training's loss and the retraining's are
+-- measured apart (the model's own training loss is not overwritten)
+SELECT version, metrics->'train' ? 'retrain' AS retrain_measured,
+       (metrics->'train'->>'loss')::float > 0 AS has_training_loss,
+       (metrics->'train'->'retrain'->>'loss')::float > 0 AS has_retraining_loss
+  FROM triage.models WHERE name = 'food_q' AND version IN (1, 2) ORDER BY version;
 -- quantizing a stored dense version
 SELECT triage.quantize('food_q', 2, '{"cutoff": 5000, "dsub": 2}');
 SELECT version, params->>'quantized' AS quantized, params->>'quantized_from' AS parent,

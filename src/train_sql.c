@@ -196,7 +196,17 @@ typedef struct ProgressState
 	instr_time	last;
 	int32		epochs;
 	const char *what;			/* "training", "fold 2 of 5" */
+	int32		phase;			/* 0: training; 1: retraining after a cutoff */
+	int32		phases;			/* 2 when the model is retrained, else 1 */
 } ProgressState;
+
+/* What a training run measured: the training's, and the retraining's if any */
+typedef struct TrainMeasures
+{
+	FastTextTrainStats train;
+	FastTextTrainStats retrain;
+	bool		retrained;
+} TrainMeasures;
 
 /*
  * fastText's quantize: cutoff (keep the rows of largest norm), optionally
@@ -204,7 +214,8 @@ typedef struct ProgressState
  */
 static TriageStatus
 QuantizeTrainedModel(FastTextModel *model, TriageTrainOptions *options, TrainingSet *set,
-					 const TriageAllocator *allocator, char *errbuf, size_t errlen)
+					 const TriageAllocator *allocator, ProgressState *progress,
+					 TrainMeasures *measures, char *errbuf, size_t errlen)
 {
 	FastTextQuantizeOptions q;
 	TriageStatus status;
@@ -228,12 +239,13 @@ QuantizeTrainedModel(FastTextModel *model, TriageTrainOptions *options, Training
 			return status;
 		if (options->retrain)
 		{
-			FastTextTrainStats stats;
-
+			progress->phase = 1;
 			status = FastTextRetrain(model, &options->fasttext, (const char *const *) set->labels,
-									 set->nlabels, set->examples, set->n, &stats, errbuf, errlen);
+									 set->nlabels, set->examples, set->n, &measures->retrain,
+									 errbuf, errlen);
 			if (status != TRIAGE_OK)
 				return status;
+			measures->retrained = true;
 		}
 	}
 	if (options->int8)
@@ -258,10 +270,13 @@ TrainProgress(void *arg, double done, double loss, int64_t examples)
 	if (since_last >= 5.0)
 	{
 		elapsed = INSTR_TIME_GET_DOUBLE(now) - INSTR_TIME_GET_DOUBLE(state->start);
+		/* one progress for the whole run: the retraining continues the training's */
 		ereport(NOTICE,
-				(errmsg("%s: epoch %d of %d (%.0f%%), loss %.4f, %.0f examples/s",
-						state->what, Min((int) (done * state->epochs) + 1, state->epochs), state->epochs,
-						done * 100.0, loss, elapsed > 0 ? examples / elapsed : 0.0)));
+				(errmsg("%s%s: epoch %d of %d, %.0f%% done, loss %.4f, %.0f examples/s",
+						state->what, state->phase == 1 ? ", retraining after the cutoff" : "",
+						Min((int) (done * state->epochs) + 1, state->epochs), state->epochs,
+						(state->phase + done) * 100.0 / state->phases, loss,
+						elapsed > 0 ? examples / elapsed : 0.0)));
 		state->last = now;
 	}
 	return true;
@@ -273,7 +288,7 @@ TrainProgress(void *arg, double done, double loss, int64_t examples)
  */
 static FastTextModel *
 TrainModel(TriageTrainOptions *options, TrainingSet *set, MemoryContext context,
-		   ProgressState *progress, FastTextTrainStats *stats)
+		   ProgressState *progress, TrainMeasures *measures)
 {
 	TriageAllocator allocator = ContextAllocator(context);
 	FastTextModel *model;
@@ -283,13 +298,18 @@ TrainModel(TriageTrainOptions *options, TrainingSet *set, MemoryContext context,
 	options->fasttext.progress = TrainProgress;
 	options->fasttext.progress_arg = progress;
 	options->fasttext.progress_every = 500;
+	progress->phase = 0;
+	progress->phases = options->quantize && options->retrain && options->cutoff > 0 ? 2 : 1;
+	memset(measures, 0, sizeof(*measures));
 	status = FastTextTrain(&options->fasttext, (const char *const *) set->labels, set->nlabels,
-						   set->examples, set->n, &allocator, &model, stats, errbuf, sizeof(errbuf));
+						   set->examples, set->n, &allocator, &model, &measures->train,
+						   errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportCoreError(status, errbuf, "training a fastText model");
 	if (options->quantize)
 	{
-		status = QuantizeTrainedModel(model, options, set, &allocator, errbuf, sizeof(errbuf));
+		status = QuantizeTrainedModel(model, options, set, &allocator, progress, measures,
+									  errbuf, sizeof(errbuf));
 		if (status != TRIAGE_OK)
 			ReportCoreError(status, errbuf, "quantizing the trained model");
 	}
@@ -312,7 +332,7 @@ triage_train_fasttext(PG_FUNCTION_ARGS)
 	MemoryContext old;
 	TrainingSet set;
 	FastTextModel *model;
-	FastTextTrainStats stats;
+	TrainMeasures measures;
 	ProgressState progress;
 	size_t		nbytes;
 	bytea	   *data;
@@ -338,7 +358,7 @@ triage_train_fasttext(PG_FUNCTION_ARGS)
 	progress.start = progress.last = start;
 	progress.epochs = options.fasttext.epoch;
 	progress.what = "training";
-	model = TrainModel(&options, &set, context, &progress, &stats);
+	model = TrainModel(&options, &set, context, &progress, &measures);
 
 	data = SaveModelBytea(model, context, "the trained model");
 	nbytes = VARSIZE(data) - VARHDRSZ;
@@ -349,12 +369,19 @@ triage_train_fasttext(PG_FUNCTION_ARGS)
 		labels[i] = PointerGetDatum(FastTextLabelText(model, i));
 
 	initStringInfo(&metrics);
+	/* the training's loss, and the retraining's as its own measure */
 	appendStringInfo(&metrics,
 					 "{\"train\": {\"rows\": %lld, \"skipped_null_input\": %lld, \"labels\": %d, "
-					 "\"words\": %d, \"updates\": %lld, \"loss\": %.6g, \"seconds\": %.3f, \"bytes\": %zu}}",
+					 "\"words\": %d, \"updates\": %lld, \"loss\": %.6g, \"seconds\": %.3f, \"bytes\": %zu",
 					 (long long) set.n, (long long) set.skipped_null_input, model->nlabels,
-					 model->nwords, (long long) stats.updates, isfinite(stats.loss) ? stats.loss : 0.0,
+					 model->nwords, (long long) measures.train.updates,
+					 isfinite(measures.train.loss) ? measures.train.loss : 0.0,
 					 INSTR_TIME_GET_DOUBLE(end) - INSTR_TIME_GET_DOUBLE(start), nbytes);
+	if (measures.retrained)
+		appendStringInfo(&metrics, ", \"retrain\": {\"updates\": %lld, \"loss\": %.6g}",
+						 (long long) measures.retrain.updates,
+						 isfinite(measures.retrain.loss) ? measures.retrain.loss : 0.0);
+	appendStringInfoString(&metrics, "}}");
 
 	values[0] = PointerGetDatum(data);
 	values[1] = PointerGetDatum(construct_array(labels, model->nlabels, TEXTOID, -1, false, TYPALIGN_INT));
@@ -439,7 +466,7 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 		MemoryContext fold_context;
 		TrainingSet rest = set;
 		FastTextModel *model;
-		FastTextTrainStats stats;
+		TrainMeasures measures;
 		FastTextScratch scratch;
 		FastTextPrediction *predictions;
 		TriageAllocator allocator;
@@ -458,7 +485,7 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 				rest.examples[rest.n++] = set.examples[i];
 		}
 		progress.what = psprintf("cross-validation, fold %d of %d", f + 1, folds);
-		model = TrainModel(&options, &rest, fold_context, &progress, &stats);
+		model = TrainModel(&options, &rest, fold_context, &progress, &measures);
 
 		FastTextScratchInit(&scratch, &allocator);
 		predictions = palloc(sizeof(FastTextPrediction) * model->nlabels);

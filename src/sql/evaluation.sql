@@ -222,3 +222,16 @@ $$;
 COMMENT ON FUNCTION triage.evaluate(text, text, integer) IS
 	'Scores a version (default: the deployed one) on the labeled (input, label) rows of query: accuracy, macro F1, per-label precision/recall/F1, confusion, ECE and a reliability table.';
 
+
+-- evaluate() returns jsonb, for programs; for people in psql, its per-label
+-- scores as rows
+CREATE FUNCTION triage.label_scores(evaluation jsonb)
+	RETURNS TABLE (label text, "precision" numeric, recall numeric, f1 numeric, support integer)
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT l.key, (l.value->>'precision')::numeric, (l.value->>'recall')::numeric,
+		   (l.value->>'f1')::numeric, (l.value->>'support')::integer
+	  FROM jsonb_each(evaluation->'labels') AS l
+	 ORDER BY l.key
+$$;
+COMMENT ON FUNCTION triage.label_scores(jsonb) IS
+	'The per-label precision, recall, F1 and support of what evaluate() returns, as rows: SELECT * FROM triage.label_scores(triage.evaluate(...)).';

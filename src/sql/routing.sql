@@ -257,3 +257,13 @@ $$;
 
 COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer) IS
 	'Uses every labeled row of query twice: thresholds chosen as calibrate does, on each row''s answer from a model trained on the other folds (cross_validate), for a model trained on all of them, which becomes the deployed version of the policy''s model.';
+
+-- calibrate() and train_and_calibrate() return jsonb; their routing curve as rows
+CREATE FUNCTION triage.routing_curve(calibration jsonb)
+	RETURNS TABLE (threshold real, escalation_rate numeric, kept_accuracy numeric)
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT (c->>'threshold')::real, (c->>'escalation_rate')::numeric, (c->>'kept_accuracy')::numeric
+	  FROM jsonb_array_elements(calibration->'curve') AS c
+$$;
+COMMENT ON FUNCTION triage.routing_curve(jsonb) IS
+	'The curve of what calibrate() returns (or a policy''s stored calibration), one row per threshold: the escalation rate and the accuracy of the kept rows.';
