@@ -138,6 +138,8 @@ typedef struct FastTextModel
 	FastTextEntry *entries;
 	char	   *strings;		/* pool holding every entry's word */
 	FastTextPruneEntry *pruneidx;	/* sorted by bucket */
+	/* pruned models: input row of each n-gram bucket (-1: dropped), or NULL */
+	int32_t    *bucket_rows;
 	int32_t    *word2int;		/* open addressing, -1 = empty */
 	int64_t		word2int_size;
 	int32_t		eos_id;			/* id of "</s>", or -1 */
@@ -169,6 +171,15 @@ FastTextSigmoid(const FastTextModel *model, float x)
 		return 1.0f;
 	return model->sigmoid_table[(int64_t) ((x + 8.0f) * 512.0f / 8.0f / 2.0f)];
 }
+
+/*
+ * The bucket map of a pruned model (bucket_rows, an int32 per bucket, in
+ * place of a binary search of the prune index per n-gram) is built when it
+ * takes at most 4 times the file's size plus this: fastText's default 2M
+ * buckets (8 MB) always qualify, and a small or hostile file cannot make
+ * loading allocate much.  Without it, prediction gives the same results.
+ */
+#define FASTTEXT_BUCKET_MAP_SLACK ((size_t) 8 << 20)
 
 /*
  * With a token limit (FastTextScratch.max_tokens), the input rows read for

@@ -83,12 +83,22 @@ PushRow(FastTextScratch *scratch, int32_t row)
 	return true;
 }
 
-/* fastText's pushHash: map an n-gram bucket through the prune index */
+/*
+ * fastText's pushHash: map an n-gram bucket through the prune index, with
+ * the bucket map when the model has one (fasttext_load.c, BuildBucketMap),
+ * else by binary search.
+ */
 static inline bool
 PushBucket(const FastTextModel *model, FastTextScratch *scratch, int32_t bucket)
 {
 	if (model->pruneidx_size == 0)
 		return true;
+	if (model->bucket_rows != NULL)
+	{
+		int32_t		row = model->bucket_rows[bucket];
+
+		return row < 0 || PushRow(scratch, row);
+	}
 	if (model->pruneidx_size > 0)
 	{
 		int64_t		lo = 0,

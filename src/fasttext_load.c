@@ -4,9 +4,11 @@
  *
  * The file is untrusted: every count is checked against the bytes that
  * remain before anything is allocated from it, so a model can never make us
- * allocate much more than its own size (plus the per-word subword lists,
- * which are capped, see PrecomputeSubwords).  On any error everything
- * allocated so far is released and the message names what was wrong.
+ * allocate much more than its own size, plus what is derived from it for
+ * speed, each capped in proportion to the file: the per-word subword lists
+ * (PrecomputeSubwords) and the bucket map of a pruned model (BuildBucketMap).
+ * On any error everything allocated so far is released and the message
+ * names what was wrong.
  *
  * Layout (all little-endian, packed): magic, version, the 56-byte Args,
  * the dictionary, a quant flag, the input matrix, the qout flag, the output
@@ -527,10 +529,42 @@ PrecomputeSubwords(FastTextModel *model, size_t file_len, char *errbuf, size_t e
 }
 
 /*
+ * The bucket map of a pruned model: the input row of every n-gram bucket,
+ * or -1 for a bucket the prune index drops, so that each n-gram is one
+ * load instead of a binary search of the prune index.  Built only within
+ * the bound of fasttext.h (4 bytes a bucket: at most 4 times budget_bytes
+ * plus FASTTEXT_BUCKET_MAP_SLACK); without it (too big, out of memory, or
+ * rows past int32, possible only in theory), PushBucket searches.
+ */
+static void
+BuildBucketMap(FastTextModel *model, size_t budget_bytes)
+{
+	int64_t		nbuckets = model->args.bucket;
+	uint64_t	limit = (uint64_t) budget_bytes * 4 + FASTTEXT_BUCKET_MAP_SLACK;
+	int32_t    *map;
+
+	if (model->pruneidx_size <= 0 || nbuckets <= 0 ||
+		(uint64_t) nbuckets > limit / sizeof(int32_t))
+		return;
+	for (int64_t i = 0; i < model->pruneidx_size; i++)
+		if (model->pruneidx[i].row < 0 ||
+			(int64_t) model->nwords + model->pruneidx[i].row > INT32_MAX ||
+			model->pruneidx[i].bucket < 0 || model->pruneidx[i].bucket >= nbuckets)
+			return;
+	map = TriageAllocArray(&model->allocator, (size_t) nbuckets, sizeof(int32_t));
+	if (map == NULL)
+		return;					/* optional: predictions are the same without it */
+	memset(map, 0xff, (size_t) nbuckets * sizeof(int32_t));
+	for (int64_t i = 0; i < model->pruneidx_size; i++)
+		map[model->pruneidx[i].bucket] = model->nwords + model->pruneidx[i].row;
+	model->bucket_rows = map;
+}
+
+/*
  * Build the lookup structures of a dictionary whose entries are set: the
- * word table, the EOS id and the per-word subword lists (capped in
- * proportion to budget_bytes).  Replaces any built before, so training and
- * pruning can call it again.
+ * word table, the EOS id, the bucket map of a pruned model and the per-word
+ * subword lists (both capped in proportion to budget_bytes).  Replaces any
+ * built before, so training and pruning can call it again.
  */
 TriageStatus
 FastTextIndexDictionary(FastTextModel *model, size_t budget_bytes, char *errbuf, size_t errlen)
@@ -538,14 +572,17 @@ FastTextIndexDictionary(FastTextModel *model, size_t budget_bytes, char *errbuf,
 	TriageStatus status;
 
 	TriageFree(&model->allocator, model->word2int);
+	TriageFree(&model->allocator, model->bucket_rows);
 	TriageFree(&model->allocator, model->subword_offsets);
 	TriageFree(&model->allocator, model->subwords);
 	model->word2int = NULL;
+	model->bucket_rows = NULL;
 	model->subword_offsets = NULL;
 	model->subwords = NULL;
 	status = BuildWordTable(model, errbuf, errlen);
 	if (status != TRIAGE_OK)
 		return status;
+	BuildBucketMap(model, budget_bytes);
 	return PrecomputeSubwords(model, budget_bytes, errbuf, errlen);
 }
 
@@ -741,6 +778,7 @@ FastTextFree(FastTextModel *model)
 	TriageFree(&alloc, model->entries);
 	TriageFree(&alloc, model->strings);
 	TriageFree(&alloc, model->pruneidx);
+	TriageFree(&alloc, model->bucket_rows);
 	TriageFree(&alloc, model->word2int);
 	TriageFree(&alloc, model->subword_offsets);
 	TriageFree(&alloc, model->subwords);
