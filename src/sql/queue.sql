@@ -283,6 +283,28 @@ BEGIN
 END;
 $$;
 
+-- The escalation id, locked, if the calling role holds its lease and the
+-- lease still holds; NULL otherwise (complete and fail then say "stale")
+CREATE FUNCTION triage.leased_escalation(id bigint) RETURNS triage.escalations
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+	e triage.escalations;
+BEGIN
+	SELECT * INTO e FROM triage.escalations x WHERE x.id = leased_escalation.id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'escalation % does not exist', id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF e.status <> 'claimed' OR e.claimed_role IS DISTINCT FROM triage.caller_role()
+	   OR e.visible_at <= clock_timestamp() THEN
+		RETURN NULL;
+	END IF;
+	RETURN e;
+END;
+$$;
+COMMENT ON FUNCTION triage.leased_escalation(bigint) IS
+	'(internal) An escalation, locked, if the calling role holds its lease and it still holds; else NULL.';
+
 CREATE FUNCTION triage.fail(id bigint, error text, retry_after interval DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -291,13 +313,8 @@ DECLARE
 	max_attempts integer;
 	backoff interval;
 BEGIN
-	SELECT * INTO e FROM triage.escalations x WHERE x.id = fail.id FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'escalation % does not exist', id USING ERRCODE = 'undefined_object';
-	END IF;
-	-- only the lease holder, while its lease holds
-	IF e.status <> 'claimed' OR e.claimed_role IS DISTINCT FROM triage.caller_role()
-	   OR e.visible_at <= pg_catalog.clock_timestamp() THEN
+	e := triage.leased_escalation(id);
+	IF e IS NULL THEN
 		RETURN 'stale';
 	END IF;
 	SELECT p.max_attempts INTO max_attempts FROM triage.policies p WHERE p.name = e.policy;
@@ -398,13 +415,8 @@ DECLARE
 	result_outcome text;
 	fields jsonb;
 BEGIN
-	SELECT * INTO e FROM triage.escalations x WHERE x.id = complete.id FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'escalation % does not exist', id USING ERRCODE = 'undefined_object';
-	END IF;
-	-- only the lease holder, while its lease holds
-	IF e.status <> 'claimed' OR e.claimed_role IS DISTINCT FROM triage.caller_role()
-	   OR e.visible_at <= pg_catalog.clock_timestamp() THEN
+	e := triage.leased_escalation(id);
+	IF e IS NULL THEN
 		RETURN 'stale';
 	END IF;
 	SELECT * INTO p FROM triage.policies x WHERE x.name = e.policy;
@@ -487,7 +499,7 @@ ALTER FUNCTION triage.complete(bigint, jsonb) SECURITY DEFINER SET search_path =
 ALTER FUNCTION triage.fail(bigint, text, interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.release(bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.heartbeat(text, text, integer, bigint, bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-REVOKE ALL ON FUNCTION triage.write_answer(bigint, text, jsonb, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION triage.write_answer(bigint, text, jsonb, jsonb), triage.leased_escalation(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) FROM PUBLIC;

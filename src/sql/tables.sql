@@ -263,6 +263,26 @@ CREATE FUNCTION triage.check_attachment(policy text, tbl regclass, key_column na
 COMMENT ON FUNCTION triage.check_attachment(text, regclass, name, name, name, name) IS
 	'Error unless the current role may use policy and tbl is attached to it with these columns (what queueing and complete() check).';
 
+-- What attach and process_table check of a table: a single-column primary
+-- key (returned), a text input, an output of what the policy answers, a
+-- jsonb provenance column if one is given
+CREATE FUNCTION triage.check_columns(tbl regclass, input_column name, output_column name, policy text,
+									 provenance_column name) RETURNS name
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	key_col name := triage.key_column(tbl);
+BEGIN
+	PERFORM triage.check_text_column(tbl, input_column);
+	PERFORM triage.check_output_column(tbl, output_column, policy);
+	IF provenance_column IS NOT NULL THEN
+		PERFORM triage.check_provenance_column(tbl, provenance_column);
+	END IF;
+	RETURN key_col;
+END;
+$$;
+COMMENT ON FUNCTION triage.check_columns(regclass, name, name, text, name) IS
+	'(internal) What attach and process_table check of a table''s columns; returns its key column.';
+
 -- The name of an attach() trigger for an output column: the column's name
 -- when it fits in 63 bytes, else a hash of it (a cut name could collide with
 -- another column's, and detach() would drop the wrong trigger)
@@ -286,12 +306,7 @@ BEGIN
 		RAISE EXCEPTION 'attach needs a table, an input column, an output column and a policy'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	key_col := triage.key_column(tbl);
-	PERFORM triage.check_text_column(tbl, input_column);
-	PERFORM triage.check_output_column(tbl, output_column, policy);
-	IF provenance_column IS NOT NULL THEN
-		PERFORM triage.check_provenance_column(tbl, provenance_column);
-	END IF;
+	key_col := triage.check_columns(tbl, input_column, output_column, policy, provenance_column);
 	args := format('%L, %L, %L, %L, %L', key_col, input_column, output_column, policy,
 				   coalesce(provenance_column, ''));
 	-- BEFORE ROW: the label goes into the row as it is written (COPY
@@ -337,12 +352,7 @@ BEGIN
 		RAISE EXCEPTION 'process_table needs a table, an input column, an output column and a policy'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	key_col := triage.key_column(tbl);
-	PERFORM triage.check_text_column(tbl, input_column);
-	PERFORM triage.check_output_column(tbl, output_column, policy);
-	IF provenance_column IS NOT NULL THEN
-		PERFORM triage.check_provenance_column(tbl, provenance_column);
-	END IF;
+	key_col := triage.check_columns(tbl, input_column, output_column, policy, provenance_column);
 	IF batch_size IS NULL OR batch_size < 1 THEN
 		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
