@@ -97,6 +97,15 @@ typedef struct FastTextMatrix
 	bool		int8;
 	int8_t	   *q8;				/* m * n */
 	float	   *scales;			/* m */
+
+	/*
+	 * The quantized (PQ or int8) rows decoded to floats, m * n, or NULL.
+	 * Each value is the product the row addition would compute (alpha *
+	 * c[k], scale * q), so adding a decoded row gives the same sum bit for
+	 * bit.  Built by FastTextDecodeRows for the input matrix when it fits in
+	 * the bounds below; otherwise rows are decoded as they are added.
+	 */
+	float	   *decoded;
 } FastTextMatrix;
 
 typedef struct FastTextEntry
@@ -173,13 +182,22 @@ FastTextSigmoid(const FastTextModel *model, float x)
 }
 
 /*
- * The bucket map of a pruned model (bucket_rows, an int32 per bucket, in
- * place of a binary search of the prune index per n-gram) is built when it
- * takes at most 4 times the file's size plus this: fastText's default 2M
- * buckets (8 MB) always qualify, and a small or hostile file cannot make
- * loading allocate much.  Without it, prediction gives the same results.
+ * Bounds on what loading derives from a model file to predict faster (the
+ * structures are optional: without them prediction gives the same results,
+ * more slowly), so that a small or hostile file cannot make it allocate much:
+ *
+ * - the bucket map of a pruned model (bucket_rows, an int32 per bucket,
+ *   replacing a binary search of the prune index per n-gram) is built when
+ *   it takes at most 4 times the file's size plus FASTTEXT_BUCKET_MAP_SLACK,
+ *   so fastText's default 2M buckets (8 MB) always qualify;
+ * - the decoded input rows (FastTextMatrix.decoded, 4 bytes per value) are
+ *   built when they take at most FASTTEXT_DECODE_FILE_RATIO times the file's
+ *   size and at most FASTTEXT_DECODE_MAX_BYTES: a product-quantized .ftz
+ *   with fastText's default -dsub 2 decodes to about 8 times its size.
  */
 #define FASTTEXT_BUCKET_MAP_SLACK ((size_t) 8 << 20)
+#define FASTTEXT_DECODE_FILE_RATIO 16
+#define FASTTEXT_DECODE_MAX_BYTES ((size_t) 128 << 20)
 
 /*
  * With a token limit (FastTextScratch.max_tokens), the input rows read for
@@ -314,6 +332,8 @@ extern TriageStatus FastTextAddSubwords(const FastTextModel *model, FastTextScra
 										const char *token, size_t len, int32_t wid,
 										char *errbuf, size_t errlen);
 extern int64_t FastTextCountSubwords(const FastTextModel *model, const char *word, size_t len);
+extern bool FastTextDecodeRows(FastTextMatrix *matrix, size_t limit_bytes,
+							   const TriageAllocator *allocator);
 extern TriageStatus FastTextBuildTree(FastTextModel *model, char *errbuf, size_t errlen);
 
 #endif

@@ -6,7 +6,8 @@
  * remain before anything is allocated from it, so a model can never make us
  * allocate much more than its own size, plus what is derived from it for
  * speed, each capped in proportion to the file: the per-word subword lists
- * (PrecomputeSubwords) and the bucket map of a pruned model (BuildBucketMap).
+ * (PrecomputeSubwords), the bucket map of a pruned model (BuildBucketMap)
+ * and the decoded input rows (FastTextDecodeRows; bounds in fasttext.h).
  * On any error everything allocated so far is released and the message
  * names what was wrong.
  *
@@ -746,6 +747,11 @@ FastTextLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator,
 		(status = FastTextBuildTree(model, errbuf, errlen)) != TRIAGE_OK)
 		goto fail;
 	FastTextInitSigmoidTable(model);
+	/* optional: too big or out of memory, rows are decoded as they are added */
+	(void) FastTextDecodeRows(&model->input,
+							  len > FASTTEXT_DECODE_MAX_BYTES / FASTTEXT_DECODE_FILE_RATIO ?
+							  FASTTEXT_DECODE_MAX_BYTES : len * FASTTEXT_DECODE_FILE_RATIO,
+							  allocator);
 
 	*result = model;
 	return TRIAGE_OK;
@@ -765,6 +771,7 @@ FreeMatrix(const TriageAllocator *alloc, FastTextMatrix *matrix)
 	TriageFree(alloc, matrix->npq.centroids);
 	TriageFree(alloc, matrix->q8);
 	TriageFree(alloc, matrix->scales);
+	TriageFree(alloc, matrix->decoded);
 }
 
 void

@@ -42,6 +42,65 @@ QuantNorm(const FastTextMatrix *matrix, int64_t row)
 	return Centroid(&matrix->npq, 0, matrix->norm_codes[row])[0];
 }
 
+/*
+ * Decode every row of a product-quantized or int8 matrix into
+ * matrix->decoded, as AddRow would add it: value j of row i is the very
+ * float product AddRow adds to x[j] (alpha * c[k], scale * q), so that
+ * adding decoded rows in the same order gives bit-identical sums (the
+ * build keeps the compiler from fusing multiply-adds: -ffp-contract=off).
+ * Nothing is done, and false returned, for a dense matrix, when the rows
+ * would take more than limit_bytes, or when out of memory: AddRow then
+ * decodes each row as it adds it.  Only FastTextHidden reads the decoded
+ * rows: DotRow (the output layer) multiplies before it scales, so its
+ * products are not these.
+ */
+bool
+FastTextDecodeRows(FastTextMatrix *matrix, size_t limit_bytes, const TriageAllocator *allocator)
+{
+	int64_t		m = matrix->m;
+	int64_t		n = matrix->n;
+	float	   *out;
+
+	if ((!matrix->quantized && !matrix->int8) || matrix->decoded != NULL || m <= 0 || n <= 0 ||
+		(uint64_t) m > limit_bytes / sizeof(float) / (uint64_t) n)
+		return false;
+	out = TriageAllocArray(allocator, (size_t) (m * n), sizeof(float));
+	if (out == NULL)
+		return false;
+	for (int64_t i = 0; i < m; i++)
+	{
+		float	   *x = out + i * n;
+
+		if ((i & 4095) == 4095)
+			TRIAGE_CHECK_INTERRUPTS();
+		if (matrix->int8)
+		{
+			const int8_t *row = matrix->q8 + i * n;
+			float		scale = matrix->scales[i];
+
+			for (int64_t j = 0; j < n; j++)
+				x[j] = scale * (float) row[j];
+		}
+		else
+		{
+			const FastTextPQ *pq = &matrix->pq;
+			const uint8_t *code = matrix->codes + (int64_t) pq->nsubq * i;
+			float		alpha = QuantNorm(matrix, i);
+
+			for (int32_t s = 0; s < pq->nsubq; s++)
+			{
+				const float *c = Centroid(pq, s, code[s]);
+				int32_t		d = (s == pq->nsubq - 1) ? pq->lastdsub : pq->dsub;
+
+				for (int32_t k = 0; k < d; k++)
+					x[s * pq->dsub + k] = alpha * c[k];
+			}
+		}
+	}
+	matrix->decoded = out;
+	return true;
+}
+
 /* x += row i of matrix (fastText's addRowToVector) */
 static void
 AddRow(const FastTextMatrix *matrix, int64_t i, float *x)
@@ -77,6 +136,49 @@ AddRow(const FastTextMatrix *matrix, int64_t i, float *x)
 			for (int32_t k = 0; k < d; k++)
 				x[m * pq->dsub + k] += alpha * c[k];
 		}
+	}
+}
+
+/*
+ * The rows of matrix as floats, m * n, when it has them: dense, or decoded
+ * at load; else NULL.
+ */
+static inline const float *
+FlatRows(const FastTextMatrix *matrix)
+{
+	if (matrix->decoded != NULL)
+		return matrix->decoded;
+	if (!matrix->quantized && !matrix->int8)
+		return matrix->dense;
+	return NULL;
+}
+
+/*
+ * x += rows[0..nrows) of flat (FlatRows of a matrix n wide), in order, as
+ * AddRow adds them.  The rows are known in advance and scattered over a
+ * table often larger than the cache, so each is prefetched a few rows
+ * ahead: prediction with a 46 MB dense .bin took 0.68 times as long with
+ * the prefetch, the shipped .ftz (decoded: 4 MB) about 0.95 times.
+ */
+#define PREFETCH_AHEAD 8
+static void
+SumFlatRows(const float *flat, int64_t n, const int32_t *rows, int64_t nrows, float *x)
+{
+	for (int64_t r = 0; r < nrows; r++)
+	{
+		const float *row = flat + rows[r] * n;
+
+		if ((r & 4095) == 4095)
+			TRIAGE_CHECK_INTERRUPTS();
+		if (r + PREFETCH_AHEAD < nrows)
+		{
+			const char *next = (const char *) (flat + rows[r + PREFETCH_AHEAD] * n);
+
+			for (int64_t b = 0; b < n * (int64_t) sizeof(float); b += 64)
+				__builtin_prefetch(next + b);
+		}
+		for (int64_t j = 0; j < n; j++)
+			x[j] += row[j];
 	}
 }
 
@@ -331,12 +433,15 @@ FastTextHidden(const FastTextModel *model, FastTextScratch *scratch, const char 
 	if (status != TRIAGE_OK || scratch->nrows == 0)
 		return status;
 	memset(hidden, 0, sizeof(float) * (size_t) dim);
-	for (int64_t r = 0; r < scratch->nrows; r++)
-	{
-		if ((r & 4095) == 4095)
-			TRIAGE_CHECK_INTERRUPTS();
-		AddRow(&model->input, scratch->rows[r], hidden);
-	}
+	if (FlatRows(&model->input) != NULL)
+		SumFlatRows(FlatRows(&model->input), model->input.n, scratch->rows, scratch->nrows, hidden);
+	else
+		for (int64_t r = 0; r < scratch->nrows; r++)
+		{
+			if ((r & 4095) == 4095)
+				TRIAGE_CHECK_INTERRUPTS();
+			AddRow(&model->input, scratch->rows[r], hidden);
+		}
 	inverse = (float) (1.0 / (double) scratch->nrows);
 	for (int32_t j = 0; j < dim; j++)
 		hidden[j] *= inverse;

@@ -390,6 +390,7 @@ FastTextMatrixFree(FastTextMatrix *matrix, const TriageAllocator *alloc)
 	TriageFree(alloc, matrix->pq.centroids);
 	TriageFree(alloc, matrix->norm_codes);
 	TriageFree(alloc, matrix->npq.centroids);
+	TriageFree(alloc, matrix->decoded);
 	memset(matrix, 0, sizeof(*matrix));
 }
 
@@ -921,8 +922,10 @@ FastTextDequantizeInt8(FastTextModel *model, char *errbuf, size_t errlen)
 			dense[i * input->n + j] = input->scales[i] * (float) input->q8[i * input->n + j];
 	TriageFree(alloc, input->q8);
 	TriageFree(alloc, input->scales);
+	TriageFree(alloc, input->decoded);
 	input->q8 = NULL;
 	input->scales = NULL;
+	input->decoded = NULL;
 	input->int8 = false;
 	input->dense = dense;
 	model->int8_input = false;
