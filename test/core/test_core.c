@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "fasttext.h"
+#include "fasttext_quantize.h"
 #include "check.h"
 #include "read_file.h"
 
@@ -235,12 +236,241 @@ TestLimits(const char *dir)
 	free(data);
 }
 
+/* An allocator that counts the bytes it hands out, at most limit */
+typedef struct CountingAllocator
+{
+	size_t		bytes;
+	size_t		limit;
+} CountingAllocator;
+
+static void *
+CountingAlloc(void *context, size_t size)
+{
+	CountingAllocator *c = context;
+
+	if (size > c->limit - c->bytes)
+		return NULL;
+	c->bytes += size;
+	return malloc(size);
+}
+
+static void
+CountingFree(void *context, void *pointer)
+{
+	free(pointer);
+}
+
+/*
+ * Predict every line of lines[0..len) with model, once with the structures
+ * loading derives for speed and once without each, and count the lines
+ * whose predictions differ (labels and probabilities, bit for bit).
+ */
+static int
+DiffWithoutSpeedups(FastTextModel *model, const char *lines, size_t len, int *nlines)
+{
+	int32_t    *map = model->bucket_rows;
+	float	   *decoded = model->input.decoded;
+	FastTextScratch scratch;
+	FastTextPrediction *p1 = malloc(sizeof(FastTextPrediction) * (size_t) model->nlabels);
+	FastTextPrediction *p2 = malloc(sizeof(FastTextPrediction) * (size_t) model->nlabels);
+	int			differ = 0;
+	size_t		pos = 0;
+
+	*nlines = 0;
+	FastTextScratchInit(&scratch, NULL);
+	while (pos < len)
+	{
+		const char *nl = memchr(lines + pos, '\n', len - pos);
+		size_t		end = nl ? (size_t) (nl - lines) : len;
+		char		err[256];
+		int32_t		n1 = -1;
+
+		model->bucket_rows = map;
+		model->input.decoded = decoded;
+		if (FastTextPredict(model, &scratch, lines + pos, end - pos, -1, 0.0f, p1, &n1,
+							err, sizeof(err)) != TRIAGE_OK)
+			n1 = -1;
+		/* without the bucket map, without the decoded rows, without both */
+		for (int without = 1; without <= 3; without++)
+		{
+			int32_t		n2 = -1;
+
+			model->bucket_rows = (without & 1) ? NULL : map;
+			model->input.decoded = (without & 2) ? NULL : decoded;
+			if (FastTextPredict(model, &scratch, lines + pos, end - pos, -1, 0.0f, p2, &n2,
+								err, sizeof(err)) != TRIAGE_OK)
+				n2 = -2;
+			if (!SamePredictions(p1, n1, p2, n2))
+			{
+				differ++;
+				break;
+			}
+		}
+		(*nlines)++;
+		pos = end + 1;
+	}
+	model->bucket_rows = map;
+	model->input.decoded = decoded;
+	FastTextScratchFree(&scratch);
+	free(p1);
+	free(p2);
+	return differ;
+}
+
+/*
+ * Replace the product-quantized input of model (decoded at load) by int8
+ * rows, through the dense matrix it decodes to, then save and reload: an
+ * int8 model as FastTextLoad reads it.
+ */
+static FastTextModel *
+Int8Copy(FastTextModel *model)
+{
+	FastTextMatrix *q = &model->input;
+	int64_t		m = q->m,
+				n = q->n;
+	float	   *dense;
+	FastTextModel *result = NULL;
+	uint8_t    *bytes;
+	size_t		nbytes;
+	char		err[256];
+
+	if (q->decoded == NULL || (dense = malloc(sizeof(float) * (size_t) (m * n) + 1)) == NULL)
+		return NULL;
+	memcpy(dense, q->decoded, sizeof(float) * (size_t) (m * n));
+	FastTextMatrixFree(q, &model->allocator);
+	q->m = m;
+	q->n = n;
+	q->dense = dense;
+	model->quant_input = false;
+	if (FastTextQuantizeInt8(model, err, sizeof(err)) == TRIAGE_OK &&
+		FastTextSave(model, NULL, &bytes, &nbytes, err, sizeof(err)) == TRIAGE_OK)
+	{
+		if (FastTextLoad(bytes, nbytes, NULL, &result, err, sizeof(err)) != TRIAGE_OK)
+			printf("# int8 copy: %s\n", err);
+		free(bytes);
+	}
+	else
+		printf("# int8 copy: %s\n", err);
+	return result;
+}
+
+/*
+ * What loading derives to predict faster (the bucket map of a pruned model,
+ * the quantized input rows decoded to floats) changes no prediction, bit for
+ * bit, on the 4,000 reviews of fine_foods_train.csv (one text per line of
+ * the file), and stays within its bounds on a hostile bucket count.
+ */
+static void
+TestSpeedups(const char *dir)
+{
+	static const char *const fixtures[] = {"sentiment_v1.ftz", "sentiment_v2.ftz"};
+	char		path[4096];
+	char		what[256];
+	size_t		tlen,
+				len;
+	char	   *lines;
+	uint8_t    *data;
+	FastTextModel *model;
+	char		err[256];
+	int			nlines = 0;
+
+	snprintf(path, sizeof(path), "%s/fine_foods_train.csv", dir);
+	lines = (char *) ReadFile(path, &tlen);
+	Check(lines != NULL, "speedups: fine_foods_train.csv is readable");
+	if (lines == NULL)
+		return;
+
+	for (size_t f = 0; f < sizeof(fixtures) / sizeof(fixtures[0]); f++)
+	{
+		snprintf(path, sizeof(path), "%s/%s", dir, fixtures[f]);
+		data = ReadFile(path, &len);
+		if (data == NULL || FastTextLoad(data, len, NULL, &model, err, sizeof(err)) != TRIAGE_OK)
+		{
+			Check(0, "speedups: fixture loads");
+			free(data);
+			continue;
+		}
+		snprintf(what, sizeof(what), "speedups: %s has decoded input rows%s", fixtures[f],
+				 model->pruneidx_size > 0 ? " and a bucket map" : " (not pruned: no bucket map)");
+		Check(model->input.decoded != NULL &&
+			  (model->bucket_rows != NULL) == (model->pruneidx_size > 0), what);
+		snprintf(what, sizeof(what),
+				 "speedups: %s predicts the same with and without them, bit for bit", fixtures[f]);
+		Check(DiffWithoutSpeedups(model, lines, tlen, &nlines) == 0 && nlines > 4000, what);
+
+		if (model->pruneidx_size > 0)
+		{
+			FastTextModel *int8 = Int8Copy(model);
+
+			Check(int8 != NULL && int8->int8_input && int8->input.decoded != NULL &&
+				  int8->bucket_rows != NULL,
+				  "speedups: its int8 copy reloads with decoded rows and a bucket map");
+			Check(int8 != NULL && DiffWithoutSpeedups(int8, lines, tlen, &nlines) == 0,
+				  "speedups: ... and predicts the same with and without them");
+			FastTextFree(int8);
+		}
+		FastTextFree(model);
+		free(data);
+	}
+
+	snprintf(path, sizeof(path), "%s/sentiment_v1.ftz", dir);
+	data = ReadFile(path, &len);
+	if (data != NULL && FastTextLoad(data, len, NULL, &model, err, sizeof(err)) == TRIAGE_OK)
+	{
+		FastTextMatrix *input = &model->input;
+		size_t		bytes = (size_t) (input->m * input->n) * sizeof(float);
+
+		TriageFree(&model->allocator, input->decoded);
+		input->decoded = NULL;
+		Check(!FastTextDecodeRows(input, bytes - 1, &model->allocator) && input->decoded == NULL,
+			  "speedups: rows are not decoded past the limit");
+		Check(FastTextDecodeRows(input, bytes, &model->allocator) && input->decoded != NULL,
+			  "speedups: ... and are within it");
+		Check(!FastTextDecodeRows(&model->output, SIZE_MAX, &model->allocator) &&
+			  model->output.decoded == NULL, "speedups: a dense matrix is not decoded");
+		FastTextFree(model);
+	}
+	else
+		Check(0, "speedups: sentiment_v1.ftz loads");
+
+	/*
+	 * args.bucket (byte 40) raised: fastText's default 2M buckets get a map
+	 * (8 MB), INT32_MAX buckets (an 8 GB map) do not, and the load takes
+	 * about what it takes without a map
+	 */
+	if (data != NULL)
+	{
+		static const int32_t buckets[] = {2000000, INT32_MAX};
+
+		for (int b = 0; b < 2; b++)
+		{
+			CountingAllocator counter = {0, (size_t) 64 << 20};
+			TriageAllocator allocator = {CountingAlloc, CountingFree, &counter};
+			int32_t		v = buckets[b];
+
+			memcpy(data + 40, &v, 4);
+			model = NULL;
+			if (FastTextLoad(data, len, &allocator, &model, err, sizeof(err)) != TRIAGE_OK)
+				printf("# %s\n", err);
+			snprintf(what, sizeof(what),
+					 "speedups: with %d buckets the model loads %s a bucket map (%zu bytes allocated)",
+					 v, b == 0 ? "with" : "without", counter.bytes);
+			Check(model != NULL && (model->bucket_rows != NULL) == (b == 0) &&
+				  counter.bytes < (b == 0 ? (size_t) 9 << 20 : (size_t) 1 << 20), what);
+			FastTextFree(model);
+		}
+	}
+	free(data);
+	free(lines);
+}
+
 int
 main(int argc, char **argv)
 {
 	TestHash();
 	TestModel(argc > 1 ? argv[1] : "test/data");
 	TestLimits(argc > 1 ? argv[1] : "test/data");
+	TestSpeedups(argc > 1 ? argv[1] : "test/data");
 	printf("1..%d\n", checks);
 	return failures > 0;
 }
