@@ -6,8 +6,14 @@
 #      on 1,000 messages of the UNSEEN phrasings and 1,000 more of the seen
 #      ones: per-field and micro F1, the seen-unseen gap, rows with every
 #      field right, and the AUROC of confidence for right against wrong
-#      fields.  Unseen micro F1 must reach 0.90 (the target is 0.95) and the
-#      AUROC 0.85.
+#      fields.  The bounds (#20: what the feature promised, less sampling
+#      error of the rows measured, not a round number far below it) are
+#      stated where they are asserted: unseen micro F1 within sampling error
+#      of the 0.9924 this configuration has recorded since issue #5 (whose
+#      target was 0.95), the AUROC at least issue #5's 0.85, and the
+#      shipped extractor (models/business_fields.crf) reproducing its model
+#      card on the card's own rows and within sampling error of it on new
+#      ones.
 #   2. the alignment report in metrics->'train', character offsets that
 #      give back the value (non-ASCII text included), extract with a fixed
 #      version equal to extract with the deployed one, and training twice
@@ -16,7 +22,7 @@
 #      in triage.examples (source 'llm') with their fields, and a retrain on
 #      the seen messages plus those.  The answers here are the generator's
 #      gold fields, i.e. a simulated strong large model.  Unseen F1 must not
-#      drop; the output shows how much of the gap closes.
+#      drop, and most of the gap must close (issue #5: more than half).
 use strict;
 use warnings;
 
@@ -137,11 +143,29 @@ diag sprintf('extractor v1: AUROC of confidence right vs wrong: unseen %s, seen 
 	  . 'mean confidence right %s, wrong %s (unseen)',
 	fmt($unseen->{auroc}), fmt($seen->{auroc}),
 	fmt($unseen->{confidence_right}), fmt($unseen->{confidence_wrong}));
-diag sprintf('extractor v1: unseen micro F1 %s the 0.95 target (test threshold 0.90); '
+diag sprintf('extractor v1: unseen micro F1 %s issue #5\'s 0.95 target; '
 	  . 'evaluation took %.1f s + %.1f s',
 	$unseen->{f1} >= 0.95 ? 'reaches' : 'misses', $unseen->{seconds}, $seen->{seconds});
 
-ok($unseen->{f1} >= 0.90, 'unseen phrasings: micro F1 >= 0.90');
+# The unseen micro F1 of this configuration (2,000 seen-phrasing messages of
+# seed 101, default options; 1,000 unseen-phrasing messages of seed 102) was
+# 0.9924 when issue #5 was resolved and has not changed since; issue #5's
+# target was 0.95.  An extractor no worse on unseen phrasings in general
+# differs from that figure on these rows by sampling error: the F1 of n gold
+# fields is a proportion, and two of them (that one and this one) differ by
+# sd = sqrt(2 F (1 - F) / n); the bound is 3 sd below 0.9924 (about 0.987
+# with n = 4,700), and never below the 0.95 target.  Checked to fail (#20):
+# with the value lexicon switched off in training the unseen F1 is 0.9517,
+# which passed the old bound (0.90) and even the 0.95 target.
+my $recorded_unseen_f1 = 0.9924;
+my $n_unseen_fields = 0;
+$n_unseen_fields += $_->{support} for values %{ $unseen->{fields} };
+my $f1_bound = $recorded_unseen_f1
+  - 3 * sqrt(2 * $recorded_unseen_f1 * (1 - $recorded_unseen_f1) / $n_unseen_fields);
+$f1_bound = 0.95 if $f1_bound < 0.95;
+cmp_ok($unseen->{f1}, '>=', $f1_bound,
+	sprintf('unseen phrasings: micro F1 %s within 3 sd of sampling error (%d fields) of the recorded 0.9924: >= %.4f',
+		fmt($unseen->{f1}), $n_unseen_fields, $f1_bound));
 ok($seen->{f1} >= $unseen->{f1} - 0.005, 'seen phrasings: micro F1 >= unseen micro F1 - 0.005');
 # too few wrong fields on seen phrasings for an AUROC, so it is measured on unseen ones
 ok(defined $unseen->{auroc} && $unseen->{auroc} >= 0.85,
@@ -236,9 +260,44 @@ diag sprintf('large-model examples: unseen micro F1 %s -> %s, seen %s -> %s, gap
 	fmt($unseen->{rows_all_correct}), fmt($unseen2->{rows_all_correct}),
 	fmt($unseen->{auroc}), fmt($unseen2->{auroc}));
 ok($unseen2->{f1} >= $unseen->{f1}, 'unseen micro F1 after the large-model examples >= before');
+# issue #5: the large model's answers close "most" of the unseen-phrasing gap
+ok(defined $closed && $closed > 0.5,
+	sprintf('the large-model examples close most of the seen-unseen gap (%s)',
+		defined $closed ? sprintf('%.0f%%', 100 * $closed) : 'no gap to close'));
 ok($seen2->{f1} >= $seen->{f1} - 0.005, 'seen micro F1 does not drop with the large-model examples');
 is(sql("SELECT version FROM triage.deployments WHERE name = 'fields'"), '1',
 	'retraining does not deploy the new version by itself');
+
+# --- the shipped extractor against its model card ------------------------
+
+# models/build.sh trains models/business_fields.crf on 3,000 messages of
+# every phrasing (seed 1) and records in models/business_fields.metrics.json
+# its F1 on 1,000 messages of seed 2 whose templates are the "unseen" ones
+# (which it did see, in other messages: the card's name for them is the
+# generator's).  Evaluated here on those very rows, it must give the card's
+# figure (to its 4 decimals: extraction is deterministic); on the 1,000
+# unseen-phrasing messages above (seed 102, also new to it) within sampling
+# error of it: the two F1 are proportions of n_card and n gold fields, so
+# differ by sd = sqrt(F (1 - F) (1 / n_card + 1 / n)); the bound is 3 sd below.
+my $card = decode_json(slurp_file("$root/models/business_fields.metrics.json"));
+my $card_unseen = $card->{heldout_1000_unseen_phrasings};
+system('python3', $gen, '--seed', 2, '--count', 1000, '--phrasings', 'unseen', '--out', "$tmp/card_unseen.csv") == 0
+  or die 'gen_messages.py failed for the card\'s rows';
+sql("CREATE TABLE msg_card (id serial, input text, fields jsonb, kind text, template text);
+	 COPY msg_card (input, fields, kind, template) FROM '$tmp/card_unseen.csv' (FORMAT csv, HEADER);
+	 SELECT triage.import_extractor('shipped', pg_read_binary_file('$root/models/business_fields.crf'))");
+my $shipped_card = json_sql("SELECT triage.evaluate('shipped', 'SELECT input, fields FROM msg_card ORDER BY id')");
+cmp_ok(abs($shipped_card->{f1} - $card_unseen->{f1}), '<', 0.00005,
+	sprintf('the shipped extractor gives its model card\'s F1 on the card\'s rows (%s against %s)',
+		fmt($shipped_card->{f1}), fmt($card_unseen->{f1})));
+my $shipped_new = json_sql("SELECT triage.evaluate('shipped', 'SELECT input, fields FROM msg_unseen ORDER BY id')");
+my $n_card = 0;
+$n_card += $_->{support} for values %{ $card_unseen->{fields} };
+my $fc = $card_unseen->{f1};
+my $shipped_bound = $fc - 3 * sqrt($fc * (1 - $fc) * (1 / $n_card + 1 / $n_unseen_fields));
+cmp_ok($shipped_new->{f1}, '>=', $shipped_bound,
+	sprintf('the shipped extractor on 1,000 new messages: F1 %s within 3 sd of its card\'s %s (%d and %d fields): >= %.4f',
+		fmt($shipped_new->{f1}), fmt($fc), $n_card, $n_unseen_fields, $shipped_bound));
 
 note sprintf('010_extract took %.0f s', time - $started);
 $node->stop;
