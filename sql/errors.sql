@@ -84,3 +84,38 @@ SELECT triage.extract('errs', 'stale');
 RESET ROLE;
 REVOKE USAGE ON SCHEMA triage FROM regress_triage_nobody;
 DROP ROLE regress_triage_nobody;
+
+-- the queue's inputs: malformed sources, unknown policies and roles, and the
+-- functions only complete() may call
+SELECT triage.create_policy('errs_policy', 'errs');
+CREATE TABLE errs_inbox (id int PRIMARY KEY, body text, label text);
+SELECT triage.attach('errs_inbox', 'body', 'label', 'errs_policy');
+SELECT triage.enqueue('errs_policy', NULL);
+SELECT triage.enqueue(NULL, 'x');
+SELECT triage.enqueue('no_such_policy', 'x');
+SELECT triage.enqueue('errs_policy', 'x', source => 'errs_inbox');
+SELECT triage.enqueue('errs_policy', 'x', source => 'errs_inbox', source_key => '[1]',
+                      input_column => 'body', output_column => 'label');
+SELECT triage.enqueue('errs_policy', 'x', source => 'errs_inbox', source_key => '{"id": 1, "other": 2}',
+                      input_column => 'body', output_column => 'label');
+SELECT triage.enqueue('errs_policy', 'x', source => 'errs_inbox', source_key => '{"id": [1]}',
+                      input_column => 'body', output_column => 'label');
+SELECT triage.enqueue('errs_policy', 'x', source => 'errs_inbox', source_key => '{"body": "1"}',
+                      input_column => 'body', output_column => 'label');
+SELECT triage.enqueue('errs_policy', 'x', source => 'errs_inbox', source_key => '{"id": 1}',
+                      input_column => 'body', output_column => 'nope');
+SELECT triage.enqueue('errs_policy', 'x', source_key => '{"id": 1}');
+SELECT triage.enqueue('errs_policy', 'x', source => 'pg_authid', source_key => '{"oid": 10}',
+                      input_column => 'rolname', output_column => 'rolsuper');
+SELECT triage.grant_policy('no_such_policy', 'triage_user');
+SELECT triage.grant_policy('errs_policy', 'no_such_role');
+SELECT triage.allow_worker('no_such_role');
+SELECT triage.check_attachment(NULL, 'errs_inbox', 'id', 'body', 'label', NULL);
+SELECT count(*) AS no_rows FROM triage.label_scores(NULL);
+SELECT count(*) AS no_rows FROM triage.routing_curve('{"curve": "not an array"}');
+SET ROLE triage_admin;
+SELECT triage.write_answer(1, 'great', NULL, NULL);
+RESET ROLE;
+SELECT triage.detach('errs_inbox', 'label');
+DROP TABLE errs_inbox;
+DELETE FROM triage.policies WHERE name = 'errs_policy';

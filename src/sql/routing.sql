@@ -261,9 +261,17 @@ COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, in
 -- calibrate() and train_and_calibrate() return jsonb; their routing curve as rows
 CREATE FUNCTION triage.routing_curve(calibration jsonb)
 	RETURNS TABLE (threshold real, escalation_rate numeric, kept_accuracy numeric)
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF jsonb_typeof(calibration->'curve') IS DISTINCT FROM 'array' THEN
+		RAISE EXCEPTION 'routing_curve needs what calibrate() returns: an object with a "curve" array'
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'For example: SELECT c.* FROM triage.policies p, triage.routing_curve(p.calibration) c WHERE p.name = ''reviews''.';
+	END IF;
+	RETURN QUERY
 	SELECT (c->>'threshold')::real, (c->>'escalation_rate')::numeric, (c->>'kept_accuracy')::numeric
-	  FROM jsonb_array_elements(calibration->'curve') AS c
+	  FROM jsonb_array_elements(calibration->'curve') AS c;
+END;
 $$;
 COMMENT ON FUNCTION triage.routing_curve(jsonb) IS
 	'The curve of what calibrate() returns (or a policy''s stored calibration), one row per threshold: the escalation rate and the accuracy of the kept rows.';
