@@ -35,26 +35,34 @@ SELECT count(*) FILTER (WHERE a.audited <> ((triage.route('reviews', 'great tea 
 UPDATE triage.policies SET audit_rate = 0 WHERE name = 'reviews';
 DROP TABLE audited;
 
--- calibrate on labeled rows
+-- calibrate on labeled rows the policy's model never trained on: the
+-- reviews numbered n in file order, of which the router model
+-- (sentiment_v1.ftz) trained on all 4,000, and the shipped model
+-- (models/fine_foods_sentiment.ftz) on those with n % 5 <> 0; the 800 with
+-- n % 5 = 0 are held out from the shipped model (test/data/README.md)
 CREATE TABLE food_reviews (product text, review text, score text);
 COPY food_reviews FROM :'csv' WITH (FORMAT csv, HEADER);
-CREATE TABLE heldout AS SELECT row_number() OVER () AS n, review, score FROM food_reviews;
+CREATE TABLE labeled AS SELECT row_number() OVER () AS n, review, score FROM food_reviews;
+\set shipped :abs_srcdir '/models/fine_foods_sentiment.ftz'
+SELECT triage.import_fasttext('shipped', pg_read_binary_file(:'shipped')) AS version;
+SELECT triage.create_policy('held_out', 'shipped');
 UPDATE triage.policies SET rules = '{}' WHERE name = 'reviews';
 SELECT (c->>'kept_accuracy')::float >= 0.9 AS reaches_target,
        (c->>'escalation_rate')::float < 1 AS keeps_some,
        jsonb_array_length(c->'curve') > 5 AS has_curve
-  FROM triage.calibrate('reviews', 'SELECT review, score FROM heldout WHERE n % 4 = 0',
+  FROM triage.calibrate('held_out', 'SELECT review, score FROM labeled WHERE n % 5 = 0',
                         target_accuracy => 0.9) c;
-SELECT (thresholds->>'default')::real > 0.5 AS stored FROM triage.policies WHERE name = 'reviews';
+SELECT (thresholds->>'default')::real > 0.5 AS stored FROM triage.policies WHERE name = 'held_out';
 SELECT (c->>'escalation_rate')::float <= 0.2 AS within_budget
-  FROM triage.calibrate('reviews', 'SELECT review, score FROM heldout WHERE n % 4 = 0',
+  FROM triage.calibrate('held_out', 'SELECT review, score FROM labeled WHERE n % 5 = 0',
                         max_escalation => 0.2) c;
+DELETE FROM triage.policies WHERE name = 'held_out';
 -- train_and_calibrate: thresholds chosen on every row's out-of-fold answer,
 -- for a model trained on all the rows, deployed with them
 SELECT triage.import_fasttext('router_cv', pg_read_binary_file(:'v1')) AS version;
 SELECT triage.create_policy('reviews_cv', 'router_cv');
 CREATE TABLE cv_result AS
-  SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout WHERE n % 2 = 0',
+  SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM labeled WHERE n % 2 = 0',
                                     '{"dim": 10, "epoch": 5, "seed": 1}', target_accuracy => 0.9, folds => 3) AS c;
 SELECT c->'rows' AS rows, c->'folds' AS folds, c->'version' AS version,
        (c->>'kept_accuracy')::float >= 0.9 AS reaches_target,
@@ -65,18 +73,18 @@ SELECT c->'rows' AS rows, c->'folds' AS folds, c->'version' AS version,
 -- what it reports is what the out-of-fold answers give
 SELECT abs((c->>'escalation_rate')::float
            - (SELECT avg((coalesce(x.confidence, 0) < (c->>'threshold')::float - 5e-5)::int)
-                FROM triage.cross_validate('SELECT review, score FROM heldout WHERE n % 2 = 0',
+                FROM triage.cross_validate('SELECT review, score FROM labeled WHERE n % 2 = 0',
                                            '{"dim": 10, "epoch": 5, "seed": 1}', 3) x)) < 0.01 AS same_escalation
   FROM cv_result WHERE c->'label_thresholds' = '{}';
-SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout', folds => 1,
+SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM labeled', folds => 1,
                                   target_accuracy => 0.9);
-SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout');
-SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM heldout', NULL, target_accuracy => 0.9);
-SELECT triage.train_and_calibrate('nope', 'SELECT review, score FROM heldout', target_accuracy => 0.9);
+SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM labeled');
+SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM labeled', NULL, target_accuracy => 0.9);
+SELECT triage.train_and_calibrate('nope', 'SELECT review, score FROM labeled', target_accuracy => 0.9);
 DELETE FROM triage.policies WHERE name = 'reviews_cv';
-SELECT triage.calibrate('reviews', 'SELECT review, score FROM heldout');
-SELECT triage.calibrate('reviews', 'SELECT review, score FROM heldout', target_accuracy => 1.5);
-SELECT triage.calibrate('nope', 'SELECT review, score FROM heldout', target_accuracy => 0.9);
+SELECT triage.calibrate('reviews', 'SELECT review, score FROM labeled');
+SELECT triage.calibrate('reviews', 'SELECT review, score FROM labeled', target_accuracy => 1.5);
+SELECT triage.calibrate('nope', 'SELECT review, score FROM labeled', target_accuracy => 0.9);
 
 -- the queue: enqueue, claim (a lease), complete, fail, release
 CREATE TABLE tickets (id int PRIMARY KEY, body text, label text);
@@ -224,7 +232,7 @@ SELECT triage.attach('inbox', 'body', 'label', 'nope');
 
 -- process_table: batches, committed one by one, resumable
 CREATE TABLE backlog (id int PRIMARY KEY, body text, label text);
-INSERT INTO backlog SELECT n, review, NULL FROM heldout WHERE n <= 500;
+INSERT INTO backlog SELECT n, review, NULL FROM labeled WHERE n <= 500;
 -- a table not attached is refused: escalated answers go only to attached tables
 CALL triage.process_table('backlog', 'body', 'label', 'reviews', 200);
 -- attached after the rows went in: they wait for process_table
@@ -331,14 +339,18 @@ INSERT INTO handmade VALUES (1, 7, 'lovely tea', NULL);
 DROP TABLE handmade;
 
 -- distillation: retrain from the examples (here 2 large-model answers) plus
--- labeled rows, deploy only if better on held-out rows
+-- labeled rows, deploy only if better on held-out rows: rows neither version
+-- trained on.  The router's version 1 trained on every review, so the
+-- shipped model, which never saw those with n % 5 = 0, is deployed first
+SELECT triage.import_fasttext('router', pg_read_binary_file(:'shipped')) AS router_shipped \gset
+SELECT triage.deploy('router', :router_shipped);
 SELECT d->>'previous_version' AS previous, d->>'new_version' AS new, d->>'deployed' AS deployed,
        (d->>'deployed')::boolean = ((d->'after'->>'accuracy')::numeric > (d->'before'->>'accuracy')::numeric)
          AS deployed_only_if_better,
        (d->>'examples')::int > 0 AS has_examples
   FROM triage.distill('router', jsonb_build_object(
-         'query', 'SELECT review, score FROM heldout WHERE n % 4 <> 0',
-         'heldout', 'SELECT review, score FROM heldout WHERE n % 4 = 0',
+         'query', 'SELECT review, score FROM labeled WHERE n % 5 <> 0',
+         'heldout', 'SELECT review, score FROM labeled WHERE n % 5 = 0',
          'train', '{"dim": 10, "epoch": 10, "lr": 0.5, "wordNgrams": 2, "bucket": 20000, "seed": 3}'::jsonb)) d
 \gset distill_
 SELECT :'distill_previous' AS previous, :'distill_new' AS new,
@@ -358,7 +370,7 @@ SELECT triage.create_policy('orders', NULL, extractor => 'fields',
        rules => '{"required_fields": ["order_id"], "min_field_confidence": 0.5}');
 SELECT name, model, extractor, fields FROM triage.policies WHERE name = 'orders';
 -- an extraction policy has no classifier to train and calibrate
-SELECT triage.train_and_calibrate('orders', 'SELECT review, score FROM heldout', target_accuracy => 0.9);
+SELECT triage.train_and_calibrate('orders', 'SELECT review, score FROM labeled', target_accuracy => 0.9);
 SELECT (d).escalate, (d).reason, (d).fields->'order_id'->>'value' AS order_id,
        (d).confidence BETWEEN 0 AND 1 AS has_confidence
   FROM (SELECT triage.route('orders', 'Hello, my order A-10293 for $129.99 never arrived. Maria Lopez') AS d) r;
@@ -407,14 +419,22 @@ UPDATE triage.policies SET rules = '{"required_fields": "order_id"}' WHERE name 
 UPDATE triage.policies SET rules = '{"min_field_confidence": 2}' WHERE name = 'orders';
 UPDATE triage.policies SET rules = '{"required_fields": ["order_id"]}' WHERE name = 'reviews';
 -- people's answers become examples too; distill retrains an extractor from them and
--- deploys the new version only if its field F1 is better
+-- deploys the new version only if its field F1 is better on held-out
+-- messages: neither these examples nor the shipped extractor's training
+-- messages (test/extract/gen_messages.py, seed 1)
+CREATE TABLE support_checked (body text, fields jsonb);
+INSERT INTO support_checked VALUES
+  ('Hi, order B-20431 for $59.00 has not arrived yet. John Smith',
+   '{"order_id": "B-20431", "amount": "59.00", "currency": "$", "customer_name": "John Smith"}'),
+  ('Please refund order C-77120, the kettle came broken. Ana Silva',
+   '{"order_id": "C-77120", "customer_name": "Ana Silva"}');
 SELECT triage.add_examples('fields', 'SELECT body, fields FROM support WHERE id = 1');
 SELECT triage.add_examples('nope', 'SELECT 1, 2');
 SELECT source, count(*) FROM triage.examples WHERE model = 'fields' GROUP BY 1 ORDER BY 1;
 SELECT d->'before' ? 'f1' AS has_f1,
        (d->>'deployed')::boolean = ((d->'after'->>'f1')::numeric > (d->'before'->>'f1')::numeric)
          AS deployed_only_if_better
-  FROM triage.distill('fields', '{"heldout": "SELECT body, fields FROM support", "train": {"max_iterations": 20}}') d;
+  FROM triage.distill('fields', '{"heldout": "SELECT body, fields FROM support_checked", "train": {"max_iterations": 20}}') d;
 SELECT triage.add_examples('fields', 'SELECT body, fields FROM support', 'robot');
 SELECT triage.add_examples('fields', 'SELECT body FROM support');
 SELECT triage.add_examples('fields', NULL) IS NULL AS strict;
