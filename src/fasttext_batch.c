@@ -49,14 +49,15 @@ FastTextPredictBatch(const FastTextModel *model, FastTextScratch *scratch,
 									 &predictions[i], &np, errbuf, errlen);
 			if (status != TRIAGE_OK)
 				return status;
-			found[i] = np > 0;
+			/* no evidence, no answer: as classify() (fasttext_sql.c) */
+			found[i] = np > 0 && scratch->text_rows > 0;
 			continue;
 		}
 		TRIAGE_CHECK_INTERRUPTS();
 		status = FastTextHidden(model, scratch, texts[i], lens[i], errbuf, errlen);
 		if (status != TRIAGE_OK)
 			return status;
-		found[i] = scratch->nrows > 0;
+		found[i] = scratch->text_rows > 0;
 		if (found[i])
 			memcpy(hidden + (int64_t) i * dim, scratch->hidden, sizeof(float) * (size_t) dim);
 		else

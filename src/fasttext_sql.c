@@ -66,6 +66,12 @@ FastTextLabelText(const FastTextModel *model, int32 label)
 	size_t		len;
 	const char *name = FastTextLabelName(model, label, &len);
 
+	/* labels are UTF-8 (checked at load): in the database's encoding, or an error */
+	if (GetDatabaseEncoding() != PG_UTF8 && GetDatabaseEncoding() != PG_SQL_ASCII)
+	{
+		name = pg_any_to_server(pnstrdup(name, len), (int) len, PG_UTF8);
+		len = strlen(name);
+	}
 	return cstring_to_text_with_len(name, (int) len);
 }
 

@@ -44,11 +44,13 @@
 #include <malloc.h>
 #endif
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -108,6 +110,16 @@ static bool ModelsChanged = false;
 static bool DeploymentsChanged = false;
 static Oid	ModelsRelid = InvalidOid;
 static Oid	DeploymentsRelid = InvalidOid;
+
+/*
+ * An invalidation can arrive in the middle of a statement; a deployment read
+ * again then is read under that statement's snapshot, which may be older
+ * than the change.  So after any invalidation, the next statement reads the
+ * deployments again (ForgetEarlierStatements).
+ */
+static bool InvalidatedSinceStatement = false;
+static LocalTransactionId SeenLxid = InvalidLocalTransactionId;
+static TimestampTz SeenStatementStart = 0;
 
 /* bumped when who may read triage.models may have changed */
 static uint64 PrivilegeGeneration = 1;
@@ -255,6 +267,7 @@ ModelStoreInvalidate(Datum arg, Oid relid)
 	{
 		DeploymentsChanged = true;
 		CacheGeneration++;
+		InvalidatedSinceStatement = true;
 	}
 }
 
@@ -304,6 +317,30 @@ InputBytesLimit(void)
 }
 
 /*
+ * Models read text as UTF-8 (fastText's and the extractor's files are
+ * UTF-8).  In a database of another encoding, ASCII reads the same; other
+ * characters would be read as the wrong bytes and give another answer,
+ * silently: an error says so instead.  (SQL_ASCII declares no encoding:
+ * its bytes are taken as they are.)
+ */
+static void
+CheckInputEncoding(const char *bytes, int32 len)
+{
+	int			encoding = GetDatabaseEncoding();
+
+	if (encoding == PG_UTF8 || encoding == PG_SQL_ASCII)
+		return;
+	for (int32 i = 0; i < len; i++)
+		if ((unsigned char) bytes[i] >= 0x80)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("pg_triage reads text as UTF-8, and this database's encoding is %s",
+							GetDatabaseEncodingName()),
+					 errdetail("The input has characters outside ASCII, which would be read as other characters."),
+					 errhint("Use pg_triage in a database created with ENCODING 'UTF8'.")));
+}
+
+/*
  * How many of bytes[0..len) are considered: all of them up to
  * triage.max_input_bytes, else that many cut back to a character boundary.
  * bytes is text in the database encoding.
@@ -314,6 +351,7 @@ LimitInputLength(const char *bytes, int32 len)
 	int32		limit = InputBytesLimit();
 	int32		cut;
 
+	CheckInputEncoding(bytes, Min(len, limit));
 	if (len <= limit)
 		return len;
 	if (pg_database_encoding_max_length() == 1)
@@ -387,6 +425,24 @@ CreateTables(void)
 	}
 }
 
+/* At a new statement, read the deployments again if an invalidation came since the last one */
+static void
+ForgetEarlierStatements(void)
+{
+	TimestampTz start = GetCurrentStatementStartTimestamp();
+
+	if (MyProc->lxid == SeenLxid && start == SeenStatementStart)
+		return;
+	if (InvalidatedSinceStatement)
+	{
+		DeploymentsChanged = true;
+		CacheGeneration++;
+		InvalidatedSinceStatement = false;
+	}
+	SeenLxid = MyProc->lxid;
+	SeenStatementStart = start;
+}
+
 /* Apply pending invalidations: forget deployments, and models if they changed */
 static void
 ProcessInvalidations(void)
@@ -418,7 +474,7 @@ ProcessInvalidations(void)
 	ModelsChanged = DeploymentsChanged = false;
 	CreateTables();
 
-	if (!OidIsValid(ModelsRelid))
+	if (!OidIsValid(ModelsRelid) || !OidIsValid(DeploymentsRelid))
 	{
 		Oid			nsp = get_namespace_oid(TRIAGE_SCHEMA, true);
 
@@ -619,10 +675,14 @@ CheckUseModels(const char *name)
 {
 	Oid			userid = GetUserId();
 
-	if (!OidIsValid(ModelsRelid))
-		ModelsRelid = TriageRelation("models");
-	if (pg_class_aclcheck(ModelsRelid, userid, ACL_SELECT) == ACLCHECK_OK ||
-		pg_attribute_aclcheck_all(ModelsRelid, userid, ACL_SELECT, ACLMASK_ANY) == ACLCHECK_OK)
+	/*
+	 * (Not stored in ModelsRelid: the cache sets both relids together, and
+	 * one set alone would leave deployments' invalidations unheard.)
+	 */
+	Oid			relid = OidIsValid(ModelsRelid) ? ModelsRelid : TriageRelation("models");
+
+	if (pg_class_aclcheck(relid, userid, ACL_SELECT) == ACLCHECK_OK ||
+		pg_attribute_aclcheck_all(relid, userid, ACL_SELECT, ACLMASK_ANY) == ACLCHECK_OK)
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -740,6 +800,7 @@ ModelRefLookup(ModelRef *ref, const char *name, int len, int32 version)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("model version %d is invalid", version),
 				 errhint("Versions start at 1.")));
+	ForgetEarlierStatements();
 	ProcessInvalidations();
 	memset(&key, 0, sizeof(key));
 	CopyModelName(key.name, name, len);
