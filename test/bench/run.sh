@@ -2,6 +2,8 @@
 # The classify benchmark (make bench): in one run, on the same 100,000
 # reviews and the same quantized .ftz, times
 #   - fasttext predict-prob over a text file of the reviews (the CLI),
+#   - pg_triage's core over the same file, without PostgreSQL
+#     (test/bench/classify_core.c),
 #   - SELECT count(triage.classify('bench', review)) over a table of them,
 #     serial, with the default settings, and with parallel workers,
 #   - SELECT count(md5(review)) over the same table in the same settings, as
@@ -140,14 +142,22 @@ round_sql() {	# round number
 	done
 }
 
+# The core alone (test/bench/classify_core.c: load, then every line with
+# k = -1, no PostgreSQL), built with the extension's flags: what classify
+# costs before PostgreSQL's per-row overhead.  Its time excludes loading.
+(cd "$ROOT" && gcc -O3 -ffp-contract=off -Isrc test/bench/classify_core.c \
+	$(make -s -f src/core.mk print-CORE_SRCS) -lm -o "$WORK/classify_core")
+
 # times.txt: "name ms workers" per run (workers launched, 0 for a serial plan)
 : >"$WORK/times.txt"
 for round in $(seq "$RUNS"); do
-	log "bench: round $round of $RUNS: fasttext predict-prob; classify and md5 in 3 settings"
+	log "bench: round $round of $RUNS: fasttext predict-prob; the core; classify and md5 in 3 settings"
 	t0=$(now)
 	fasttext predict-prob "$WORK/model.ftz" "$WORK/lines.txt" 1 >/dev/null
 	t1=$(now)
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "fasttext_cli %.3f 0\n", (b - a) * 1000 }' >>"$WORK/times.txt"
+	"$WORK/classify_core" "$WORK/model.ftz" "$WORK/lines.txt" 1 2>&1 >/dev/null |
+		awk -v rows="$ROWS" '/us per line/ { printf "core %.3f 0\n", $(NF - 3) * rows / 1000 }' >>"$WORK/times.txt"
 
 	round_sql "$round" >"$WORK/round.sql"
 	psql_q -At -f "$WORK/round.sql" >"$WORK/round.out"
@@ -353,6 +363,7 @@ describe() {	# mode, workers launched
 	echo
 	printf "%-52s %8s %10s %9s %9s\n" "what" "seconds" "rows/s" "vs CLI" "vs md5"
 	row "fasttext predict-prob (CLI, 1 thread)" "$t_cli" "$(best md5_serial)"
+	row "the core alone (classify_core.c, no PostgreSQL)" "$(best core)" "$(best md5_serial)"
 	for q in classify md5; do
 		for mode in $MODES; do
 			if [ "$q" = classify ]; then what="triage.classify"; else what="md5(review)"; fi
@@ -365,7 +376,7 @@ describe() {	# mode, workers launched
 	echo "settings: serial = max_parallel_workers_per_gather 0; default = $default_workers workers allowed, planner's choice;"
 	echo "          parallel = parallel_setup_cost 0, parallel_tuple_cost 0"
 	echo "all runs (s), in round order:"
-	for n in fasttext_cli classify_serial classify_default classify_parallel \
+	for n in fasttext_cli core classify_serial classify_default classify_parallel \
 		md5_serial md5_default md5_parallel; do
 		printf '  %-18s%s\n' "$n" "$(runs "$n")"
 	done
