@@ -71,7 +71,8 @@ $$;
 COMMENT ON FUNCTION triage.key_column(regclass) IS
 	'(internal) The single-column primary key of a table, which answers are written back by; an error otherwise.';
 
-CREATE FUNCTION triage.check_text_column(tbl regclass, col name) RETURNS void
+-- The type of a column of a table; an error if there is no such column
+CREATE FUNCTION triage.column_type(tbl regclass, col name) RETURNS regtype
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	typ regtype;
@@ -81,6 +82,18 @@ BEGIN
 	IF typ IS NULL THEN
 		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
 	END IF;
+	RETURN typ;
+END;
+$$;
+COMMENT ON FUNCTION triage.column_type(regclass, name) IS
+	'(internal) The type of a column of a table; an error if it has no such column.';
+
+CREATE FUNCTION triage.check_text_column(tbl regclass, col name) RETURNS void
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	typ regtype;
+BEGIN
+	typ := triage.column_type(tbl, col);
 	IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
 		RAISE EXCEPTION 'column "%" of % is %, not text', col, tbl, typ
 			USING ERRCODE = 'datatype_mismatch',
@@ -120,11 +133,7 @@ BEGIN
 		PERFORM triage.check_text_column(tbl, col);
 		RETURN;
 	END IF;
-	SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
-	 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
-	IF typ IS NULL THEN
-		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
-	END IF;
+	typ := triage.column_type(tbl, col);
 	IF typ <> 'jsonb'::regtype THEN
 		RAISE EXCEPTION 'column "%" of % is %, but policy "%" extracts fields into jsonb', col, tbl, typ, policy
 			USING ERRCODE = 'datatype_mismatch', HINT = 'Use a jsonb output column.';
@@ -243,11 +252,7 @@ LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	typ regtype;
 BEGIN
-	SELECT a.atttypid::regtype INTO typ FROM pg_attribute a
-	 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
-	IF typ IS NULL THEN
-		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
-	END IF;
+	typ := triage.column_type(tbl, col);
 	IF typ <> 'jsonb'::regtype THEN
 		RAISE EXCEPTION 'provenance column "%" of % is %, not jsonb', col, tbl, typ
 			USING ERRCODE = 'datatype_mismatch';
