@@ -24,6 +24,24 @@ COMMENT ON TABLE triage.policies IS
 	'How to route: which model, confidence thresholds (default and per label), rules, the audit rate and the large model''s prompt.';
 SELECT pg_catalog.pg_extension_config_dump('triage.policies', '');
 
+-- The labels (or fields) a policy lets the large model answer: some of its
+-- model's, at least one, no NULL (the prompt lists them; complete() accepts
+-- only them)
+CREATE FUNCTION triage.check_answer_names(policy text, what text, names text[], model text,
+										  model_names text[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF cardinality(names) = 0 OR array_position(names, NULL) IS NOT NULL OR NOT names <@ model_names THEN
+		RAISE EXCEPTION '% of policy "%" must be some of the % of "%" (%), without NULLs',
+			what, policy, what, model, array_to_string(model_names, ', ')
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = format('Leave %s NULL for all of them.', what);
+	END IF;
+END;
+$$;
+COMMENT ON FUNCTION triage.check_answer_names(text, text, text[], text, text[]) IS
+	'(internal) Error unless a policy''s labels or fields are a non-empty subset of its model''s, without NULLs.';
+
 -- Policies are edited in place (create_policy, calibrate or a plain UPDATE):
 -- check what routing will read, so that a bad policy fails when it is
 -- written, not on the millionth row routed
@@ -62,13 +80,7 @@ BEGIN
 					HINT = 'Train or import the model first (an extractor is not a classifier).';
 		END IF;
 		NEW.labels := coalesce(NEW.labels, model_labels);
-		IF cardinality(NEW.labels) = 0 OR array_position(NEW.labels, NULL) IS NOT NULL
-		   OR NOT NEW.labels <@ model_labels THEN
-			RAISE EXCEPTION 'labels of policy "%" must be some of the labels of "%" (%), without NULLs',
-				NEW.name, NEW.model, array_to_string(model_labels, ', ')
-				USING ERRCODE = 'invalid_parameter_value',
-					HINT = 'Leave labels NULL for all of them.';
-		END IF;
+		PERFORM triage.check_answer_names(NEW.name, 'labels', NEW.labels, NEW.model, model_labels);
 	ELSIF NEW.labels IS NOT NULL THEN
 		RAISE EXCEPTION 'an extraction policy has fields, not labels' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -81,13 +93,7 @@ BEGIN
 					HINT = 'Train one first with triage.train_extractor() (a classifier is not an extractor).';
 		END IF;
 		NEW.fields := coalesce(NEW.fields, extractor_fields);
-		IF cardinality(NEW.fields) = 0 OR array_position(NEW.fields, NULL) IS NOT NULL
-		   OR NOT NEW.fields <@ extractor_fields THEN
-			RAISE EXCEPTION 'fields of policy "%" must be some of the fields of "%" (%), without NULLs',
-				NEW.name, NEW.extractor, array_to_string(extractor_fields, ', ')
-				USING ERRCODE = 'invalid_parameter_value',
-					HINT = 'Leave fields NULL for all of them.';
-		END IF;
+		PERFORM triage.check_answer_names(NEW.name, 'fields', NEW.fields, NEW.extractor, extractor_fields);
 	ELSIF NEW.fields IS NOT NULL THEN
 		RAISE EXCEPTION 'fields need an extractor' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
