@@ -247,12 +247,8 @@ typedef struct FastTextScored
 	int32_t		label;			/* label index, 0 .. nlabels - 1 */
 } FastTextScored;
 
-typedef struct FastTextPrediction
-{
-	int32_t		label;			/* label index, 0 .. nlabels - 1 */
-	float		probability;
-	float		score;			/* log(p + 1e-5) */
-} FastTextPrediction;
+/* fastText's score is log(p + 1e-5), as fastText keeps it */
+typedef TriagePrediction FastTextPrediction;
 
 /* fastText's white space: the bytes that end a token */
 static inline bool

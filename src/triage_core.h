@@ -86,6 +86,14 @@ TriageRngUniform(TriageRng *rng)
 	return (double) (TriageRngNext(rng) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* One label of a classifier's answer, whatever its kind */
+typedef struct TriagePrediction
+{
+	int32_t		label;			/* label index, 0 .. nlabels - 1 */
+	float		probability;
+	float		score;			/* the kind's own ranking score (fastText: log(p + 1e-5)) */
+} TriagePrediction;
+
 extern void *TriageAlloc(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocZero(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocArray(const TriageAllocator *allocator, size_t count, size_t size);
