@@ -10,6 +10,7 @@ PACKAGES=(
 	postgresql-server-dev-15
 	libopenblas-dev
 	liblbfgs-dev
+	libutf8proc-dev
 	libcurl4-openssl-dev
 	libpq-dev
 	libipc-run-perl
