@@ -110,11 +110,11 @@ SELECT triage.enqueue('errs_policy', 'x', source => 'pg_authid', source_key => '
 SELECT triage.grant_policy('no_such_policy', 'triage_user');
 SELECT triage.grant_policy('errs_policy', 'no_such_role');
 SELECT triage.allow_worker('no_such_role');
-SELECT triage.check_attachment(NULL, 'errs_inbox', 'id', 'body', 'label', NULL);
+SELECT triage_internal.check_attachment(NULL, 'errs_inbox', 'id', 'body', 'label', NULL);
 SELECT count(*) AS no_rows FROM triage.label_scores(NULL);
 SELECT count(*) AS no_rows FROM triage.routing_curve('{"curve": "not an array"}');
 SET ROLE triage_admin;
-SELECT triage.write_answer(1, 'great', NULL, NULL);
+SELECT triage_internal.write_answer(1, 'great', NULL, NULL);
 RESET ROLE;
 SELECT triage.detach('errs_inbox', 'label');
 DROP TABLE errs_inbox;

@@ -185,7 +185,7 @@ CREATE TABLE mail (id int PRIMARY KEY, body text, label text, label_by jsonb);
 SELECT triage.attach('mail', 'body', 'label', 'reviews', 'label_by');
 INSERT INTO mail VALUES (1, 'the coffee was stale and bitter, never again'), (2, 'fine');
 SELECT id, label IS NOT NULL AS labelled, label_by->>'by' AS by, label_by->>'model' AS model,
-       (label_by->>'version')::int = triage.deployed_version('router') AS deployed_version,
+       (label_by->>'version')::int = triage_internal.deployed_version('router') AS deployed_version,
        (label_by->>'confidence')::real BETWEEN 0 AND 1 AS has_confidence, label_by ? 'at' AS has_time
   FROM mail ORDER BY id;
 SELECT e.id AS mail_job FROM triage.escalations e
@@ -334,7 +334,7 @@ SELECT queued_by, count(*) FROM triage.escalations WHERE policy = 'app_policy' G
 -- a hand-written trigger is held to what attach() creates: the key must be the primary key
 CREATE TABLE handmade (id int PRIMARY KEY, other int, body text, label text);
 CREATE TRIGGER triage_route_label BEFORE INSERT ON handmade FOR EACH ROW
-	EXECUTE FUNCTION triage.route_row('other', 'body', 'label', 'app_policy', '');
+	EXECUTE FUNCTION triage_internal.route_row('other', 'body', 'label', 'app_policy', '');
 INSERT INTO handmade VALUES (1, 7, 'lovely tea', NULL);
 DROP TABLE handmade;
 
@@ -388,16 +388,16 @@ UPDATE triage.escalations SET visible_at = now() - interval '1 second' WHERE id 
 SELECT count(*) > 0 AS claimed FROM triage.claim('w1', 100, '1 minute', 'orders');
 -- the request asks for the policy's fields
 SELECT request->'messages'->1->>'content' LIKE '%Fields: amount, currency, customer_name%' AS asks_fields
-  FROM triage.escalations e, LATERAL (SELECT triage.build_request(p, e.input) AS request
+  FROM triage.escalations e, LATERAL (SELECT triage_internal.build_request(p, e.input) AS request
                                        FROM triage.policies p WHERE p.name = e.policy) r
  WHERE e.id = :fields_job;
 -- answers of the wrong shape are failed attempts; the row is untouched
 SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "{\"fields\": {\"order_id\": 42}}"}}]}');
-UPDATE triage.escalations SET status = 'claimed', claimed_role = triage.caller_role(), visible_at = now() + interval '1 minute' WHERE id = :fields_job;
+UPDATE triage.escalations SET status = 'claimed', claimed_role = triage_internal.caller_role(), visible_at = now() + interval '1 minute' WHERE id = :fields_job;
 SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "{\"fields\": {\"shoe_size\": \"9\"}}"}}]}');
-UPDATE triage.escalations SET status = 'claimed', claimed_role = triage.caller_role(), visible_at = now() + interval '1 minute' WHERE id = :fields_job;
+UPDATE triage.escalations SET status = 'claimed', claimed_role = triage_internal.caller_role(), visible_at = now() + interval '1 minute' WHERE id = :fields_job;
 SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "{\"label\": \"great\"}"}}]}');
-UPDATE triage.escalations SET status = 'claimed', claimed_role = triage.caller_role(), visible_at = now() + interval '1 minute' WHERE id = :fields_job;
+UPDATE triage.escalations SET status = 'claimed', claimed_role = triage_internal.caller_role(), visible_at = now() + interval '1 minute' WHERE id = :fields_job;
 SELECT triage.complete(:fields_job, '{"choices": [{"message": {"content": "not json"}}]}');
 SELECT status, attempts, left(error, 40) AS error FROM triage.escalations WHERE id = :fields_job;
 SELECT fields->>'order_id' AS order_id, fields_by->>'by' AS by FROM support WHERE id = 2;

@@ -124,7 +124,7 @@ SELECT triage.rollback('food');
 SELECT version FROM triage.deployments WHERE name = 'food';
 
 -- temperature scaling: fitted on held-out rows, stored with the version
-SELECT (triage.deployed_version('food')) AS was_deployed \gset
+SELECT (triage_internal.deployed_version('food')) AS was_deployed \gset
 SELECT (c->>'temperature')::float > 0 AS fitted, c->'rows' AS rows,
        (c->>'nll_after')::float <= (c->>'nll_before')::float AS nll_not_worse,
        c->>'version' AS calibrated

@@ -79,7 +79,7 @@ SpiArray(int col, Oid elemtype, int *n)
 }
 
 /*
- * Read a policy into context.  triage.check_policy(), a trigger on
+ * Read a policy into context.  triage_internal.check_policy(), a trigger on
  * triage.policies, has validated the shapes of its jsonb, so the casts here
  * cannot fail on a stored policy.  Read as the current user, who needs
  * SELECT on triage.policies (triage_user has it).

@@ -8,8 +8,8 @@
  * someone else: as the caller, with the caller's search_path.  The SQL
  * functions that take one run with a pinned search_path themselves
  * (security.c), so they receive the caller's search_path from a thin
- * wrapper and read the rows through triage.query_rows(), which runs the
- * text under that path and hands back each row as text[].
+ * wrapper and read the rows through triage_internal.query_rows(), which
+ * runs the text under that path and hands back each row as text[].
  */
 #include "postgres.h"
 

@@ -2,8 +2,8 @@
  * queue.c
  *		The escalation queue's writes that cross a trust boundary: queueing a
  *		row (the row trigger and triage.enqueue()) and writing the large
- *		model's answer back into the row (triage.write_answer(), called by
- *		triage.complete()).
+ *		model's answer back into the row (triage_internal.write_answer(),
+ *		called by triage.complete()).
  *
  * Design note.  An escalation names a table, a key and columns, and
  * complete() later writes into that row.  Whoever could choose those names
@@ -157,7 +157,7 @@ ReportBadTarget(const AnswerTarget *target, const char *problem)
 static bool
 HasRouteTrigger(const AnswerTarget *target, const char *policy)
 {
-	Oid			route_row = LookupFuncName(list_make2(makeString(TRIAGE_SCHEMA), makeString("route_row")),
+	Oid			route_row = LookupFuncName(list_make2(makeString(TRIAGE_INTERNAL_SCHEMA), makeString("route_row")),
 										   0, NULL, false);
 	Relation	triggers = table_open(TriggerRelationId, AccessShareLock);
 	ScanKeyData key;
@@ -254,7 +254,7 @@ CheckAnswerTarget(const AnswerTarget *target, Policy *policy)
 		get_rel_namespace(target->relid) == get_namespace_oid(TRIAGE_SCHEMA, false))
 		ReportBadTarget(target, "a system or pg_triage table");
 	if (!HasRouteTrigger(target, policy->name))
-		ReportBadTarget(target, "no triage.route_row() trigger with these columns and this policy");
+		ReportBadTarget(target, "no triage_internal.route_row() trigger with these columns and this policy");
 	if (PrimaryKeyColumn(target->relid, &opfamily) != get_attnum(target->relid, target->key_column))
 		ReportBadTarget(target, "the key is not the table's single-column primary key");
 	type = ColumnType(target->relid, target->input_column, &attno);
@@ -583,7 +583,7 @@ triage_write_answer(PG_FUNCTION_ARGS)
 	if (!has_privs_of_role(GetUserId(), TriageOwner()))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("triage.write_answer() is for triage.complete() only")));
+				 errmsg("triage_internal.write_answer() is for triage.complete() only")));
 	if (PG_ARGISNULL(1) == PG_ARGISNULL(2))
 		elog(ERROR, "write_answer needs a label or fields");
 

@@ -148,7 +148,7 @@ RouteTriggerStateGet(FunctionCallInfo fcinfo, TriggerData *trigdata)
 	if (trigger->tgnargs != 5)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("triage.route_row() takes 5 trigger arguments, not %d", trigger->tgnargs),
+				 errmsg("triage_internal.route_row() takes 5 trigger arguments, not %d", trigger->tgnargs),
 				 errhint("Create the trigger with triage.attach().")));
 
 	state = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(RouteTriggerState));
@@ -254,7 +254,7 @@ triage_route_row(PG_FUNCTION_ARGS)
 		!(TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("triage.route_row() must be a BEFORE INSERT OR UPDATE row trigger"),
+				 errmsg("triage_internal.route_row() must be a BEFORE INSERT OR UPDATE row trigger"),
 				 errhint("Create it with triage.attach().")));
 
 	rel = trigdata->tg_relation;
@@ -329,7 +329,7 @@ triage_route_row(PG_FUNCTION_ARGS)
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 
-	/* counted at the end of the statement (triage.count_routed_rows) */
+	/* counted at the end of the statement (triage_internal.count_routed_rows) */
 	count = PendingCountFor(policy->name);
 	count->seen++;
 	if (result.escalate)
@@ -358,7 +358,7 @@ triage_count_routed_rows(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) || trigdata->tg_trigger->tgnargs != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("triage.count_routed_rows() must be an AFTER statement trigger with a policy argument"),
+				 errmsg("triage_internal.count_routed_rows() must be an AFTER statement trigger with a policy argument"),
 				 errhint("Create it with triage.attach().")));
 	policy = trigdata->tg_trigger->tgargs[0];
 	count = PendingCountFor(policy);

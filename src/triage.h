@@ -18,6 +18,8 @@
 #include "triage_core.h"
 
 #define TRIAGE_SCHEMA "triage"
+/* helpers and trigger functions, out of users' \df triage.* */
+#define TRIAGE_INTERNAL_SCHEMA "triage_internal"
 
 typedef enum ModelKind
 {

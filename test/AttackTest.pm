@@ -224,12 +224,13 @@ sub worker_sql_strings
 	return @found;
 }
 
-# The triage.* calls of a SQL text, with their number of arguments
+# The triage.* and triage_internal.* calls of a SQL text, each as
+# [schema.name, number of arguments]
 sub _triage_calls
 {
 	my ($s) = @_;
 	my @calls;
-	while ($s =~ /\btriage\.(\w+)\s*\(/g)
+	while ($s =~ /\b(triage(?:_internal)?\.\w+)\s*\(/g)
 	{
 		my ($name, $paren) = ($1, $+[0] - 1);
 		my $args = _call_args($s, $paren);
@@ -258,7 +259,7 @@ sub _path_dependence
 	my @bad = unqualified_calls($s);
 	return 'an unqualified call of ' . join(', ', @bad) if @bad;
 	(my $ops = $s) =~ s/=>|:=//g;
-	$ops =~ s/::\s*(?:pg_catalog|triage)\.//g;
+	$ops =~ s/::\s*(?:pg_catalog|triage|triage_internal)\.//g;
 	return 'a cast to an unqualified type' if $ops =~ /::/;
 	$ops =~ s/\$\d+//g;
 	return "an operator ($1)" if $ops =~ /([-+*\/<>=~!@#%^&|`?]+)/;
@@ -266,18 +267,18 @@ sub _path_dependence
 }
 
 # Whether a LANGUAGE sql body is a thin entry point: one SELECT of a call of
-# a triage.* function whose arguments use only parameters, literals, named
-# arguments and pg_catalog./triage.-qualified function calls (no operator,
-# no unqualified name followed by "(", no cast to an unqualified type).
-# Returns (1, [[called triage function, number of arguments], ...]) or
-# (0, reason).
+# a triage.* or triage_internal.* function whose arguments use only
+# parameters, literals, named arguments and pg_catalog./triage.-qualified
+# function calls (no operator, no unqualified name followed by "(", no cast
+# to an unqualified type).  Returns (1, [[called function as schema.name,
+# number of arguments], ...]) or (0, reason).
 sub thin_sql_body
 {
 	my ($src) = @_;
 	my $s = _bare_sql($src);
 	$s =~ s/^\s+|[\s;]+$//g;
 	return (0, 'not one SELECT of a triage.* call')
-	  unless $s =~ /^SELECT\s+triage\.\w+\s*\(/is;
+	  unless $s =~ /^SELECT\s+triage(?:_internal)?\.\w+\s*\(/is;
 	my $bad = _path_dependence($s);
 	return (0, $bad) if $bad;
 	return (1, [ _triage_calls($s) ]);
@@ -297,7 +298,7 @@ sub thin_plpgsql_body
 		{
 			my ($var, $type) = $decl =~ /^\s*(\w+)\s+(?:CONSTANT\s+)?([\w."\[\]%]+)/i;
 			return (0, "variable $var of an unqualified type $type")
-			  if defined $type && $type !~ /^(?:pg_catalog|triage)\./;
+			  if defined $type && $type !~ /^(?:pg_catalog|triage|triage_internal)\./;
 		}
 	}
 	(my $body = $s) =~ s/.*?\bBEGIN\b//is;

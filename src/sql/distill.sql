@@ -3,7 +3,7 @@
 
 -- Distillation --------------------------------------------------------------------
 
-CREATE FUNCTION triage.distill(name text, options jsonb,
+CREATE FUNCTION triage_internal.distill(name text, options jsonb,
 	query_search_path text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -28,12 +28,12 @@ BEGIN
 		RAISE EXCEPTION 'unknown option of distill; known: heldout, query, train'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	old_version := triage.deployed_version(name);
+	old_version := triage_internal.deployed_version(name);
 	extractor := EXISTS (SELECT FROM triage.models m WHERE m.name = distill.name AND m.version = old_version
 							AND m.kind = 'crf');
-	heldout := triage.user_rows_sql(heldout, query_search_path,
+	heldout := triage_internal.user_rows_sql(heldout, query_search_path,
 		CASE WHEN extractor THEN '{text,jsonb}' ELSE '{text,text}' END::text[]);
-	extra := triage.user_rows_sql(extra, query_search_path,
+	extra := triage_internal.user_rows_sql(extra, query_search_path,
 		CASE WHEN extractor THEN '{text,jsonb}' ELSE '{text,text}' END::text[]);
 	-- the examples of this model (human and large-model answers), and any other
 	-- labeled rows; a large-model answer only while the owner of the table it
@@ -49,7 +49,7 @@ BEGIN
 							 CASE WHEN extractor THEN 'fields' ELSE 'label' END, name)
 		|| coalesce(' UNION ALL SELECT * FROM (' || extra || ') AS extra', '');
 	before := triage.evaluate(name, heldout, old_version);
-	new_version := triage.train_model(name, CASE WHEN extractor THEN 'crf' ELSE 'fasttext' END,
+	new_version := triage_internal.train_model(name, CASE WHEN extractor THEN 'crf' ELSE 'fasttext' END,
 									  training_query, train_options,
 									  pg_catalog.current_setting('search_path'));
 	after := triage.evaluate(name, heldout, new_version);
@@ -70,14 +70,14 @@ BEGIN
 					  ELSE jsonb_build_object('accuracy', after->'accuracy', 'macro_f1', after->'macro_f1') END);
 END;
 $$;
-COMMENT ON FUNCTION triage.distill(text, jsonb, text) IS
-	'(internal) distill with the search_path to run the query text under.';
+COMMENT ON FUNCTION triage_internal.distill(text, jsonb, text) IS
+	'distill with the search_path to run the query text under.';
 
 -- As the caller, with the caller's search_path for the query text: the
 -- function above runs with search_path pinned
 CREATE FUNCTION triage.distill(name text, options jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE sql VOLATILE STRICT AS $$
-	SELECT triage.distill(name, options, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.distill(name, options, pg_catalog.current_setting('search_path'))
 $$;
 
 COMMENT ON FUNCTION triage.distill(text, jsonb) IS

@@ -3,7 +3,7 @@
 
 -- Evaluation ------------------------------------------------------------------
 
-CREATE FUNCTION triage.deployed_version(name text) RETURNS integer
+CREATE FUNCTION triage_internal.deployed_version(name text) RETURNS integer
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -18,7 +18,7 @@ BEGIN
 	RETURN v;
 END;
 $$;
-COMMENT ON FUNCTION triage.deployed_version(text) IS 'The deployed version of a model; an error if there is none.';
+COMMENT ON FUNCTION triage_internal.deployed_version(text) IS 'The deployed version of a model; an error if there is none.';
 
 -- Whether an extracted value is the one a person wrote: the same text, or
 -- the same ignoring case and white space, or the same number (1,299.00 and 1299)
@@ -49,13 +49,13 @@ COMMENT ON FUNCTION triage.same_value(text, text) IS
 -- Per-field precision, recall and F1 of an extractor on (input, fields) rows,
 -- the share of rows with every field right, and how well confidence
 -- separates right from wrong fields (AUROC)
-CREATE FUNCTION triage.evaluate_extractor(name text, query text, version integer,
+CREATE FUNCTION triage_internal.evaluate_extractor(name text, query text, version integer,
 	query_search_path text) RETURNS jsonb
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	result jsonb;
 BEGIN
-	query := triage.user_rows_sql(query, query_search_path, '{text,jsonb}');
+	query := triage_internal.user_rows_sql(query, query_search_path, '{text,jsonb}');
 	EXECUTE format($q$
 		WITH gold AS (
 			SELECT row_number() OVER () AS id, q.input::text AS input, q.fields::jsonb AS fields
@@ -110,20 +110,20 @@ BEGIN
 	RETURN result;
 END;
 $$;
-COMMENT ON FUNCTION triage.evaluate_extractor(text, text, integer, text) IS
-	'(internal) evaluate_extractor with the search_path to run the query text under.';
+COMMENT ON FUNCTION triage_internal.evaluate_extractor(text, text, integer, text) IS
+	'evaluate_extractor with the search_path to run the query text under.';
 
 -- As the caller, with the caller's search_path for the query text: the
 -- function above runs with search_path pinned
 CREATE FUNCTION triage.evaluate_extractor(name text, query text, version integer) RETURNS jsonb
 LANGUAGE sql STABLE STRICT AS $$
-	SELECT triage.evaluate_extractor(name, query, version, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.evaluate_extractor(name, query, version, pg_catalog.current_setting('search_path'))
 $$;
 
 COMMENT ON FUNCTION triage.evaluate_extractor(text, text, integer) IS
 	'Evaluates a version of an extractor on (input, fields) rows: per-field and overall precision, recall and F1 (triage.same_value), the share of rows with every field right, and the AUROC of confidence for right against wrong fields.';
 
-CREATE FUNCTION triage.evaluate(name text, query text, version integer,
+CREATE FUNCTION triage_internal.evaluate(name text, query text, version integer,
 	query_search_path text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -135,13 +135,13 @@ BEGIN
 		RAISE EXCEPTION 'name and query must not be NULL'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	v := coalesce(v, triage.deployed_version(name));
+	v := coalesce(v, triage_internal.deployed_version(name));
 	IF EXISTS (SELECT FROM triage.models m WHERE m.name = evaluate.name AND m.version = v AND m.kind = 'crf') THEN
-		RETURN triage.evaluate_extractor(name, query, v, query_search_path);
+		RETURN triage_internal.evaluate_extractor(name, query, v, query_search_path);
 	END IF;
 
 	-- one pass of the model over the rows, then every metric from it
-	query := triage.user_rows_sql(query, query_search_path, '{text,text}');
+	query := triage_internal.user_rows_sql(query, query_search_path, '{text,text}');
 	EXECUTE format($q$
 		WITH gold AS (
 			SELECT q.input::text AS input, q.label::text AS gold
@@ -209,14 +209,14 @@ BEGIN
 	RETURN result;
 END;
 $$;
-COMMENT ON FUNCTION triage.evaluate(text, text, integer, text) IS
-	'(internal) evaluate with the search_path to run the query text under.';
+COMMENT ON FUNCTION triage_internal.evaluate(text, text, integer, text) IS
+	'evaluate with the search_path to run the query text under.';
 
 -- As the caller, with the caller's search_path for the query text: the
 -- function above runs with search_path pinned
 CREATE FUNCTION triage.evaluate(name text, query text, version integer DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-	SELECT triage.evaluate(name, query, version, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.evaluate(name, query, version, pg_catalog.current_setting('search_path'))
 $$;
 
 COMMENT ON FUNCTION triage.evaluate(text, text, integer) IS

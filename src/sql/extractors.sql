@@ -15,7 +15,7 @@ COMMENT ON FUNCTION triage.train_crf(text, jsonb) IS
 -- As the caller, with the caller's search_path for the query text
 CREATE FUNCTION triage.train_extractor(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
 LANGUAGE sql VOLATILE STRICT AS $$
-	SELECT triage.train_model(name, 'crf', query, options, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.train_model(name, 'crf', query, options, pg_catalog.current_setting('search_path'))
 $$;
 COMMENT ON FUNCTION triage.train_extractor(text, text, jsonb) IS
 	'Trains a field extractor on the (input text, fields jsonb) rows of query (fields: {"field": "value as written"}) and stores it as a new version of name.';
@@ -32,9 +32,9 @@ LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	info record;
 BEGIN
-	PERFORM triage.check_model_name(name);
+	PERFORM triage_internal.check_model_name(name);
 	SELECT * INTO info FROM triage.inspect_crf(model);
-	RETURN triage.store_model(name, 'crf', info.fields, info.params, '{}', model);
+	RETURN triage_internal.store_model(name, 'crf', info.fields, info.params, '{}', model);
 END;
 $$;
 COMMENT ON FUNCTION triage.import_extractor(text, bytea) IS

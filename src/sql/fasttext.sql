@@ -11,7 +11,7 @@ COMMENT ON FUNCTION triage.inspect_fasttext(bytea) IS
 	'Validates a fastText .bin or .ftz supervised model and returns its labels and parameters.';
 
 -- The versions of a name are all classifiers or all extractors
-CREATE FUNCTION triage.check_model_kind(name text, kind text) RETURNS void
+CREATE FUNCTION triage_internal.check_model_kind(name text, kind text) RETURNS void
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -28,21 +28,21 @@ BEGIN
 	END IF;
 END;
 $$;
-COMMENT ON FUNCTION triage.check_model_kind(text, text) IS
+COMMENT ON FUNCTION triage_internal.check_model_kind(text, text) IS
 	'Raises an error if name already holds models of another kind (classifier or extractor).';
 
-CREATE FUNCTION triage.store_model(name text, kind text, labels text[], params jsonb,
+CREATE FUNCTION triage_internal.store_model(name text, kind text, labels text[], params jsonb,
 									metrics jsonb, data bytea) RETURNS integer
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	new_version integer;
 BEGIN
-	PERFORM triage.check_model_name(store_model.name);
+	PERFORM triage_internal.check_model_name(store_model.name);
 	-- one writer per name at a time, so version numbers never collide
 	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('triage.models'),
 											 pg_catalog.hashtext(store_model.name));
-	PERFORM triage.check_model_kind(store_model.name, store_model.kind);
+	PERFORM triage_internal.check_model_kind(store_model.name, store_model.kind);
 	-- never a number used before, even by a deleted version: a (name,
 	-- version) always means the same model (classify(name, version, input)
 	-- is IMMUTABLE, and backends cache models by it)
@@ -61,7 +61,7 @@ BEGIN
 	RETURN new_version;
 END;
 $$;
-COMMENT ON FUNCTION triage.store_model(text, text, text[], jsonb, jsonb, bytea) IS
+COMMENT ON FUNCTION triage_internal.store_model(text, text, text[], jsonb, jsonb, bytea) IS
 	'Stores a model as the next version of name; the first version of a name is deployed.';
 
 CREATE FUNCTION triage.import_fasttext(name text, model bytea) RETURNS integer
@@ -69,9 +69,9 @@ LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	info record;
 BEGIN
-	PERFORM triage.check_model_name(name);
+	PERFORM triage_internal.check_model_name(name);
 	SELECT * INTO info FROM triage.inspect_fasttext(model);
-	RETURN triage.store_model(name, 'fasttext', info.labels,
+	RETURN triage_internal.store_model(name, 'fasttext', info.labels,
 							  info.params || '{"source": "import"}', '{}', model);
 END;
 $$;
@@ -115,31 +115,31 @@ COMMENT ON FUNCTION triage.train_fasttext(text, jsonb) IS
 
 -- train and train_extractor: the name checked before a long training, then
 -- the trainer of the kind, then stored as the next version
-CREATE FUNCTION triage.train_model(name text, kind text, query text, options jsonb,
+CREATE FUNCTION triage_internal.train_model(name text, kind text, query text, options jsonb,
 									query_search_path text) RETURNS integer
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	trained record;
 BEGIN
-	PERFORM triage.check_model_name(name);
-	PERFORM triage.check_model_kind(name, kind);
+	PERFORM triage_internal.check_model_name(name);
+	PERFORM triage_internal.check_model_kind(name, kind);
 	IF kind = 'crf' THEN
-		query := triage.user_rows_sql(query, query_search_path, '{text,jsonb}');
+		query := triage_internal.user_rows_sql(query, query_search_path, '{text,jsonb}');
 		SELECT data, fields AS names, params, metrics INTO trained FROM triage.train_crf(query, options);
 	ELSE
-		query := triage.user_rows_sql(query, query_search_path, '{text,text}');
+		query := triage_internal.user_rows_sql(query, query_search_path, '{text,text}');
 		SELECT data, labels AS names, params, metrics INTO trained FROM triage.train_fasttext(query, options);
 	END IF;
-	RETURN triage.store_model(name, kind, trained.names, trained.params, trained.metrics, trained.data);
+	RETURN triage_internal.store_model(name, kind, trained.names, trained.params, trained.metrics, trained.data);
 END;
 $$;
-COMMENT ON FUNCTION triage.train_model(text, text, text, jsonb, text) IS
-	'(internal) Trains a model of kind on the rows of query (run under query_search_path) and stores it as the next version of name.';
+COMMENT ON FUNCTION triage_internal.train_model(text, text, text, jsonb, text) IS
+	'Trains a model of kind on the rows of query (run under query_search_path) and stores it as the next version of name.';
 
 -- As the caller, with the caller's search_path for the query text
 CREATE FUNCTION triage.train(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
 LANGUAGE sql VOLATILE STRICT AS $$
-	SELECT triage.train_model(name, 'fasttext', query, options, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.train_model(name, 'fasttext', query, options, pg_catalog.current_setting('search_path'))
 $$;
 COMMENT ON FUNCTION triage.train(text, text, jsonb) IS
 	'Trains a classifier on the (input, label) rows of query and stores it as a new version of name.';

@@ -1,6 +1,21 @@
--- pg_triage: the extension's objects, all in schema triage.
+-- pg_triage: the extension's objects, in schemas triage and triage_internal.
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION pg_triage" to load this file. \quit
+
+-- Schemas -------------------------------------------------------------------
+
+-- Made here, not from the control file (which names pg_catalog, as pg_cron's
+-- does), so that they are members of the extension: DROP EXTENSION drops
+-- them, and pg_dump leaves them to CREATE EXTENSION instead of dumping a
+-- CREATE SCHEMA that fails where the extension already exists.
+CREATE SCHEMA triage;
+COMMENT ON SCHEMA triage IS
+	'pg_triage: the functions users call (\df triage.*), its tables and views.';
+-- Helpers, trigger functions and the overloads that take the caller's
+-- search_path: what the functions of triage call, kept out of users' way
+CREATE SCHEMA triage_internal;
+COMMENT ON SCHEMA triage_internal IS
+	'pg_triage''s internal functions: what the functions of schema triage call; not an interface.';
 
 -- Model store ---------------------------------------------------------------
 
@@ -44,19 +59,19 @@ ALTER TABLE triage.models ALTER COLUMN data SET STORAGE EXTERNAL;
 SELECT pg_catalog.pg_extension_config_dump('triage.models', '');
 SELECT pg_catalog.pg_extension_config_dump('triage.deployments', '');
 
-CREATE FUNCTION triage.model_store_changed() RETURNS trigger
+CREATE FUNCTION triage_internal.model_store_changed() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'triage_model_store_changed' LANGUAGE C;
-COMMENT ON FUNCTION triage.model_store_changed() IS
+COMMENT ON FUNCTION triage_internal.model_store_changed() IS
 	'Trigger: tells every session to reload deployments and models at its next statement.';
 
 CREATE TRIGGER models_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.models
-	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION triage_internal.model_store_changed();
 CREATE TRIGGER deployments_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.deployments
-	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION triage_internal.model_store_changed();
 
-CREATE FUNCTION triage.models_immutable() RETURNS trigger
+CREATE FUNCTION triage_internal.models_immutable() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	-- the temperature changes the confidences a version gives: it is part of the version
@@ -71,12 +86,12 @@ BEGIN
 	RETURN NEW;
 END;
 $$;
-COMMENT ON FUNCTION triage.models_immutable() IS
+COMMENT ON FUNCTION triage_internal.models_immutable() IS
 	'Trigger: rejects changes to a stored model version other than its metrics (its temperature included).';
 
 CREATE TRIGGER models_immutable
 	BEFORE UPDATE ON triage.models
-	FOR EACH ROW EXECUTE FUNCTION triage.models_immutable();
+	FOR EACH ROW EXECUTE FUNCTION triage_internal.models_immutable();
 
 -- Users' query texts ---------------------------------------------------------
 
@@ -85,30 +100,30 @@ CREATE TRIGGER models_immutable
 -- runs with search_path pinned to pg_catalog, pg_temp; those that take a
 -- query get the caller's search_path from a thin wrapper and read the rows
 -- through query_rows().
-CREATE FUNCTION triage.query_rows(query text, search_path text, types text[])
+CREATE FUNCTION triage_internal.query_rows(query text, search_path text, types text[])
 	RETURNS TABLE (r text[])
 	AS 'MODULE_PATHNAME', 'triage_query_rows'
 	LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION triage.query_rows(text, text, text[]) IS
-	'(internal) The rows of a user''s query, run as the caller under search_path, each as the text of its columns, which must be of types (text or jsonb).';
+COMMENT ON FUNCTION triage_internal.query_rows(text, text, text[]) IS
+	'The rows of a user''s query, run as the caller under search_path, each as the text of its columns, which must be of types (text or jsonb).';
 
 -- A query over query_rows() that reads query's rows as columns of types
-CREATE FUNCTION triage.user_rows_sql(query text, search_path text, types text[]) RETURNS text
+CREATE FUNCTION triage_internal.user_rows_sql(query text, search_path text, types text[]) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
-	SELECT pg_catalog.format('SELECT %s FROM triage.query_rows(%L, %L, %L) AS q',
+	SELECT pg_catalog.format('SELECT %s FROM triage_internal.query_rows(%L, %L, %L) AS q',
 		(SELECT pg_catalog.string_agg(pg_catalog.format('q.r[%s]::%s', t.n, t.type), ', ' ORDER BY t.n)
 		   FROM pg_catalog.unnest(types) WITH ORDINALITY AS t(type, n)),
 		query, search_path, types)
 $$;
-COMMENT ON FUNCTION triage.user_rows_sql(text, text, text[]) IS
-	'(internal) A query that reads the rows of a user''s query (run under search_path) as columns of the given types.';
+COMMENT ON FUNCTION triage_internal.user_rows_sql(text, text, text[]) IS
+	'A query that reads the rows of a user''s query (run under search_path) as columns of the given types.';
 
 -- Results -------------------------------------------------------------------
 
 CREATE TYPE triage.prediction AS (label text, confidence real);
 COMMENT ON TYPE triage.prediction IS 'A label and the model''s probability for it.';
 
-CREATE FUNCTION triage.check_model_name(name text) RETURNS void
+CREATE FUNCTION triage_internal.check_model_name(name text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF name !~ '^[A-Za-z_][A-Za-z0-9_.-]*$' OR octet_length(name) >= 64 THEN
@@ -119,7 +134,7 @@ BEGIN
 	END IF;
 END;
 $$;
-COMMENT ON FUNCTION triage.check_model_name(text) IS
+COMMENT ON FUNCTION triage_internal.check_model_name(text) IS
 	'Raises an error unless name is a valid model name.';
 
 -- Deployment ------------------------------------------------------------------

@@ -27,7 +27,7 @@ SELECT pg_catalog.pg_extension_config_dump('triage.policies', '');
 -- The labels (or fields) a policy lets the large model answer: some of its
 -- model's, at least one, no NULL (the prompt lists them; complete() accepts
 -- only them)
-CREATE FUNCTION triage.check_answer_names(policy text, what text, names text[], model text,
+CREATE FUNCTION triage_internal.check_answer_names(policy text, what text, names text[], model text,
 										  model_names text[]) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -39,13 +39,13 @@ BEGIN
 	END IF;
 END;
 $$;
-COMMENT ON FUNCTION triage.check_answer_names(text, text, text[], text, text[]) IS
-	'(internal) Error unless a policy''s labels or fields are a non-empty subset of its model''s, without NULLs.';
+COMMENT ON FUNCTION triage_internal.check_answer_names(text, text, text[], text, text[]) IS
+	'Error unless a policy''s labels or fields are a non-empty subset of its model''s, without NULLs.';
 
 -- Policies are edited in place (create_policy, calibrate or a plain UPDATE):
 -- check what routing will read, so that a bad policy fails when it is
 -- written, not on the millionth row routed
-CREATE FUNCTION triage.check_policy() RETURNS trigger
+CREATE FUNCTION triage_internal.check_policy() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	k text;
@@ -80,7 +80,7 @@ BEGIN
 					HINT = 'Train or import the model first (an extractor is not a classifier).';
 		END IF;
 		NEW.labels := coalesce(NEW.labels, model_labels);
-		PERFORM triage.check_answer_names(NEW.name, 'labels', NEW.labels, NEW.model, model_labels);
+		PERFORM triage_internal.check_answer_names(NEW.name, 'labels', NEW.labels, NEW.model, model_labels);
 	ELSIF NEW.labels IS NOT NULL THEN
 		RAISE EXCEPTION 'an extraction policy has fields, not labels' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -93,7 +93,7 @@ BEGIN
 					HINT = 'Train one first with triage.train_extractor() (a classifier is not an extractor).';
 		END IF;
 		NEW.fields := coalesce(NEW.fields, extractor_fields);
-		PERFORM triage.check_answer_names(NEW.name, 'fields', NEW.fields, NEW.extractor, extractor_fields);
+		PERFORM triage_internal.check_answer_names(NEW.name, 'fields', NEW.fields, NEW.extractor, extractor_fields);
 	ELSIF NEW.fields IS NOT NULL THEN
 		RAISE EXCEPTION 'fields need an extractor' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -173,14 +173,14 @@ BEGIN
 	RETURN NEW;
 END;
 $$;
-COMMENT ON FUNCTION triage.check_policy() IS
+COMMENT ON FUNCTION triage_internal.check_policy() IS
 	'Trigger: validates a policy as it is written (by create_policy or by hand) and fills in its default labels and fields.';
 CREATE TRIGGER policies_check BEFORE INSERT OR UPDATE ON triage.policies
-	FOR EACH ROW EXECUTE FUNCTION triage.check_policy();
+	FOR EACH ROW EXECUTE FUNCTION triage_internal.check_policy();
 
 -- a policy in use stays: deleting it would leave attached tables failing on
 -- every insert
-CREATE FUNCTION triage.check_policy_unused() RETURNS trigger
+CREATE FUNCTION triage_internal.check_policy_unused() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	tables text;
@@ -194,14 +194,14 @@ BEGIN
 	RETURN OLD;
 END;
 $$;
-COMMENT ON FUNCTION triage.check_policy_unused() IS
+COMMENT ON FUNCTION triage_internal.check_policy_unused() IS
 	'Trigger: refuses to delete a policy that tables are attached to.';
 CREATE TRIGGER policies_in_use BEFORE DELETE ON triage.policies
-	FOR EACH ROW EXECUTE FUNCTION triage.check_policy_unused();
+	FOR EACH ROW EXECUTE FUNCTION triage_internal.check_policy_unused();
 -- every session routes with the edited policy from its next statement
 CREATE TRIGGER policies_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.policies
-	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION triage_internal.model_store_changed();
 
 -- Queueing rows under a policy spends its large-model budget and adds to
 -- its model's training examples: only its owner and the roles granted it
@@ -216,7 +216,7 @@ COMMENT ON TABLE triage.policy_grants IS
 SELECT pg_catalog.pg_extension_config_dump('triage.policy_grants', '');
 CREATE TRIGGER policy_grants_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON triage.policy_grants
-	FOR EACH STATEMENT EXECUTE FUNCTION triage.model_store_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION triage_internal.model_store_changed();
 
 CREATE FUNCTION triage.grant_policy(policy text, role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
@@ -256,7 +256,7 @@ BEGIN
 		RAISE EXCEPTION 'a policy needs a classifier (model), an extractor, or both'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	-- checked, and labels and fields defaulted, by triage.check_policy(), as
+	-- checked, and labels and fields defaulted, by triage_internal.check_policy(), as
 	-- for a policy written with INSERT or UPDATE
 	INSERT INTO triage.policies (name, model, extractor, labels, thresholds, rules, prompt,
 								 audit_rate, max_attempts)

@@ -28,7 +28,7 @@ BEGIN
 	END IF;
 	quantized := triage.quantize_fasttext(source.data, options);
 	SELECT * INTO info FROM triage.inspect_fasttext(quantized);
-	new_version := triage.store_model(name, 'fasttext', info.labels,
+	new_version := triage_internal.store_model(name, 'fasttext', info.labels,
 		source.params || jsonb_build_object('quantized', true, 'quantize', options,
 											'quantization', info.params->'quantization',
 											'quantized_from', version),

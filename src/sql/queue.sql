@@ -54,7 +54,7 @@ SELECT pg_catalog.pg_extension_config_dump('triage.examples_id_seq', '');
 
 -- Labeled rows people checked, as training examples of a model: (input,
 -- label) rows for a classifier, (input, fields jsonb) rows for an extractor
-CREATE FUNCTION triage.add_examples(model text, query text, source text,
+CREATE FUNCTION triage_internal.add_examples(model text, query text, source text,
 	query_search_path text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -71,7 +71,7 @@ BEGIN
 		RAISE EXCEPTION 'source must be human, llm or import, not "%"', source
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	query := triage.user_rows_sql(query, query_search_path, CASE WHEN kind = 'crf' THEN '{text,jsonb}' ELSE '{text,text}' END::text[]);
+	query := triage_internal.user_rows_sql(query, query_search_path, CASE WHEN kind = 'crf' THEN '{text,jsonb}' ELSE '{text,text}' END::text[]);
 	IF kind = 'crf' THEN
 		EXECUTE format('INSERT INTO triage.examples (model, input, fields, source)
 						SELECT $1, q.input::text, q.fields::jsonb, $2 FROM (%s) AS q(input, fields)
@@ -87,14 +87,14 @@ BEGIN
 	RETURN n;
 END;
 $$;
-COMMENT ON FUNCTION triage.add_examples(text, text, text, text) IS
-	'(internal) add_examples with the search_path to run the query text under.';
+COMMENT ON FUNCTION triage_internal.add_examples(text, text, text, text) IS
+	'add_examples with the search_path to run the query text under.';
 
 -- As the caller, with the caller's search_path for the query text: the
 -- function above runs with search_path pinned
 CREATE FUNCTION triage.add_examples(model text, query text, source text DEFAULT 'human') RETURNS bigint
 LANGUAGE sql VOLATILE STRICT AS $$
-	SELECT triage.add_examples(model, query, source, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.add_examples(model, query, source, pg_catalog.current_setting('search_path'))
 $$;
 
 COMMENT ON FUNCTION triage.add_examples(text, text, text) IS
@@ -112,7 +112,7 @@ CREATE TABLE triage.workers (
 COMMENT ON TABLE triage.workers IS 'triage-worker processes and their last heartbeat.';
 
 -- The chat-completions request for one row, from the policy's prompt
-CREATE FUNCTION triage.build_request(policy triage.policies, input text) RETURNS jsonb
+CREATE FUNCTION triage_internal.build_request(policy triage.policies, input text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT jsonb_build_object(
 		'messages', jsonb_build_array(
@@ -132,7 +132,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 		'temperature', 0,
 		'response_format', jsonb_build_object('type', 'json_object'))
 $$;
-COMMENT ON FUNCTION triage.build_request(triage.policies, text) IS
+COMMENT ON FUNCTION triage_internal.build_request(triage.policies, text) IS
 	'The chat-completions request body (without "model") that asks the large model to label input.';
 
 CREATE FUNCTION triage.enqueue(policy text, input text, small_answer jsonb DEFAULT NULL,
@@ -144,21 +144,21 @@ CREATE FUNCTION triage.enqueue(policy text, input text, small_answer jsonb DEFAU
 COMMENT ON FUNCTION triage.enqueue(text, text, jsonb, regclass, jsonb, text, name, name, name) IS
 	'Queues a row for the large model under a policy the caller may use and wakes listening workers (the notification carries the id only). With a source, the table must be attached to the policy with these columns, and the caller needs SELECT on its key and input and UPDATE on its output.';
 
-CREATE FUNCTION triage.queue_limits(OUT max_input_bytes bigint, OUT max_retry_after interval)
+CREATE FUNCTION triage_internal.queue_limits(OUT max_input_bytes bigint, OUT max_retry_after interval)
 	AS 'MODULE_PATHNAME', 'triage_queue_limits' LANGUAGE C STABLE PARALLEL SAFE;
-COMMENT ON FUNCTION triage.queue_limits() IS
+COMMENT ON FUNCTION triage_internal.queue_limits() IS
 	'The settings triage.max_input_bytes and triage.max_retry_after, read where the library is loaded (a worker''s session may not have loaded it).';
 
 -- The role that called: inside a SECURITY DEFINER function current_user is
 -- the definer, but the role setting is still the caller's (SET ROLE), else
 -- the session's
-CREATE FUNCTION triage.caller_role() RETURNS regrole
+CREATE FUNCTION triage_internal.caller_role() RETURNS regrole
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT r.oid::regrole FROM pg_catalog.pg_roles r
 	 WHERE r.rolname = CASE WHEN pg_catalog.current_setting('role') = 'none' THEN SESSION_USER
 							ELSE pg_catalog.current_setting('role') END
 $$;
-COMMENT ON FUNCTION triage.caller_role() IS
+COMMENT ON FUNCTION triage_internal.caller_role() IS
 	'The role calling a queue function (the SET ROLE role, else the session user), which owns the leases it claims.';
 
 -- Roles are cluster-wide: a login in triage_worker could reach the queue of
@@ -192,8 +192,8 @@ CREATE FUNCTION triage.claim(worker text, n integer, visibility interval DEFAULT
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-	caller regrole := triage.caller_role();
-	max_bytes bigint := (triage.queue_limits()).max_input_bytes;
+	caller regrole := triage_internal.caller_role();
+	max_bytes bigint := (triage_internal.queue_limits()).max_input_bytes;
 	picked record;
 BEGIN
 	IF worker IS NULL OR n IS NULL OR n < 1 OR n > 10000 OR visibility IS NULL OR visibility <= '0'::interval THEN
@@ -239,7 +239,7 @@ BEGIN
 			  FROM triage.policies p
 			 WHERE e.id = picked.id AND p.name = e.policy
 			-- built now, so that a prompt edited meanwhile applies to rows still queued
-			RETURNING e.id, triage.build_request(p, e.input) INTO id, request;
+			RETURNING e.id, triage_internal.build_request(p, e.input) INTO id, request;
 			RETURN NEXT;
 		EXCEPTION WHEN OTHERS THEN
 			UPDATE triage.escalations e
@@ -254,7 +254,7 @@ COMMENT ON FUNCTION triage.claim(text, integer, interval, text) IS
 	'Leases up to n escalations to the calling role (which must be allowed with triage.allow_worker()) until now() + visibility (FOR UPDATE SKIP LOCKED); returns each one''s request body. Expired leases count as attempts; a row at its last attempt, or too large, is dead-lettered.';
 
 -- The label in a chat-completions reply: {"label": ...} content, or a bare label
-CREATE FUNCTION triage.answer_label(response jsonb, labels text[]) RETURNS text
+CREATE FUNCTION triage_internal.answer_label(response jsonb, labels text[]) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	content text := response #>> '{choices,0,message,content}';
@@ -285,7 +285,7 @@ $$;
 
 -- The escalation id, locked, if the calling role holds its lease and the
 -- lease still holds; NULL otherwise (complete and fail then say "stale")
-CREATE FUNCTION triage.leased_escalation(id bigint) RETURNS triage.escalations
+CREATE FUNCTION triage_internal.leased_escalation(id bigint) RETURNS triage.escalations
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -295,15 +295,15 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'escalation % does not exist', id USING ERRCODE = 'undefined_object';
 	END IF;
-	IF e.status <> 'claimed' OR e.claimed_role IS DISTINCT FROM triage.caller_role()
+	IF e.status <> 'claimed' OR e.claimed_role IS DISTINCT FROM triage_internal.caller_role()
 	   OR e.visible_at <= clock_timestamp() THEN
 		RETURN NULL;
 	END IF;
 	RETURN e;
 END;
 $$;
-COMMENT ON FUNCTION triage.leased_escalation(bigint) IS
-	'(internal) An escalation, locked, if the calling role holds its lease and it still holds; else NULL.';
+COMMENT ON FUNCTION triage_internal.leased_escalation(bigint) IS
+	'An escalation, locked, if the calling role holds its lease and it still holds; else NULL.';
 
 CREATE FUNCTION triage.fail(id bigint, error text, retry_after interval DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -313,7 +313,7 @@ DECLARE
 	max_attempts integer;
 	backoff interval;
 BEGIN
-	e := triage.leased_escalation(id);
+	e := triage_internal.leased_escalation(id);
 	IF e IS NULL THEN
 		RETURN 'stale';
 	END IF;
@@ -323,7 +323,7 @@ BEGIN
 	backoff := least(greatest(coalesce(retry_after,
 							pg_catalog.make_interval(secs => least(300, 2 ^ e.attempts) * (0.5 + pg_catalog.random()))),
 						'0'::interval),
-						(triage.queue_limits()).max_retry_after);
+						(triage_internal.queue_limits()).max_retry_after);
 	UPDATE triage.escalations x
 	   SET attempts = x.attempts + 1,
 		   error = pg_catalog.left(fail.error, 2000),
@@ -343,14 +343,14 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 	UPDATE triage.escalations
 	   SET status = 'pending', visible_at = now(), claimed_by = NULL, claimed_role = NULL
 	 WHERE escalations.id = release.id AND status = 'claimed'
-	   AND claimed_role = triage.caller_role() AND visible_at > pg_catalog.clock_timestamp()
+	   AND claimed_role = triage_internal.caller_role() AND visible_at > pg_catalog.clock_timestamp()
 $$;
 COMMENT ON FUNCTION triage.release(bigint) IS
 	'Gives an escalation leased to the caller back without counting an attempt.';
 
 -- The fields of a chat-completions reply: {"fields": {"field": "value"}}
 -- with only allowed field names and string (or null) values; else NULL
-CREATE FUNCTION triage.answer_fields(response jsonb, allowed text[]) RETURNS jsonb
+CREATE FUNCTION triage_internal.answer_fields(response jsonb, allowed text[]) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	content text := response #>> '{choices,0,message,content}';
@@ -381,28 +381,28 @@ BEGIN
 	RETURN result;
 END;
 $$;
-COMMENT ON FUNCTION triage.answer_fields(jsonb, text[]) IS
+COMMENT ON FUNCTION triage_internal.answer_fields(jsonb, text[]) IS
 	'The fields a chat-completions reply gives ({"fields": {...}}: allowed names, string values), without empty ones; NULL if the reply is anything else.';
 
-COMMENT ON FUNCTION triage.answer_label(jsonb, text[]) IS
+COMMENT ON FUNCTION triage_internal.answer_label(jsonb, text[]) IS
 	'The label a chat-completions reply gives ({"label": ...} or a bare label), if it is one of labels; else NULL.';
 
 -- What a large model's reply says it used, kept only as whole token counts:
 -- triage.escalation_stats sums them for everyone, so one odd reply must not
 -- break it
-CREATE FUNCTION triage.usage_counts(usage jsonb) RETURNS jsonb
+CREATE FUNCTION triage_internal.usage_counts(usage jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT pg_catalog.jsonb_object_agg(u.k, u.v)
 	  FROM pg_catalog.jsonb_each(CASE WHEN pg_catalog.jsonb_typeof(usage) = 'object' THEN usage END) AS u(k, v)
 	 WHERE u.k IN ('prompt_tokens', 'completion_tokens', 'total_tokens')
 	   AND pg_catalog.jsonb_typeof(u.v) = 'number' AND u.v::text ~ '^[0-9]{1,15}$'
 $$;
-COMMENT ON FUNCTION triage.usage_counts(jsonb) IS
+COMMENT ON FUNCTION triage_internal.usage_counts(jsonb) IS
 	'The token counts of a reply''s usage object (prompt, completion, total: whole numbers), without anything else.';
 
-CREATE FUNCTION triage.write_answer(id bigint, label text, fields jsonb, provenance jsonb) RETURNS text
+CREATE FUNCTION triage_internal.write_answer(id bigint, label text, fields jsonb, provenance jsonb) RETURNS text
 	AS 'MODULE_PATHNAME', 'triage_write_answer' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION triage.write_answer(bigint, text, jsonb, jsonb) IS
+COMMENT ON FUNCTION triage_internal.write_answer(bigint, text, jsonb, jsonb) IS
 	'For complete() only: writes an answer into its source row as the table''s owner (restricted), after checking the table is still attached with those columns; returns the outcome.';
 
 CREATE FUNCTION triage.complete(id bigint, response jsonb) RETURNS text
@@ -415,17 +415,17 @@ DECLARE
 	result_outcome text;
 	fields jsonb;
 BEGIN
-	e := triage.leased_escalation(id);
+	e := triage_internal.leased_escalation(id);
 	IF e IS NULL THEN
 		RETURN 'stale';
 	END IF;
 	SELECT * INTO p FROM triage.policies x WHERE x.name = e.policy;
 	IF p.model IS NULL THEN
 		-- an extraction policy: the answer is an object of fields
-		fields := triage.answer_fields(response, p.fields);
+		fields := triage_internal.answer_fields(response, p.fields);
 		label := fields::text;
 	ELSE
-		label := triage.answer_label(response, p.labels);
+		label := triage_internal.answer_label(response, p.labels);
 	END IF;
 	IF label IS NULL THEN
 		-- a failed attempt; 'dead' when it was the last one allowed
@@ -442,7 +442,7 @@ BEGIN
 	-- longer) an attached table with these columns is refused: the row is
 	-- dead-lettered and its answer trains nothing.
 	BEGIN
-		result_outcome := triage.write_answer(e.id, CASE WHEN fields IS NULL THEN label END, fields,
+		result_outcome := triage_internal.write_answer(e.id, CASE WHEN fields IS NULL THEN label END, fields,
 			CASE WHEN e.provenance_column IS NOT NULL THEN pg_catalog.jsonb_build_object(
 				'by', 'llm', 'model', response->>'model',
 				'prompt_version', p.prompt->'version', 'escalation', e.id, 'at', now()) END);
@@ -460,7 +460,7 @@ BEGIN
 									   coalesce(fields, pg_catalog.to_jsonb(label)), 'by', 'llm',
 									   'model', response->>'model',
 									   'prompt_version', p.prompt->'version', 'at', now()),
-		   usage = triage.usage_counts(response->'usage')
+		   usage = triage_internal.usage_counts(response->'usage')
 	 WHERE x.id = complete.id;
 	IF fields IS NULL THEN
 		INSERT INTO triage.examples (model, input, label, source, escalation, source_table)
@@ -499,7 +499,7 @@ ALTER FUNCTION triage.complete(bigint, jsonb) SECURITY DEFINER SET search_path =
 ALTER FUNCTION triage.fail(bigint, text, interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.release(bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.heartbeat(text, text, integer, bigint, bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-REVOKE ALL ON FUNCTION triage.write_answer(bigint, text, jsonb, jsonb), triage.leased_escalation(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION triage_internal.write_answer(bigint, text, jsonb, jsonb), triage_internal.leased_escalation(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) FROM PUBLIC;

@@ -22,6 +22,9 @@ BEGIN
 END
 $$;
 GRANT USAGE ON SCHEMA triage TO triage_user, triage_worker, triage_admin;
+-- the helpers the functions of triage call as their caller (SECURITY
+-- INVOKER): whoever may use schema triage may reach them
+GRANT USAGE ON SCHEMA triage_internal TO triage_user, triage_worker, triage_admin;
 -- Users classify and route: they read policies and what models are, but not
 -- a model's bytes (a fastText dictionary lists its training words), which
 -- the extension reads for them
@@ -48,9 +51,9 @@ GRANT EXECUTE ON FUNCTION triage.distill(text, jsonb) TO triage_admin;
 
 -- process_table's counters, progress and queue lookups: SECURITY DEFINER,
 -- each checking its caller, for the roles that route rows
-REVOKE ALL ON FUNCTION triage.compact_counters(), triage.count_routed(text, bigint, bigint),
-	triage.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean),
-	triage.open_escalation(regclass, jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION triage.compact_counters(), triage.count_routed(text, bigint, bigint),
-	triage.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean),
-	triage.open_escalation(regclass, jsonb) TO triage_user;
+REVOKE ALL ON FUNCTION triage.compact_counters(), triage_internal.count_routed(text, bigint, bigint),
+	triage_internal.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean),
+	triage_internal.open_escalation(regclass, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION triage.compact_counters(), triage_internal.count_routed(text, bigint, bigint),
+	triage_internal.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean),
+	triage_internal.open_escalation(regclass, jsonb) TO triage_user;

@@ -17,7 +17,7 @@ COMMENT ON FUNCTION triage.route(text, text) IS
 
 -- The checks calibrate and train_and_calibrate share, before any work: the
 -- arguments, and the policy, locked until the thresholds are stored.
-CREATE FUNCTION triage.lock_policy_for_calibration(policy text, query text, target_accuracy real,
+CREATE FUNCTION triage_internal.lock_policy_for_calibration(policy text, query text, target_accuracy real,
 												   max_escalation real) RETURNS triage.policies
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -44,14 +44,14 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION triage.lock_policy_for_calibration(text, text, real, real) IS
-	'(internal) The checks calibrate and train_and_calibrate share; locks the policy until the thresholds are stored.';
+COMMENT ON FUNCTION triage_internal.lock_policy_for_calibration(text, text, real, real) IS
+	'The checks calibrate and train_and_calibrate share; locks the policy until the thresholds are stored.';
 
 -- Chooses and stores a policy's thresholds from rows of the model's answers
 -- ([{"l": label, "c": confidence, "ok": right?}]): the part of calibrate and
 -- train_and_calibrate after the answers are known.  source (what gave the
 -- answers) is stored and returned with the result.
-CREATE FUNCTION triage.calibrate_answers(policy text, rows jsonb, target_accuracy real,
+CREATE FUNCTION triage_internal.calibrate_answers(policy text, rows jsonb, target_accuracy real,
 										 max_escalation real, source jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -166,10 +166,10 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION triage.calibrate_answers(text, jsonb, real, real, jsonb) IS
-	'(internal) Chooses and stores a policy''s thresholds from rows of the model''s answers ([{"l", "c", "ok"}]).';
+COMMENT ON FUNCTION triage_internal.calibrate_answers(text, jsonb, real, real, jsonb) IS
+	'Chooses and stores a policy''s thresholds from rows of the model''s answers ([{"l", "c", "ok"}]).';
 
-CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real, max_escalation real,
+CREATE FUNCTION triage_internal.calibrate(policy text, query text, target_accuracy real, max_escalation real,
 	query_search_path text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -177,9 +177,9 @@ DECLARE
 	p triage.policies;
 	rows jsonb;
 BEGIN
-	p := triage.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
+	p := triage_internal.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
 
-	query := triage.user_rows_sql(query, query_search_path, '{text,text}');
+	query := triage_internal.user_rows_sql(query, query_search_path, '{text,text}');
 
 	-- the model's answer and confidence on every labeled row
 	EXECUTE format($q$
@@ -189,17 +189,17 @@ BEGIN
 				  FROM (%s) AS q(input, label)
 				 WHERE q.input IS NOT NULL AND q.label IS NOT NULL) s
 	$q$, query) INTO rows USING p.model;
-	RETURN triage.calibrate_answers(policy, rows, target_accuracy, max_escalation);
+	RETURN triage_internal.calibrate_answers(policy, rows, target_accuracy, max_escalation);
 END;
 $$;
-COMMENT ON FUNCTION triage.calibrate(text, text, real, real, text) IS
-	'(internal) calibrate with the search_path to run the query text under.';
+COMMENT ON FUNCTION triage_internal.calibrate(text, text, real, real, text) IS
+	'calibrate with the search_path to run the query text under.';
 
 -- As the caller, with the caller's search_path for the query text: the
 -- function above runs with search_path pinned
 CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE AS $$
-	SELECT triage.calibrate(policy, query, target_accuracy, max_escalation, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.calibrate(policy, query, target_accuracy, max_escalation, pg_catalog.current_setting('search_path'))
 $$;
 
 COMMENT ON FUNCTION triage.calibrate(text, text, real, real) IS
@@ -212,7 +212,7 @@ CREATE FUNCTION triage.cross_validate(query text, options jsonb DEFAULT '{}', fo
 COMMENT ON FUNCTION triage.cross_validate(text, jsonb, integer) IS
 	'Every (input, label) row of query with the answer of a model trained with options on the other folds (rows go to folds by a hash of their input, so copies share one): how a model trained on all of them will do on new rows.';
 
-CREATE FUNCTION triage.train_and_calibrate(policy text, query text, options jsonb, target_accuracy real, max_escalation real, folds integer,
+CREATE FUNCTION triage_internal.train_and_calibrate(policy text, query text, options jsonb, target_accuracy real, max_escalation real, folds integer,
 	query_search_path text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -221,7 +221,7 @@ DECLARE
 	rows jsonb;
 	version integer;
 BEGIN
-	p := triage.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
+	p := triage_internal.lock_policy_for_calibration(policy, query, target_accuracy, max_escalation);
 	IF options IS NULL OR folds IS NULL THEN
 		RAISE EXCEPTION 'options and folds must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -230,8 +230,8 @@ BEGIN
 			USING ERRCODE = 'wrong_object_type',
 				HINT = 'train_and_calibrate trains the policy''s model; an extraction policy has none.';
 	END IF;
-	PERFORM triage.check_model_kind(p.model, 'fasttext');
-	query := triage.user_rows_sql(query, query_search_path, '{text,text}');
+	PERFORM triage_internal.check_model_kind(p.model, 'fasttext');
+	query := triage_internal.user_rows_sql(query, query_search_path, '{text,text}');
 
 	-- thresholds from every row's out-of-fold answer ...
 	SELECT jsonb_agg(jsonb_build_object('l', x.predicted, 'c', coalesce(x.confidence, 0),
@@ -241,18 +241,18 @@ BEGIN
 	-- ... for the model of all of them, deployed with its thresholds
 	version := triage.train(p.model, query, options);
 	PERFORM triage.deploy(p.model, version);
-	RETURN triage.calibrate_answers(policy, rows, target_accuracy, max_escalation,
+	RETURN triage_internal.calibrate_answers(policy, rows, target_accuracy, max_escalation,
 									jsonb_build_object('model', p.model, 'version', version, 'folds', folds));
 END;
 $$;
-COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer, text) IS
-	'(internal) train_and_calibrate with the search_path to run the query text under.';
+COMMENT ON FUNCTION triage_internal.train_and_calibrate(text, text, jsonb, real, real, integer, text) IS
+	'train_and_calibrate with the search_path to run the query text under.';
 
 -- As the caller, with the caller's search_path for the query text: the
 -- function above runs with search_path pinned
 CREATE FUNCTION triage.train_and_calibrate(policy text, query text, options jsonb DEFAULT '{}', target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL, folds integer DEFAULT 5) RETURNS jsonb
 LANGUAGE sql VOLATILE AS $$
-	SELECT triage.train_and_calibrate(policy, query, options, target_accuracy, max_escalation, folds, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.train_and_calibrate(policy, query, options, target_accuracy, max_escalation, folds, pg_catalog.current_setting('search_path'))
 $$;
 
 COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer) IS

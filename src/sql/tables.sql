@@ -47,7 +47,7 @@ SELECT source, policy, rows_done, rows_total, escalated, finished,
 COMMENT ON VIEW triage.process_progress IS 'triage.process_table() progress: rows done, rows/s, ETA, escalated so far.';
 
 -- The single-column primary key of a table, checked for attach and process_table
-CREATE FUNCTION triage.key_column(tbl regclass) RETURNS name
+CREATE FUNCTION triage_internal.key_column(tbl regclass) RETURNS name
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	cols name[];
@@ -68,11 +68,11 @@ BEGIN
 	RETURN cols[1];
 END;
 $$;
-COMMENT ON FUNCTION triage.key_column(regclass) IS
-	'(internal) The single-column primary key of a table, which answers are written back by; an error otherwise.';
+COMMENT ON FUNCTION triage_internal.key_column(regclass) IS
+	'The single-column primary key of a table, which answers are written back by; an error otherwise.';
 
 -- The type of a column of a table; an error if there is no such column
-CREATE FUNCTION triage.column_type(tbl regclass, col name) RETURNS regtype
+CREATE FUNCTION triage_internal.column_type(tbl regclass, col name) RETURNS regtype
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	typ regtype;
@@ -85,15 +85,15 @@ BEGIN
 	RETURN typ;
 END;
 $$;
-COMMENT ON FUNCTION triage.column_type(regclass, name) IS
-	'(internal) The type of a column of a table; an error if it has no such column.';
+COMMENT ON FUNCTION triage_internal.column_type(regclass, name) IS
+	'The type of a column of a table; an error if it has no such column.';
 
-CREATE FUNCTION triage.check_text_column(tbl regclass, col name) RETURNS void
+CREATE FUNCTION triage_internal.check_text_column(tbl regclass, col name) RETURNS void
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	typ regtype;
 BEGIN
-	typ := triage.column_type(tbl, col);
+	typ := triage_internal.column_type(tbl, col);
 	IF typ NOT IN ('text'::regtype, 'character varying'::regtype) THEN
 		RAISE EXCEPTION 'column "%" of % is %, not text', col, tbl, typ
 			USING ERRCODE = 'datatype_mismatch',
@@ -101,23 +101,23 @@ BEGIN
 	END IF;
 END;
 $$;
-COMMENT ON FUNCTION triage.check_text_column(regclass, name) IS
-	'(internal) Error unless the column exists and is text or varchar.';
+COMMENT ON FUNCTION triage_internal.check_text_column(regclass, name) IS
+	'Error unless the column exists and is text or varchar.';
 
 -- The statement that routes the rows of rows_sql for process_table: writes
 -- labels (and provenance), queues escalations (unless the row already has
 -- one open), returns (routed, escalated, last key, written).  Parameters:
 -- $1 policy, $2 table, $3 key column, $4 input column, $5 output column,
 -- $6 provenance column, $7 model, $8 its deployed version.
-CREATE FUNCTION triage.field_values(fields jsonb) RETURNS jsonb
+CREATE FUNCTION triage_internal.field_values(fields jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT coalesce(jsonb_object_agg(k, v->'value'), '{}') FROM jsonb_each(fields) AS f(k, v)
 $$;
-COMMENT ON FUNCTION triage.field_values(jsonb) IS
+COMMENT ON FUNCTION triage_internal.field_values(jsonb) IS
 	'The values of what extract() returns, without offsets and confidences: {"field": "value"}.';
 
 -- The output column of an attached table: text for a classifying policy, jsonb for an extraction policy
-CREATE FUNCTION triage.check_output_column(tbl regclass, col name, policy text) RETURNS void
+CREATE FUNCTION triage_internal.check_output_column(tbl regclass, col name, policy text) RETURNS void
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -130,20 +130,20 @@ BEGIN
 			USING ERRCODE = 'undefined_object', HINT = 'Create one with triage.create_policy().';
 	END IF;
 	IF NOT extraction THEN
-		PERFORM triage.check_text_column(tbl, col);
+		PERFORM triage_internal.check_text_column(tbl, col);
 		RETURN;
 	END IF;
-	typ := triage.column_type(tbl, col);
+	typ := triage_internal.column_type(tbl, col);
 	IF typ <> 'jsonb'::regtype THEN
 		RAISE EXCEPTION 'column "%" of % is %, but policy "%" extracts fields into jsonb', col, tbl, typ, policy
 			USING ERRCODE = 'datatype_mismatch', HINT = 'Use a jsonb output column.';
 	END IF;
 END;
 $$;
-COMMENT ON FUNCTION triage.check_output_column(regclass, name, text) IS
-	'(internal) Error unless the column can hold what the policy answers: text for a label, jsonb for fields.';
+COMMENT ON FUNCTION triage_internal.check_output_column(regclass, name, text) IS
+	'Error unless the column can hold what the policy answers: text for a label, jsonb for fields.';
 
-CREATE FUNCTION triage.route_rows_sql(tbl regclass, key_col name, input_col name, output_col name,
+CREATE FUNCTION triage_internal.route_rows_sql(tbl regclass, key_col name, input_col name, output_col name,
 									  provenance_col name, rows_sql text, extraction boolean DEFAULT false)
 	RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -156,11 +156,11 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 			RETURNING t.%1$I),
 		queued AS (
 			SELECT triage.enqueue($1, r.input, jsonb_strip_nulls(jsonb_build_object('label', (r.d).label,
-								  'fields', triage.field_values((r.d).fields), 'confidence', (r.d).confidence)),
+								  'fields', triage_internal.field_values((r.d).fields), 'confidence', (r.d).confidence)),
 								  $2, jsonb_build_object($3, r.k::text), (r.d).reason, $4, $5, $6) AS id
 			  FROM routed r
 			 WHERE (r.d).escalate
-			   AND NOT triage.open_escalation($2, jsonb_build_object($3, r.k::text)))
+			   AND NOT triage_internal.open_escalation($2, jsonb_build_object($3, r.k::text)))
 		SELECT (SELECT count(*) FROM routed) AS routed, (SELECT count(*) FROM queued) AS escalated,
 			   (SELECT k::text FROM routed ORDER BY k DESC LIMIT 1) AS last_key, (SELECT count(*) FROM written) AS written
 	$q$, key_col, input_col, rows_sql, tbl, output_col,
@@ -169,35 +169,35 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 										 'confidence', round((r.d).confidence::numeric, 4),
 										 'at', now())$p$, provenance_col)
 			 ELSE '' END,
-		CASE WHEN extraction THEN 'triage.field_values((r.d).fields)' ELSE '(r.d).label' END)
+		CASE WHEN extraction THEN 'triage_internal.field_values((r.d).fields)' ELSE '(r.d).label' END)
 $$;
-COMMENT ON FUNCTION triage.route_rows_sql(regclass, name, name, name, name, text, boolean) IS
-	'(internal) The set-based statement process_table runs per batch: writes answers, queues escalations, returns the counts.';
+COMMENT ON FUNCTION triage_internal.route_rows_sql(regclass, name, name, name, name, text, boolean) IS
+	'The set-based statement process_table runs per batch: writes answers, queues escalations, returns the counts.';
 
 -- The counters and the progress are written as the extension's owner: a
 -- table owner routing with process_table needs no rights on them, and may
 -- count only under policies it may use, and record progress only for
 -- tables it may update
-CREATE FUNCTION triage.count_routed(policy text, routed bigint, escalated bigint) RETURNS void
+CREATE FUNCTION triage_internal.count_routed(policy text, routed bigint, escalated bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	IF NOT triage.may_use_policy(policy, triage.caller_role()) THEN
-		RAISE EXCEPTION 'role "%" may not use policy "%"', triage.caller_role(), policy
+	IF NOT triage.may_use_policy(policy, triage_internal.caller_role()) THEN
+		RAISE EXCEPTION 'role "%" may not use policy "%"', triage_internal.caller_role(), policy
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	INSERT INTO triage.policy_counters (policy, seen, escalated)
 	SELECT policy, routed, escalated WHERE routed > 0;
 END;
 $$;
-COMMENT ON FUNCTION triage.count_routed(text, bigint, bigint) IS
-	'(internal) Adds rows routed by process_table to triage.policy_counters.';
+COMMENT ON FUNCTION triage_internal.count_routed(text, bigint, bigint) IS
+	'Adds rows routed by process_table to triage.policy_counters.';
 
 -- Whether a row already waits for the large model (process_table queues it
 -- once), for a caller who may read the table but not the queue
-CREATE FUNCTION triage.open_escalation(source regclass, source_key jsonb) RETURNS boolean
+CREATE FUNCTION triage_internal.open_escalation(source regclass, source_key jsonb) RETURNS boolean
 LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	IF NOT has_table_privilege(triage.caller_role(), source, 'SELECT') THEN
+	IF NOT has_table_privilege(triage_internal.caller_role(), source, 'SELECT') THEN
 		RAISE EXCEPTION 'permission denied for table %', source USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	RETURN EXISTS (SELECT FROM triage.escalations e
@@ -205,14 +205,14 @@ BEGIN
 					  AND e.status IN ('pending', 'claimed'));
 END;
 $$;
-COMMENT ON FUNCTION triage.open_escalation(regclass, jsonb) IS
-	'(internal) Whether a row of a table the caller may read waits for the large model.';
+COMMENT ON FUNCTION triage_internal.open_escalation(regclass, jsonb) IS
+	'Whether a row of a table the caller may read waits for the large model.';
 
-CREATE FUNCTION triage.record_progress(tbl regclass, policy text, started timestamptz, total bigint,
+CREATE FUNCTION triage_internal.record_progress(tbl regclass, policy text, started timestamptz, total bigint,
 									   done bigint, escalated bigint, finished boolean) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	IF NOT has_table_privilege(triage.caller_role(), tbl, 'UPDATE') THEN
+	IF NOT has_table_privilege(triage_internal.caller_role(), tbl, 'UPDATE') THEN
 		RAISE EXCEPTION 'permission denied to record the progress of %', tbl
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
@@ -224,80 +224,80 @@ BEGIN
 		rows_done = excluded.rows_done, escalated = excluded.escalated, finished = excluded.finished;
 END;
 $$;
-COMMENT ON FUNCTION triage.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean) IS
-	'(internal) Records process_table''s progress on a table in triage.progress.';
+COMMENT ON FUNCTION triage_internal.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean) IS
+	'Records process_table''s progress on a table in triage.progress.';
 
-CREATE FUNCTION triage.route_row() RETURNS trigger
+CREATE FUNCTION triage_internal.route_row() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'triage_route_row' LANGUAGE C;
-COMMENT ON FUNCTION triage.route_row() IS
+COMMENT ON FUNCTION triage_internal.route_row() IS
 	'Row trigger of attached tables: writes the small model''s label into the row being inserted (or whose input is updated) and queues it when the policy escalates it.';
 
 -- The tables attached to a policy: their route triggers name it
 CREATE FUNCTION triage.attached_tables(policy text) RETURNS SETOF regclass
 LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 	SELECT DISTINCT t.tgrelid::regclass FROM pg_catalog.pg_trigger t
-	 WHERE t.tgfoid = 'triage.route_row()'::regprocedure AND t.tgnargs = 5
+	 WHERE t.tgfoid = 'triage_internal.route_row()'::regprocedure AND t.tgnargs = 5
 	   AND (pg_catalog.string_to_array(pg_catalog.encode(t.tgargs, 'escape'), '\000'))[4] = policy
 $$;
 COMMENT ON FUNCTION triage.attached_tables(text) IS
 	'The tables attached to a policy (triage.attach()).';
 
-CREATE FUNCTION triage.count_routed_rows() RETURNS trigger
+CREATE FUNCTION triage_internal.count_routed_rows() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'triage_count_routed_rows' LANGUAGE C;
-COMMENT ON FUNCTION triage.count_routed_rows() IS
+COMMENT ON FUNCTION triage_internal.count_routed_rows() IS
 	'Statement trigger of attached tables: adds the statement''s routed rows to triage.policy_counters.';
 
-CREATE FUNCTION triage.check_provenance_column(tbl regclass, col name) RETURNS void
+CREATE FUNCTION triage_internal.check_provenance_column(tbl regclass, col name) RETURNS void
 LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	typ regtype;
 BEGIN
-	typ := triage.column_type(tbl, col);
+	typ := triage_internal.column_type(tbl, col);
 	IF typ <> 'jsonb'::regtype THEN
 		RAISE EXCEPTION 'provenance column "%" of % is %, not jsonb', col, tbl, typ
 			USING ERRCODE = 'datatype_mismatch';
 	END IF;
 END;
 $$;
-COMMENT ON FUNCTION triage.check_provenance_column(regclass, name) IS
-	'(internal) Error unless the provenance column exists and is jsonb.';
+COMMENT ON FUNCTION triage_internal.check_provenance_column(regclass, name) IS
+	'Error unless the provenance column exists and is jsonb.';
 
-CREATE FUNCTION triage.check_attachment(policy text, tbl regclass, key_column name, input_column name,
+CREATE FUNCTION triage_internal.check_attachment(policy text, tbl regclass, key_column name, input_column name,
 										output_column name, provenance_column name) RETURNS void
 	AS 'MODULE_PATHNAME', 'triage_check_attachment' LANGUAGE C STABLE;
-COMMENT ON FUNCTION triage.check_attachment(text, regclass, name, name, name, name) IS
+COMMENT ON FUNCTION triage_internal.check_attachment(text, regclass, name, name, name, name) IS
 	'Error unless the current role may use policy and tbl is attached to it with these columns (what queueing and complete() check).';
 
 -- What attach and process_table check of a table: a single-column primary
 -- key (returned), a text input, an output of what the policy answers, a
 -- jsonb provenance column if one is given
-CREATE FUNCTION triage.check_columns(tbl regclass, input_column name, output_column name, policy text,
+CREATE FUNCTION triage_internal.check_columns(tbl regclass, input_column name, output_column name, policy text,
 									 provenance_column name) RETURNS name
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	key_col name := triage.key_column(tbl);
+	key_col name := triage_internal.key_column(tbl);
 BEGIN
-	PERFORM triage.check_text_column(tbl, input_column);
-	PERFORM triage.check_output_column(tbl, output_column, policy);
+	PERFORM triage_internal.check_text_column(tbl, input_column);
+	PERFORM triage_internal.check_output_column(tbl, output_column, policy);
 	IF provenance_column IS NOT NULL THEN
-		PERFORM triage.check_provenance_column(tbl, provenance_column);
+		PERFORM triage_internal.check_provenance_column(tbl, provenance_column);
 	END IF;
 	RETURN key_col;
 END;
 $$;
-COMMENT ON FUNCTION triage.check_columns(regclass, name, name, text, name) IS
-	'(internal) What attach and process_table check of a table''s columns; returns its key column.';
+COMMENT ON FUNCTION triage_internal.check_columns(regclass, name, name, text, name) IS
+	'What attach and process_table check of a table''s columns; returns its key column.';
 
 -- The name of an attach() trigger for an output column: the column's name
 -- when it fits in 63 bytes, else a hash of it (a cut name could collide with
 -- another column's, and detach() would drop the wrong trigger)
-CREATE FUNCTION triage.trigger_name(prefix text, output_column name) RETURNS name
+CREATE FUNCTION triage_internal.trigger_name(prefix text, output_column name) RETURNS name
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT CASE WHEN octet_length(prefix || output_column) < 64 THEN prefix || output_column
 				ELSE prefix || md5(output_column) END::name
 $$;
-COMMENT ON FUNCTION triage.trigger_name(text, name) IS
-	'(internal) The name of the trigger attach() creates for an output column.';
+COMMENT ON FUNCTION triage_internal.trigger_name(text, name) IS
+	'The name of the trigger attach() creates for an output column.';
 
 CREATE FUNCTION triage.attach(tbl regclass, input_column name, output_column name, policy text,
 							  provenance_column name DEFAULT NULL) RETURNS void
@@ -311,19 +311,19 @@ BEGIN
 		RAISE EXCEPTION 'attach needs a table, an input column, an output column and a policy'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	key_col := triage.check_columns(tbl, input_column, output_column, policy, provenance_column);
+	key_col := triage_internal.check_columns(tbl, input_column, output_column, policy, provenance_column);
 	args := format('%L, %L, %L, %L, %L', key_col, input_column, output_column, policy,
 				   coalesce(provenance_column, ''));
 	-- BEFORE ROW: the label goes into the row as it is written (COPY
 	-- included), no second write; UPDATE OF: only a changed input is routed
 	EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %I ON %s '
-				   'FOR EACH ROW EXECUTE FUNCTION triage.route_row(%s)',
-				   triage.trigger_name('triage_route_', output_column), input_column, tbl, args);
+				   'FOR EACH ROW EXECUTE FUNCTION triage_internal.route_row(%s)',
+				   triage_internal.trigger_name('triage_route_', output_column), input_column, tbl, args);
 	EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE ON %s '
-				   'FOR EACH STATEMENT EXECUTE FUNCTION triage.count_routed_rows(%L)',
-				   triage.trigger_name('triage_count_', output_column), tbl, policy);
+				   'FOR EACH STATEMENT EXECUTE FUNCTION triage_internal.count_routed_rows(%L)',
+				   triage_internal.trigger_name('triage_count_', output_column), tbl, policy);
 	-- what the trigger will check before queueing, checked now too
-	PERFORM triage.check_attachment(policy, tbl, key_col, input_column, output_column, provenance_column);
+	PERFORM triage_internal.check_attachment(policy, tbl, key_col, input_column, output_column, provenance_column);
 END;
 $$;
 COMMENT ON FUNCTION triage.attach(regclass, name, name, text, name) IS
@@ -332,8 +332,8 @@ COMMENT ON FUNCTION triage.attach(regclass, name, name, text, name) IS
 CREATE FUNCTION triage.detach(tbl regclass, output_column name) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triage.trigger_name('triage_route_', output_column), tbl);
-	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triage.trigger_name('triage_count_', output_column), tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triage_internal.trigger_name('triage_route_', output_column), tbl);
+	EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', triage_internal.trigger_name('triage_count_', output_column), tbl);
 END;
 $$;
 COMMENT ON FUNCTION triage.detach(regclass, name) IS 'Removes what triage.attach() added for output_column.';
@@ -341,7 +341,7 @@ COMMENT ON FUNCTION triage.detach(regclass, name) IS 'Removes what triage.attach
 -- process_table's work, in functions with a pinned search_path (a procedure
 -- that commits cannot have one): what it checks and sets up, then one batch
 -- at a time.  Its state, passed from call to call, is a jsonb object.
-CREATE FUNCTION triage.process_table_start(tbl regclass, input_column name, output_column name,
+CREATE FUNCTION triage_internal.process_table_start(tbl regclass, input_column name, output_column name,
 										   policy text, batch_size integer, provenance_column name)
 	RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -357,17 +357,17 @@ BEGIN
 		RAISE EXCEPTION 'process_table needs a table, an input column, an output column and a policy'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	key_col := triage.check_columns(tbl, input_column, output_column, policy, provenance_column);
+	key_col := triage_internal.check_columns(tbl, input_column, output_column, policy, provenance_column);
 	IF batch_size IS NULL OR batch_size < 1 THEN
 		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	-- escalated answers are written back only into attached tables
-	PERFORM triage.check_attachment(policy, tbl, key_col, input_column, output_column, provenance_column);
+	PERFORM triage_internal.check_attachment(policy, tbl, key_col, input_column, output_column, provenance_column);
 	SELECT coalesce(p.model, p.extractor), p.model IS NULL INTO model, extraction
 	  FROM triage.policies p WHERE p.name = process_table_start.policy;
 	EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL AND %I IS NOT NULL',
 				   tbl, output_column, input_column) INTO total;
-	PERFORM triage.record_progress(tbl, policy, started, total, 0, 0, false);
+	PERFORM triage_internal.record_progress(tbl, policy, started, total, 0, 0, false);
 	RETURN jsonb_build_object('tbl', tbl::oid, 'key_col', key_col, 'input_column', input_column,
 							  'output_column', output_column, 'provenance_column', provenance_column,
 							  'policy', policy, 'model', model, 'extraction', extraction,
@@ -375,13 +375,13 @@ BEGIN
 							  'last_key', NULL, 'done', 0, 'escalated', 0);
 END;
 $$;
-COMMENT ON FUNCTION triage.process_table_start(regclass, name, name, text, integer, name) IS
-	'(internal) process_table''s checks and progress row; returns its state.';
+COMMENT ON FUNCTION triage_internal.process_table_start(regclass, name, name, text, integer, name) IS
+	'process_table''s checks and progress row; returns its state.';
 
 -- Rows still without an output, in key order: a cancelled run resumes where it
 -- stopped, since every committed batch has its outputs written.  Returns the
 -- state for the next batch, or NULL once no row is left.
-CREATE FUNCTION triage.process_table_batch(state jsonb) RETURNS jsonb
+CREATE FUNCTION triage_internal.process_table_batch(state jsonb) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp
 	-- keys go into the queue as text: in the settings the row trigger uses too
 	SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3 AS $$
@@ -399,7 +399,7 @@ DECLARE
 	n_escalated bigint;
 	r record;
 BEGIN
-	EXECUTE triage.route_rows_sql(tbl, key_col, input_column, output_column, provenance_column,
+	EXECUTE triage_internal.route_rows_sql(tbl, key_col, input_column, output_column, provenance_column,
 		rows_sql => format('SELECT * FROM %s WHERE %I IS NULL AND %I IS NOT NULL %s ORDER BY %I LIMIT %s',
 			   tbl, output_column, input_column,
 			   CASE WHEN last_key IS NULL THEN ''
@@ -407,11 +407,11 @@ BEGIN
 			   key_col, (state->>'batch_size')::integer),
 		extraction => (state->>'extraction')::boolean)
 	   INTO r USING policy, tbl, key_col, input_column, output_column, provenance_column,
-					model, triage.deployed_version(model);
-	PERFORM triage.count_routed(policy, r.routed, r.escalated);
+					model, triage_internal.deployed_version(model);
+	PERFORM triage_internal.count_routed(policy, r.routed, r.escalated);
 	n_done := (state->>'done')::bigint + r.routed;
 	n_escalated := (state->>'escalated')::bigint + r.escalated;
-	PERFORM triage.record_progress(tbl, policy, started, (state->>'total')::bigint, n_done, n_escalated,
+	PERFORM triage_internal.record_progress(tbl, policy, started, (state->>'total')::bigint, n_done, n_escalated,
 								   r.routed = 0);
 	IF r.routed = 0 THEN
 		PERFORM triage.compact_counters();
@@ -422,8 +422,8 @@ BEGIN
 	RETURN state || jsonb_build_object('last_key', r.last_key, 'done', n_done, 'escalated', n_escalated);
 END;
 $$;
-COMMENT ON FUNCTION triage.process_table_batch(jsonb) IS
-	'(internal) Routes process_table''s next batch; returns the next state, or NULL when no row is left.';
+COMMENT ON FUNCTION triage_internal.process_table_batch(jsonb) IS
+	'Routes process_table''s next batch; returns the next state, or NULL when no row is left.';
 
 -- Only commits between batches: the work is in the pinned functions above,
 -- and this body names nothing but them
@@ -434,11 +434,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
 	state pg_catalog.jsonb;		-- qualified: this body runs under the caller's search_path
 BEGIN
-	state := triage.process_table_start(tbl, input_column, output_column, policy, batch_size,
+	state := triage_internal.process_table_start(tbl, input_column, output_column, policy, batch_size,
 										provenance_column);
 	COMMIT;
 	LOOP
-		state := triage.process_table_batch(state);
+		state := triage_internal.process_table_batch(state);
 		COMMIT;
 		EXIT WHEN state IS NULL;
 	END LOOP;

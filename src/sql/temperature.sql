@@ -9,7 +9,7 @@ CREATE FUNCTION triage.fit_temperature(name text, version integer, query text) R
 COMMENT ON FUNCTION triage.fit_temperature(text, integer, text) IS
 	'The temperature that minimizes the negative log-likelihood of a version on the labeled (input, label) rows of query.';
 
-CREATE FUNCTION triage.calibrate_temperature(name text, query text, version integer,
+CREATE FUNCTION triage_internal.calibrate_temperature(name text, query text, version integer,
 	query_search_path text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -24,8 +24,8 @@ BEGIN
 	IF name IS NULL OR query IS NULL THEN
 		RAISE EXCEPTION 'name and query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	query := triage.user_rows_sql(query, query_search_path, '{text,text}');
-	v := coalesce(v, triage.deployed_version(name));
+	query := triage_internal.user_rows_sql(query, query_search_path, '{text,text}');
+	v := coalesce(v, triage_internal.deployed_version(name));
 	SELECT * INTO source FROM triage.models m
 	 WHERE m.name = calibrate_temperature.name AND m.version = v AND m.kind = 'fasttext';
 	IF NOT FOUND THEN
@@ -35,7 +35,7 @@ BEGIN
 	-- stored as a new version: a stored version never changes its answers
 	before := triage.evaluate(name, query, v);
 	fit := triage.fit_temperature(name, v, query);
-	new_version := triage.store_model(name, 'fasttext', source.labels,
+	new_version := triage_internal.store_model(name, 'fasttext', source.labels,
 		source.params || jsonb_build_object('calibrated_from', v),
 		(source.metrics - 'calibration' - 'heldout') || jsonb_build_object('calibration', fit),
 		source.data);
@@ -47,20 +47,20 @@ BEGIN
 	   SET metrics = m.metrics || jsonb_build_object('calibration', fit)
 	 WHERE m.name = calibrate_temperature.name AND m.version = new_version;
 	-- the calibrated copy replaces the version it came from where that was deployed
-	IF triage.deployed_version(name) = v THEN
+	IF triage_internal.deployed_version(name) = v THEN
 		PERFORM triage.deploy(name, new_version);
 	END IF;
 	RETURN fit;
 END;
 $$;
-COMMENT ON FUNCTION triage.calibrate_temperature(text, text, integer, text) IS
-	'(internal) calibrate_temperature with the search_path to run the query text under.';
+COMMENT ON FUNCTION triage_internal.calibrate_temperature(text, text, integer, text) IS
+	'calibrate_temperature with the search_path to run the query text under.';
 
 -- As the caller, with the caller's search_path for the query text: the
 -- function above runs with search_path pinned
 CREATE FUNCTION triage.calibrate_temperature(name text, query text, version integer DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE AS $$
-	SELECT triage.calibrate_temperature(name, query, version, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.calibrate_temperature(name, query, version, pg_catalog.current_setting('search_path'))
 $$;
 
 COMMENT ON FUNCTION triage.calibrate_temperature(text, text, integer) IS

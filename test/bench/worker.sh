@@ -114,7 +114,7 @@ _worker_bench_main() {
 		\\copy reviews (product, review, score) FROM '$root/test/data/fine_foods_train.csv' WITH (FORMAT csv, HEADER)
 	SQL
 	local request_bytes
-	request_bytes=$(wb_psql -At -c "SELECT round(avg(length(triage.build_request(p, r.review)::text)))
+	request_bytes=$(wb_psql -At -c "SELECT round(avg(length(triage_internal.build_request(p, r.review)::text)))
 		FROM triage.policies p, reviews r WHERE p.name = 'bench'")
 
 	"$root/test/stub/stub_llm.py" --instant --label great --port 0 --max-seconds 3600 \
@@ -143,7 +143,7 @@ _worker_bench_main() {
 	# The stub alone ----------------------------------------------------------
 	# curl --parallel posting one real request jobs times, 32 connections
 	wb_log "the stub alone: curl --parallel, $jobs requests"
-	wb_psql -At -c "SELECT jsonb_set(triage.build_request(p, r.review), '{model}', '\"bench\"')
+	wb_psql -At -c "SELECT jsonb_set(triage_internal.build_request(p, r.review), '{model}', '\"bench\"')
 		FROM triage.policies p, reviews r WHERE p.name = 'bench' AND r.n = 2" >"$work/body.json"
 	for i in $(seq "$jobs"); do printf 'url = "%s/chat/completions"\noutput = "/dev/null"\n' "$url"; done >"$work/urls.cfg"
 	local before t0 t1 stub_alone

@@ -246,7 +246,7 @@ cmp_ok(abs($cost / $all_cost - $rate), '<', 0.05,
 my ($all_prompt, $esc_prompt_est, $esc_prompt, $completion_avg) = split /\|/, sql(qq{
 	WITH tok AS (
 		SELECT i.id, round(1.3 * (SELECT sum(array_length(regexp_split_to_array(btrim(m->>'content'), '\\s+'), 1))
-									FROM jsonb_array_elements(triage.build_request(p, i.review)->'messages') m))
+									FROM jsonb_array_elements(triage_internal.build_request(p, i.review)->'messages') m))
 					   AS prompt
 		  FROM inbox i, triage.policies p WHERE p.name = '$policy'),
 	esc AS (SELECT (source_key->>'id')::integer AS id, usage FROM triage.escalations WHERE policy = '$policy')

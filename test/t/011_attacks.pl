@@ -769,7 +769,7 @@ attack('#21.3 policy use without a grant: attach, a hand-written trigger, enqueu
 		'mallory attaches her table under team A\'s policy');
 	my $r = run_as('shop', 'mallory', qq{
 		CREATE TRIGGER triage_route_label BEFORE INSERT OR UPDATE OF body ON mallory.f_t2
-			FOR EACH ROW EXECUTE FUNCTION triage.route_row('id', 'body', 'label', '$p', '');
+			FOR EACH ROW EXECUTE FUNCTION triage_internal.route_row('id', 'body', 'label', '$p', '');
 		INSERT INTO mallory.f_t2 (id, body) VALUES (1, 'mallory spends team A''s budget');});
 	note('hand-written trigger: ' . ($r->{ok} ? 'the insert went through' : errors($r)));
 	refused('shop', 'mallory', "SELECT triage.enqueue('$p', 'mallory enqueues under team A')",
@@ -790,7 +790,7 @@ attack('#21.3 a hand-written route_row trigger whose key is not the primary key'
 	works('shop', 'alice', qq{
 		CREATE TABLE alice.g_dup (id integer PRIMARY KEY, grp integer, body text, label text);
 		CREATE TRIGGER triage_route_label BEFORE INSERT OR UPDATE OF body ON alice.g_dup
-			FOR EACH ROW EXECUTE FUNCTION triage.route_row('grp', 'body', 'label', '$p', '');
+			FOR EACH ROW EXECUTE FUNCTION triage_internal.route_row('grp', 'body', 'label', '$p', '');
 	}, 'alice writes the trigger by hand, keyed on grp');
 	my $r = run_as('shop', 'alice', q{INSERT INTO alice.g_dup (id, grp, body) VALUES (1, 7, 'same words twice'),
 									  (2, 7, 'same words twice')});
@@ -1081,7 +1081,7 @@ attack('a plain table owner with no triage role: the queue, the models, a hand-w
 	my $r = run_as('shop', 'olga', qq{
 		CREATE TABLE olga.p_notes (id integer PRIMARY KEY, body text, label text);
 		CREATE TRIGGER triage_route_label BEFORE INSERT ON olga.p_notes
-			FOR EACH ROW EXECUTE FUNCTION triage.route_row('id', 'body', 'label', '$p', '');
+			FOR EACH ROW EXECUTE FUNCTION triage_internal.route_row('id', 'body', 'label', '$p', '');
 		INSERT INTO olga.p_notes (id, body) VALUES (1, 'olga routes without any right');});
 	note('olga\'s trigger: ' . ($r->{ok} ? 'the insert went through' : errors($r)));
 	is(su('shop', "SELECT count(*) FROM triage.escalations WHERE policy = '$p'"), '0',
@@ -1145,21 +1145,22 @@ attack('every SPI statement of src/*.c runs inside a BeginOwnSql section (the re
 		'SPI_connect only in BeginOwnSql and the readers of users\' query texts');
 });
 
-attack('every sql and plpgsql function of schema triage pins search_path = pg_catalog, pg_temp (or is a thin qualified entry point)', sub {
+attack('every sql and plpgsql function of schemas triage and triage_internal pins search_path = pg_catalog, pg_temp (or is a thin qualified entry point)', sub {
 	my $functions = decode_json(su('shop', q{
-		SELECT json_agg(json_build_object('name', p.oid::regprocedure::text, 'proname', p.proname,
+		SELECT json_agg(json_build_object('name', p.oid::regprocedure::text,
+										  'proname', p.pronamespace::regnamespace::text || '.' || p.proname,
 										  'kind', p.prokind, 'lang', l.lanname, 'config', p.proconfig,
 										  'src', p.prosrc, 'secdef', p.prosecdef, 'nargs', p.pronargs,
 										  'ndefaults', p.pronargdefaults,
 										  'public_exec', has_function_privilege('eve', p.oid, 'EXECUTE'))
 						ORDER BY p.oid::regprocedure::text)
 		  FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
-		 WHERE p.pronamespace = 'triage'::regnamespace}));
+		 WHERE p.pronamespace IN ('triage'::regnamespace, 'triage_internal'::regnamespace)}));
 	for my $f (@$functions)
 	{
 		$f->{pinned} = grep { (my $c = $_) =~ s/[\s"]//g; $c eq 'search_path=pg_catalog,pg_temp' } @{ $f->{config} || [] };
 	}
-	# a call of triage.name with n arguments reaches a pinned (or C) function
+	# a call of schema.name with n arguments reaches a pinned (or C) function
 	my $safe_call = sub {
 		my ($name, $n) = @_;
 		return grep {
@@ -1182,7 +1183,7 @@ attack('every sql and plpgsql function of schema triage pins search_path = pg_ca
 			my @unsafe = $thin ? grep { !$safe_call->(@$_) } @$detail : ();
 			ok($thin && !@unsafe, "$f->{name}: an unpinned thin entry point that calls pinned functions only")
 			  or diag($thin
-				  ? 'calls ' . join(', ', map { "triage.$_->[0] with $_->[1] arguments" } @unsafe) . ', not pinned'
+				  ? 'calls ' . join(', ', map { "$_->[0] with $_->[1] arguments" } @unsafe) . ', not pinned'
 				  : $detail);
 			next;
 		}
