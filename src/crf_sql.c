@@ -194,6 +194,8 @@ ReadFields(Jsonb *fields, int64 row, CrfExample *example)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("field name of training row %lld must have 1 to %d bytes", (long long) row,
 							CRF_MAX_FIELD_NAME)));
+		CheckTrainingText(key, strlen(key));
+		CheckTrainingText(v.val.string.val, v.val.string.len);
 		names[count] = key;
 		values[count] = pnstrdup(v.val.string.val, v.val.string.len);
 		count++;
@@ -245,6 +247,7 @@ AddExtractorRow(HeapTuple tuple, TupleDesc tupdesc, int64 row, void *arg)
 	input_text = (text *) PG_DETOAST_DATUM_COPY(input);
 	example->text = VARDATA_ANY(input_text);
 	example->len = VARSIZE_ANY_EXHDR(input_text);
+	CheckTrainingText(example->text, example->len);
 	ReadFields(DatumGetJsonbP(fields), row, example);
 	set->n++;
 	MemoryContextSwitchTo(old);

@@ -19,6 +19,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "portability/instr_time.h"
 #include "utils/array.h"
@@ -107,6 +108,32 @@ CheckTrainingColumns(TupleDesc tupdesc, void *arg)
 				 errhint("Cast the columns: SELECT body::text, label::text FROM ...")));
 }
 
+/*
+ * Error unless a model can read bytes[0..len), text in the database encoding,
+ * as the characters it is.  Models read UTF-8, so in a database of another
+ * encoding only ASCII text is read right: the check, and its error, are
+ * classification's (LimitInputLength), run on every triage.max_input_bytes
+ * window of the text, since training reads a row whole.  For the inputs and
+ * labels of classifiers and the inputs and fields of extractors, so that
+ * training fails where classifying the same rows would.
+ */
+void
+CheckTrainingText(const char *bytes, int32 len)
+{
+	int			encoding = GetDatabaseEncoding();
+
+	if (encoding == PG_UTF8 || encoding == PG_SQL_ASCII)
+		return;
+	while (len > 0)
+	{
+		/* 0 only before a character of several bytes, which it rejects */
+		int32		n = Max(LimitInputLength(bytes, len), 1);
+
+		bytes += n;
+		len -= n;
+	}
+}
+
 /* Copy one (input, label) row into the set, out of SPI's memory */
 static void
 AddTrainingRow(HeapTuple tuple, TupleDesc tupdesc, int64 row, void *arg)
@@ -139,9 +166,11 @@ AddTrainingRow(HeapTuple tuple, TupleDesc tupdesc, int64 row, void *arg)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("label of training row %lld is empty", (long long) row),
 				 errhint("Every row needs a non-empty label.")));
+	CheckTrainingText(label_str, strlen(label_str));
 	input_text = DatumGetTextPP(input);
 	if ((Pointer) input_text == DatumGetPointer(input))
 		input_text = (text *) PG_DETOAST_DATUM_COPY(input);
+	CheckTrainingText(VARDATA_ANY(input_text), VARSIZE_ANY_EXHDR(input_text));
 	if (set->n == set->capacity)
 	{
 		set->capacity = set->capacity ? set->capacity * 2 : 1024;

@@ -106,6 +106,9 @@ typedef struct QueryRowsSpec
 
 extern void ForEachQueryRow(const char *query, const QueryRowsSpec *spec, void *arg);
 
+/* train_sql.c */
+extern void CheckTrainingText(const char *bytes, int32 len);
+
 /* crf_sql.c */
 extern int32 ModelExtract(CachedModel *model, text *input);
 extern Jsonb *ExtractJsonb(CachedModel *model, text *input);

@@ -21,6 +21,8 @@
 #   5. a LATIN1 database: classify and extract answer as in a UTF-8 one
 #      (same labels, confidences, values and character offsets), or fail
 #      with an error that says so; never a silently different answer.
+#      Training on rows with characters outside ASCII fails with the error
+#      classify gives; ASCII rows train.
 #   6. pg_cancel_backend during train_extractor and during distill: each
 #      stops within seconds, with the cancel's error, storing nothing.
 use strict;
@@ -411,6 +413,39 @@ for my $t (@texts)
 	ok(($r == 0 && $lat eq $utf8) || ($r != 0 && $e =~ /encoding|UTF-?8/i),
 		'LATIN1: extract of a message with accents gives the fields and character offsets of UTF-8, or fails saying why')
 	  or diag("UTF-8: $utf8\nLATIN1: " . ($r == 0 ? $lat : $e));
+}
+
+# Training reads rows whole, as UTF-8 like classification: in LATIN1, rows
+# with characters outside ASCII (inputs, labels, an extractor's inputs and
+# fields) fail with classify's error, before any training; ASCII rows train
+{
+	my ($r, $o, $e) = $node->psql('lat', q{SELECT triage.classify('enc_sentiment', 'caf' || chr(233))});
+	my ($classify_error) = $e =~ /^.*?(ERROR:.*)$/m;
+	like($classify_error, qr/pg_triage reads text as UTF-8, and this database's encoding is LATIN1/,
+		'LATIN1: classify of a non-ASCII input is an error that says why');
+	my @cases = (
+		[ 'train on a non-ASCII input',
+		  q{SELECT triage.train('enc_t', $$SELECT * FROM (VALUES ('caf' || chr(233) || ' good', 'pos'), ('bad tea', 'neg')) v$$)} ],
+		[ 'train on a non-ASCII label',
+		  q{SELECT triage.train('enc_t', $$SELECT * FROM (VALUES ('good tea', 'caf' || chr(233)), ('bad tea', 'neg')) v$$)} ],
+		[ 'cross_validate on a non-ASCII input',
+		  q{SELECT count(*) FROM triage.cross_validate($$SELECT * FROM (VALUES ('good tea', 'pos'), ('na' || chr(239) || 've', 'neg')) v$$, '{}', 2)} ],
+		[ 'train_extractor on a non-ASCII input',
+		  q{SELECT triage.train_extractor('enc_x', $$SELECT 'order A-1 for Jos' || chr(233), '{"order_id": "A-1"}'::jsonb$$)} ],
+		[ 'train_extractor on a non-ASCII field value',
+		  q{SELECT triage.train_extractor('enc_x', $$SELECT 'order A-1 for Jose', jsonb_build_object('order_id', 'A-1', 'name', 'Jos' || chr(233))$$)} ]);
+	for my $c (@cases)
+	{
+		my ($what, $q) = @$c;
+		($r, $o, $e) = $node->psql('lat', $q);
+		my ($error) = $e =~ /^.*?(ERROR:.*)$/m;
+		isnt($r, 0, "LATIN1: $what fails");
+		is($error, $classify_error, "LATIN1: $what fails with classify's error") or diag($e);
+	}
+	is($node->safe_psql('lat', q{SELECT count(*) FROM triage.models WHERE name IN ('enc_t', 'enc_x')}), '0',
+		'LATIN1: nothing was stored by the failed trainings');
+	is($node->safe_psql('lat', q{SELECT triage.train('enc_t', $$SELECT * FROM (VALUES ('good tea', 'pos'), ('bad tea', 'neg')) v$$)}),
+		'1', 'LATIN1: training on ASCII rows works');
 }
 
 # ---------------------------------------------------------------------------
