@@ -9,8 +9,10 @@
 #
 #   business_fields.crf: a field extractor trained by triage.train_extractor()
 #   on 3,000 messages of every phrasing of test/extract/gen_messages.py
-#   (seed 1), evaluated on messages it never saw (seed 2): unseen phrasings
-#   and seen ones apart.  Exported with triage.export_extractor().
+#   (seed 1), evaluated on messages it never saw (seed 2), those of the
+#   generator's "unseen" templates and its "seen" ones apart; it trained on
+#   both (hence heldout_1000_trained_phrasings_unseen_split, not "unseen
+#   phrasings": models/README.md).  Exported with triage.export_extractor().
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -81,7 +83,7 @@ SELECT jsonb_pretty(jsonb_build_object(
   'fields', labels,
   'params', params,
   'train', metrics->'train',
-  'heldout_1000_unseen_phrasings', triage.evaluate('fields', 'SELECT input, fields FROM unseen'),
+  'heldout_1000_trained_phrasings_unseen_split', triage.evaluate('fields', 'SELECT input, fields FROM unseen'),
   'heldout_1000_seen_phrasings', triage.evaluate('fields', 'SELECT input, fields FROM seen')))
   FROM triage.models WHERE name = 'fields';
 \o

@@ -280,7 +280,7 @@ is(sql("SELECT version FROM triage.deployments WHERE name = 'fields'"), '1',
 # error of it: the two F1 are proportions of n_card and n gold fields, so
 # differ by sd = sqrt(F (1 - F) (1 / n_card + 1 / n)); the bound is 3 sd below.
 my $card = decode_json(slurp_file("$root/models/business_fields.metrics.json"));
-my $card_unseen = $card->{heldout_1000_unseen_phrasings};
+my $card_unseen = $card->{heldout_1000_trained_phrasings_unseen_split};
 system('python3', $gen, '--seed', 2, '--count', 1000, '--phrasings', 'unseen', '--out', "$tmp/card_unseen.csv") == 0
   or die 'gen_messages.py failed for the card\'s rows';
 sql("CREATE TABLE msg_card (id serial, input text, fields jsonb, kind text, template text);
