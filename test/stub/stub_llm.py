@@ -31,8 +31,13 @@ else a share of the requests:
     401             every request (also without a matching --api-key)
 --error-rate P answers a share P with another label of the gold set.
 
-GET /stats returns the counts of requests per outcome as JSON.  The server
-stops by itself after --max-seconds, and on SIGTERM or SIGINT.
+GET /stats returns the counts of requests per outcome as JSON.  GET /log
+returns every chat request in order of arrival, as a JSON list of
+{"t": arrival (Unix seconds, when its header was read), "input": the row's
+text, "mode": the mode it got, "tokens": the usage.total_tokens of the reply
+(0 if the reply had no usage)}: the worker's pace under --rps and --tpm is
+read from it.  The server stops by itself after --max-seconds, and on
+SIGTERM or SIGINT.
 
 An input that is not in the gold file is answered with the first gold label
 in sorted order (a test whose gold file misses rows would otherwise not
@@ -126,6 +131,7 @@ class Stub:
         for m in MODES:
             self.stats[m] = 0
         self.count_used = {}
+        self.log = []
 
     def pick(self, row):
         """The mode of this request (and its seconds), counting it."""
@@ -211,6 +217,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/stats":
             with stub.lock:
                 self.send_json(200, stub.stats)
+        elif self.path.rstrip("/") == "/log":
+            with stub.lock:
+                self.send_json(200, stub.log)
         elif self.path.rstrip("/") in ("/v1/models", "/models"):
             self.send_json(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
         else:
@@ -218,6 +227,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         stub = self.server.stub
+        arrival = time.time()
         try:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
@@ -231,14 +241,17 @@ class Handler(BaseHTTPRequestHandler):
         with stub.lock:
             stub.stats["max_in_flight"] = max(stub.stats["max_in_flight"], stub.stats["in_flight"])
         try:
-            self.chat(stub, raw)
+            self.chat(stub, raw, arrival)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
             stub.count("in_flight", -1)
 
-    def chat(self, stub, raw):
+    def chat(self, stub, raw, arrival):
         stub.count("requests")
+        entry = {"t": arrival, "input": None, "mode": "bad_request", "tokens": 0}
+        with stub.lock:
+            stub.log.append(entry)
         args = stub.args
         auth = self.headers.get("Authorization", "")
         try:
@@ -255,6 +268,7 @@ class Handler(BaseHTTPRequestHandler):
             stub.stats["models"][model] = stub.stats["models"].get(model, 0) + 1
 
         text, content = find_input(messages)
+        entry["input"] = text
         row = stub.gold.get(text) or stub.gold.get(content.strip())
         if row is None:
             stub.unknown(text)
@@ -264,6 +278,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             mode, seconds = stub.pick(row)
         stub.count(mode)
+        entry["mode"] = mode
 
         if mode == "401":
             self.error_reply(401, "Incorrect API key provided.", "invalid_request_error")
@@ -316,6 +331,7 @@ class Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+        entry["tokens"] = prompt_tokens + completion_tokens
         if mode == "truncated":
             body = json.dumps(reply).encode()
             self.send_response(200)
