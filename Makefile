@@ -16,7 +16,11 @@ MODULE_big = pg_triage
 OBJS = \
 	src/pg_triage.o \
 	src/security.o \
+	src/glue.o \
 	src/model_cache.o \
+	src/classifier.o \
+	src/fasttext_kind.o \
+	src/linear_kind.o \
 	src/fasttext_sql.o \
 	src/train_sql.o \
 	src/query_rows.o \
@@ -41,7 +45,12 @@ OBJS = \
 	src/crf_align.o \
 	src/crf_train.o \
 	src/crf_decode.o \
-	src/crf_model.o
+	src/crf_model.o \
+	src/text_normalize.o \
+	src/linear_features.o \
+	src/linear_model.o \
+	src/linear_predict.o \
+	src/linear_train.o
 
 include src/core.mk
 
@@ -65,7 +74,7 @@ REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 PG_CPPFLAGS = -Isrc
 PG_CFLAGS = -O3 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 	-Wno-missing-field-initializers -Wno-cast-function-type $(TRIAGE_CFLAGS)
-SHLIB_LINK = -lopenblas -llbfgs -lm
+SHLIB_LINK = -lopenblas -llbfgs -lutf8proc -lm
 
 # The pg_config on PATH, else Debian's for PostgreSQL 15
 PG_CONFIG ?= $(or $(shell command -v pg_config 2>/dev/null),/usr/lib/postgresql/15/bin/pg_config)

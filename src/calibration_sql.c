@@ -70,12 +70,12 @@ MeanNll(const HeldOut *h, double t)
 static void
 ReadHeldOut(const char *query, CachedModel *model, HeldOut *h, int64 *skipped)
 {
-	FastTextModel *ft = model->fasttext;
+	const ClassifierKind *kind = model->classifier;
 	int64		capacity = 1024;
 	char		errbuf[256];
 
-	h->nlabels = ft->nlabels;
-	h->softmax = ft->args.loss == FASTTEXT_LOSS_SOFTMAX;
+	h->nlabels = model->nlabels;
+	h->softmax = kind->softmax(model->state);
 	h->n = 0;
 	h->logits = palloc_extended(sizeof(float) * capacity * h->nlabels, MCXT_ALLOC_HUGE);
 	h->gold = palloc(sizeof(int32) * capacity);
@@ -104,7 +104,7 @@ ReadHeldOut(const char *query, CachedModel *model, HeldOut *h, int64 *skipped)
 			(*skipped)++;
 			continue;
 		}
-		g = FastTextFindLabel(ft, label, strlen(label));
+		g = kind->find_label(model->state, label, strlen(label));
 		if (g < 0)
 		{
 			(*skipped)++;
@@ -117,10 +117,10 @@ ReadHeldOut(const char *query, CachedModel *model, HeldOut *h, int64 *skipped)
 			h->logits = repalloc_huge(h->logits, sizeof(float) * capacity * h->nlabels);
 			h->gold = repalloc_huge(h->gold, sizeof(int32) * capacity);
 		}
-		status = FastTextLogits(ft, &model->scratch, input, strlen(input),
-								h->logits + h->n * h->nlabels, &found, errbuf, sizeof(errbuf));
+		status = kind->logits(model->state, model->scratch, input, strlen(input),
+							  h->logits + h->n * h->nlabels, &found, errbuf, sizeof(errbuf));
 		if (status != TRIAGE_OK)
-			ReportCoreError(status, errbuf, NULL);
+			ReportModelError(kind->title, NULL, status, errbuf, NULL);
 		if (!found)
 		{
 			(*skipped)++;
@@ -161,11 +161,11 @@ triage_fit_temperature(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("model version %d is invalid", version)));
 	model = ModelRefGet(fcinfo, name, version);
-	ModelRequireKind(model, MODEL_KIND_FASTTEXT);
-	if (model->fasttext->args.loss == FASTTEXT_LOSS_HS)
+	ModelRequireKind(model, MODEL_KIND_CLASSIFIER);
+	if (model->classifier->no_temperature(model->state) != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("temperature scaling needs per-label scores, which hierarchical softmax (loss \"hs\") does not have"),
+				 errmsg("%s", model->classifier->no_temperature(model->state)),
 				 errhint("Train with loss \"softmax\", \"ova\" or \"ns\" to calibrate confidences.")));
 	ReadHeldOut(query, model, &h, &skipped);
 	if (h.n < 10)

@@ -124,124 +124,13 @@ static TimestampTz SeenStatementStart = 0;
 /* bumped when who may read triage.models may have changed */
 static uint64 PrivilegeGeneration = 1;
 
-static void *
-ContextAlloc(void *context, size_t size)
-{
-	return MemoryContextAllocExtended((MemoryContext) context, size == 0 ? 1 : size,
-									  MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
-}
-
-static void
-ContextFree(void *context, void *pointer)
-{
-	pfree(pointer);
-}
-
-/* A core allocator that pallocs in context and returns NULL when out of memory */
-TriageAllocator
-ContextAllocator(MemoryContext context)
-{
-	TriageAllocator allocator = {ContextAlloc, ContextFree, context};
-
-	return allocator;
-}
-
-/* Turn a core error into an ereport with a matching SQLSTATE */
-void
-ReportCoreError(TriageStatus status, const char *message, const char *context)
-{
-	switch (status)
-	{
-		case TRIAGE_OK:
-			return;
-		case TRIAGE_INVALID_MODEL:
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-					 errmsg("invalid fastText model: %s", message),
-					 context ? errcontext("%s", context) : 0,
-					 errhint("Check that the file is a complete fastText .bin or .ftz model, "
-							 "for example with \"fasttext predict\".")));
-			break;
-		case TRIAGE_UNSUPPORTED:
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("unsupported fastText model: %s", message),
-					 context ? errcontext("%s", context) : 0,
-					 errhint("pg_triage runs supervised classifiers (\"fasttext supervised\") "
-							 "saved in file format 11 or 12, as fastText 0.9 writes them.")));
-			break;
-		case TRIAGE_INVALID_ARGUMENT:
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s", message)));
-			break;
-		case TRIAGE_OUT_OF_MEMORY:
-			ereport(ERROR,
-					(errcode(ERRCODE_OUT_OF_MEMORY),
-					 errmsg("out of memory"),
-					 errdetail("%s", message)));
-			break;
-		case TRIAGE_NUMERIC:
-			ereport(ERROR,
-					(errcode(ERRCODE_FLOATING_POINT_EXCEPTION),
-					 errmsg("%s", message),
-					 context ? errcontext("%s", context) : 0,
-					 errhint("The model's weights contain NaN or infinity; retrain or re-import it.")));
-			break;
-	}
-}
-
-/*
- * Load a model file into context (its allocations are freed with it);
- * errors are reported.  Not cached: for inspecting, converting, quantizing.
- */
-FastTextModel *
-LoadModelBytea(bytea *data, MemoryContext context)
-{
-	TriageAllocator allocator = ContextAllocator(context);
-	FastTextModel *model;
-	char		errbuf[256];
-	TriageStatus status;
-
-	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-						  &allocator, &model, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, NULL);
-	return model;
-}
-
-/* Serialize a model (allocated in context) to a bytea in the current context */
-bytea *
-SaveModelBytea(const FastTextModel *model, MemoryContext context, const char *what)
-{
-	TriageAllocator allocator = ContextAllocator(context);
-	uint8_t    *bytes;
-	size_t		nbytes;
-	char		errbuf[256];
-	TriageStatus status;
-	bytea	   *result;
-
-	status = FastTextSave(model, &allocator, &bytes, &nbytes, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, what);
-	if (nbytes > MaxAllocSize - VARHDRSZ)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s takes %zu bytes, more than a bytea can hold", what, nbytes),
-				 errhint("Lower \"dim\" or \"bucket\", or quantize the model.")));
-	result = palloc(nbytes + VARHDRSZ);
-	SET_VARSIZE(result, nbytes + VARHDRSZ);
-	memcpy(VARDATA(result), bytes, nbytes);
-	return result;
-}
-
 /* Reject a classifier where an extractor is needed, and the other way round */
 void
 ModelRequireKind(CachedModel *model, ModelKind kind)
 {
 	if (model->kind == kind)
 		return;
-	if (kind == MODEL_KIND_CRF)
+	if (kind == MODEL_KIND_EXTRACTOR)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("model \"%s\" version %d is a classifier, not an extractor",
@@ -568,11 +457,14 @@ LoadModel(const char *name, int32 version)
 	CachedModel *model;
 	bytea	   *data = NULL;
 	char	   *kind = NULL;
+	Jsonb	   *params = NULL;
+	const ClassifierKind *volatile classifier = NULL;
 	TriageAllocator allocator;
 	TriageStatus status;
 	char		errbuf[256];
 	float4		temperature = 1.0f;
 	OwnSqlSection section;
+	const char *what;
 
 	args[0] = CStringGetTextDatum(name);
 	args[1] = Int32GetDatum(version);
@@ -585,7 +477,7 @@ LoadModel(const char *name, int32 version)
 	BeginOwnSql(&section, TriageOwner());
 	if (SPI_execute_with_args("SELECT kind, data, "
 							  "coalesce((metrics OPERATOR(pg_catalog.#>>) "
-							  "'{calibration,temperature}')::pg_catalog.float4, 1) "
+							  "'{calibration,temperature}')::pg_catalog.float4, 1), params "
 							  "FROM triage.models "
 							  "WHERE name OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
 							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
@@ -596,6 +488,7 @@ LoadModel(const char *name, int32 version)
 
 		kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		temperature = DatumGetFloat4(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+		params = DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
 		data = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 		if (isnull)
 			data = NULL;
@@ -605,7 +498,9 @@ LoadModel(const char *name, int32 version)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" version %d does not exist", name, version),
 				 errhint("List versions with SELECT version FROM triage.models WHERE name = '%s'.", name)));
-	if (strcmp(kind, "fasttext") != 0 && strcmp(kind, "crf") != 0)
+	if (strcmp(kind, "crf") != 0)
+		classifier = FindClassifierKind(kind, true);
+	if (strcmp(kind, "crf") != 0 && classifier == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("model \"%s\" version %d is of kind \"%s\", which pg_triage cannot run",
@@ -616,12 +511,13 @@ LoadModel(const char *name, int32 version)
 	strlcpy(model->name, name, NAMEDATALEN);
 	model->version = version;
 	model->serial = ++ModelLoads;
-	model->kind = strcmp(kind, "crf") == 0 ? MODEL_KIND_CRF : MODEL_KIND_FASTTEXT;
+	model->kind = classifier == NULL ? MODEL_KIND_EXTRACTOR : MODEL_KIND_CLASSIFIER;
+	model->classifier = classifier;
 	model->context = context;
 	allocator = ContextAllocator(context);
 	PG_TRY();
 	{
-		if (model->kind == MODEL_KIND_CRF)
+		if (model->kind == MODEL_KIND_EXTRACTOR)
 		{
 			status = CrfLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
 							 &allocator, &model->crf, errbuf, sizeof(errbuf));
@@ -635,11 +531,8 @@ LoadModel(const char *name, int32 version)
 		}
 		else
 		{
-			status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-								  &allocator, &model->fasttext, errbuf, sizeof(errbuf));
-			if (status != TRIAGE_OK)
-				ReportCoreError(status, errbuf, psprintf("loading model \"%s\" version %d", name, version));
-			CheckFastTextLabels(model->fasttext);
+			what = psprintf("model \"%s\" version %d", name, version);
+			model->state = classifier->load(data, params, context, what);
 		}
 	}
 	PG_CATCH();
@@ -650,18 +543,19 @@ LoadModel(const char *name, int32 version)
 	PG_END_TRY();
 	EndOwnSql(&section);
 
-	if (model->kind == MODEL_KIND_CRF)
+	if (model->kind == MODEL_KIND_EXTRACTOR)
 	{
 		CrfWorkspaceInit(&model->crf_workspace, &allocator);
 		model->crf_results = MemoryContextAlloc(context, sizeof(CrfResult) * Max(CrfFieldCount(model->crf), 1));
 		return model;
 	}
-	/* fitted by triage.calibrate(); 1 keeps fastText's own probabilities */
+	/* fitted by triage.calibrate_temperature(); 1 keeps the model's own probabilities */
 	if (temperature > 0 && isfinite(temperature))
-		model->fasttext->temperature = temperature;
-	FastTextScratchInit(&model->scratch, &allocator);
+		classifier->set_temperature(model->state, temperature);
+	model->scratch = classifier->new_scratch(model->state, context);
+	model->nlabels = classifier->label_count(model->state);
 	model->predictions = MemoryContextAllocExtended(context,
-													mul_size(model->fasttext->nlabels, sizeof(FastTextPrediction)),
+													mul_size(model->nlabels, sizeof(TriagePrediction)),
 													MCXT_ALLOC_HUGE);
 	return model;
 }
@@ -701,8 +595,8 @@ TrimModelScratch(CachedModel *model)
 {
 	size_t		freed;
 
-	if (model->kind == MODEL_KIND_FASTTEXT)
-		freed = FastTextScratchTrim(model->fasttext, &model->scratch, SCRATCH_KEEP_BYTES);
+	if (model->kind == MODEL_KIND_CLASSIFIER)
+		freed = model->classifier->trim_scratch(model->state, model->scratch, SCRATCH_KEEP_BYTES);
 	else
 		freed = CrfWorkspaceTrim(&model->crf_workspace, SCRATCH_KEEP_BYTES);
 #ifdef __GLIBC__
@@ -770,7 +664,8 @@ static CachedModel *
 ModelForCall(CachedModel *model)
 {
 	PinModel(model);
-	model->scratch.max_tokens = MaxTokens;
+	if (model->kind == MODEL_KIND_CLASSIFIER)
+		model->classifier->set_max_tokens(model->scratch, MaxTokens);
 	model->crf_workspace.max_tokens = MaxTokens;
 	return model;
 }

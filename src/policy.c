@@ -220,7 +220,7 @@ void
 ResolveLabelThresholds(Policy *policy, CachedModel *model)
 {
 	MemoryContext context = policy->context;
-	int32		nlabels = model->fasttext->nlabels;
+	int32		nlabels = model->nlabels;
 
 	policy->label_threshold = MemoryContextAlloc(context, sizeof(float4) * nlabels);
 	policy->label_has_own = MemoryContextAllocZero(context, sizeof(bool) * nlabels);
@@ -228,8 +228,8 @@ ResolveLabelThresholds(Policy *policy, CachedModel *model)
 		policy->label_threshold[i] = policy->default_threshold;
 	for (int i = 0; i < policy->nthresholds; i++)
 	{
-		int32		label = FastTextFindLabel(model->fasttext, policy->threshold_labels[i],
-											  strlen(policy->threshold_labels[i]));
+		int32		label = model->classifier->find_label(model->state, policy->threshold_labels[i],
+														  strlen(policy->threshold_labels[i]));
 
 		if (label >= 0)
 		{

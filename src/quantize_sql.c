@@ -35,7 +35,7 @@ triage_quantize_fasttext(PG_FUNCTION_ARGS)
 	ParseQuantizeOptions(options_json, &options);
 	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage quantize", ALLOCSET_DEFAULT_SIZES);
 	allocator = ContextAllocator(context);
-	model = LoadModelBytea(data, context);
+	model = LoadFastTextBytea(data, context);
 	if (model->quant_input || model->int8_input)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -65,15 +65,15 @@ triage_quantize_fasttext(PG_FUNCTION_ARGS)
 			if (status == TRIAGE_OK)
 				status = FastTextPrune(model, keep, nkeep, errbuf, sizeof(errbuf));
 			if (status != TRIAGE_OK)
-				ReportCoreError(status, errbuf, "pruning a model");
+				ReportFastTextError(status, errbuf, "pruning a model");
 		}
 		status = FastTextQuantizeInt8(model, errbuf, sizeof(errbuf));
 	}
 	else
 		status = FastTextQuantize(model, &q, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, "quantizing a model");
-	result = SaveModelBytea(model, context, "the quantized model");
+		ReportFastTextError(status, errbuf, "quantizing a model");
+	result = SaveFastTextBytea(model, context, "the quantized model");
 	MemoryContextDelete(context);
 	PG_RETURN_BYTEA_P(result);
 }
@@ -95,7 +95,7 @@ triage_fasttext_file(PG_FUNCTION_ARGS)
 	bytea	   *result;
 
 	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage export", ALLOCSET_DEFAULT_SIZES);
-	model = LoadModelBytea(data, context);
+	model = LoadFastTextBytea(data, context);
 	if (!model->int8_input)
 	{
 		MemoryContextDelete(context);
@@ -107,7 +107,7 @@ triage_fasttext_file(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot export this model to fastText: %s", errbuf),
 				 errhint("Quantize with method \"pq\" for a model the fasttext tool can read, or int8 without a cutoff.")));
-	result = SaveModelBytea(model, context, "the dense model");
+	result = SaveFastTextBytea(model, context, "the dense model");
 	MemoryContextDelete(context);
 	PG_RETURN_BYTEA_P(result);
 }

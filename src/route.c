@@ -95,7 +95,7 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool describe, RouteR
 	if (policy->model[0] != '\0')
 	{
 		model = ModelRefLookup(&state->model_ref, policy->model, strlen(policy->model), 0);
-		ModelRequireKind(model, MODEL_KIND_FASTTEXT);
+		ModelRequireKind(model, MODEL_KIND_CLASSIFIER);
 		if (policy->labels_model_serial != model->serial)
 			ResolveLabelThresholds(policy, model);
 		result->model = model;
@@ -110,7 +110,7 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool describe, RouteR
 		CachedModel *extractor = ModelRefLookup(&state->extractor_ref, policy->extractor,
 												strlen(policy->extractor), 0);
 
-		ModelRequireKind(extractor, MODEL_KIND_CRF);
+		ModelRequireKind(extractor, MODEL_KIND_EXTRACTOR);
 		result->extractor = extractor;
 		if (describe)
 			result->fields = ExtractJsonb(extractor, input);
@@ -165,7 +165,7 @@ RouteInput(RouteState *state, Policy *policy, text *input, bool describe, RouteR
 	if (model != NULL && result->confidence < threshold)
 	{
 		size_t		len;
-		const char *label = FastTextLabelName(model->fasttext, result->label, &len);
+		const char *label = ModelLabelName(model, result->label, &len);
 
 		result->reason = psprintf("confidence %.3f < threshold %s%s%.*s", result->confidence,
 								  FormatReal(threshold),
@@ -241,7 +241,7 @@ triage_route(PG_FUNCTION_ARGS)
 	}
 	nulls[0] = result.label < 0;
 	if (result.label >= 0)
-		values[0] = PointerGetDatum(FastTextLabelText(result.model->fasttext, result.label));
+		values[0] = PointerGetDatum(ModelLabelText(result.model, result.label));
 	nulls[1] = result.label < 0 && result.fields == NULL;
 	values[1] = Float4GetDatum(result.confidence);
 	nulls[2] = result.fields == NULL;

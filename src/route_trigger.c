@@ -191,7 +191,7 @@ SmallAnswer(Policy *policy, RouteResult *result, Jsonb *field_values)
 	else if (result->label >= 0)
 	{
 		size_t		len;
-		const char *label = FastTextLabelName(result->model->fasttext, result->label, &len);
+		const char *label = ModelLabelName(result->model, result->label, &len);
 
 		appendStringInfoString(&buf, "\"label\": ");
 		escape_json(&buf, pnstrdup(label, len));
@@ -303,7 +303,7 @@ triage_route_row(PG_FUNCTION_ARGS)
 		columns[ncolumns] = state->output_attno;
 		values[ncolumns++] = field_values != NULL
 			? JsonbPGetDatum(field_values)
-			: PointerGetDatum(FastTextLabelText(result.model->fasttext, result.label));
+			: PointerGetDatum(ModelLabelText(result.model, result.label));
 		if (state->provenance_attno > 0)
 		{
 			columns[ncolumns] = state->provenance_attno;

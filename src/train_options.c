@@ -1,7 +1,8 @@
 /*
  * train_options.c
- *		Parse and validate the options of triage.train(): fastText's option
- *		names, each checked against its range, unknown keys rejected.
+ *		Parse and validate options objects: every key checked against a
+ *		table of specs (unknown keys rejected, values against their range),
+ *		and the options of fastText training and quantization.
  */
 #include "postgres.h"
 
@@ -14,23 +15,6 @@
 
 #include "train_options.h"
 
-typedef enum OptionKind
-{
-	OPTION_INT,
-	OPTION_REAL,
-	OPTION_BOOL,
-	OPTION_LOSS,
-	OPTION_OBJECT
-} OptionKind;
-
-typedef struct OptionSpec
-{
-	const char *name;
-	OptionKind	kind;
-	double		min;
-	double		max;
-} OptionSpec;
-
 static const OptionSpec TrainOptionSpecs[] = {
 	{"epoch", OPTION_INT, 1, 10000},
 	{"lr", OPTION_REAL, 1e-6, 10},
@@ -41,7 +25,7 @@ static const OptionSpec TrainOptionSpecs[] = {
 	{"bucket", OPTION_INT, 0, 10000000},
 	{"minCount", OPTION_INT, 1, 1000000000},
 	{"neg", OPTION_INT, 1, 100},
-	{"loss", OPTION_LOSS, 0, 0},
+	{"loss", OPTION_STRING, 0, 0, "one of \"softmax\", \"ns\", \"hs\", \"ova\""},
 	{"lrUpdateRate", OPTION_INT, 1, 1000000},
 	{"seed", OPTION_INT, 0, 2147483647},
 	{"thread", OPTION_INT, 1, 1},
@@ -54,7 +38,7 @@ static const OptionSpec QuantizeOptionSpecs[] = {
 	{"qout", OPTION_BOOL, 0, 0},
 	{"cutoff", OPTION_INT, 0, 100000000},
 	{"retrain", OPTION_BOOL, 0, 0},
-	{"method", OPTION_LOSS, 0, 0},
+	{"method", OPTION_STRING, 0, 0, "\"pq\" (product quantization) or \"int8\""},
 };
 
 static const char *
@@ -79,45 +63,44 @@ RangeText(const OptionSpec *spec)
 			return psprintf("a number from %g to %g", spec->min, spec->max);
 		case OPTION_BOOL:
 			return "true or false";
-		case OPTION_LOSS:
-			if (strcmp(spec->name, "method") == 0)
-				return "\"pq\" (product quantization) or \"int8\"";
-			return "one of \"softmax\", \"ns\", \"hs\", \"ova\"";
+		case OPTION_STRING:
+			return spec->values ? spec->values : "a string";
 		case OPTION_OBJECT:
-			return "an object";
+			return spec->values ? spec->values : "an object";
 	}
 	return "";
 }
 
-static void
-BadValue(const char *prefix, const OptionSpec *spec)
+void
+OptionBadValue(const char *prefix, const OptionSpec *spec)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("option \"%s%s\" must be %s", prefix, spec->name, RangeText(spec))));
 }
 
-static double
-NumericValue(const JsonbValue *v, const char *prefix, const OptionSpec *spec)
+double
+OptionNumber(const JsonbValue *v, const char *prefix, const OptionSpec *spec)
 {
 	double		d;
 
 	if (v->type != jbvNumeric)
-		BadValue(prefix, spec);
+		OptionBadValue(prefix, spec);
 	d = DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
 	if (isnan(d) || d < spec->min || d > spec->max ||
 		(spec->kind == OPTION_INT && d != floor(d)))
-		BadValue(prefix, spec);
+		OptionBadValue(prefix, spec);
 	return d;
 }
 
-static void SetOption(TriageTrainOptions *o, const char *prefix, const OptionSpec *spec,
-					  JsonbValue *v, Jsonb *container);
-
-/* Walk one level of an options object, checking every key against specs */
-static void
-ParseObject(Jsonb *json, JsonbContainer *container, const OptionSpec *specs, int nspecs,
-			const char *prefix, TriageTrainOptions *options)
+/*
+ * Walk one level of an options object, checking every key against specs,
+ * each value against its spec's type (numbers against their range too),
+ * and handing it to set.
+ */
+void
+ParseOptionsObject(Jsonb *json, JsonbContainer *container, const OptionSpec *specs, int nspecs,
+				   const char *prefix, OptionSetter set, void *target)
 {
 	JsonbIterator *it = JsonbIteratorInit(container);
 	JsonbValue	v;
@@ -154,59 +137,59 @@ ParseObject(Jsonb *json, JsonbContainer *container, const OptionSpec *specs, int
 						 errmsg("unknown option \"%s%s\"", prefix, key),
 						 errhint("Known options: %s.", AllowedNames(specs, nspecs))));
 			tok = JsonbIteratorNext(&it, &v, true);
-			SetOption(options, prefix, spec, &v, json);
+			switch (spec->kind)
+			{
+				case OPTION_BOOL:
+					if (v.type != jbvBool)
+						OptionBadValue(prefix, spec);
+					break;
+				case OPTION_STRING:
+					if (v.type != jbvString)
+						OptionBadValue(prefix, spec);
+					break;
+				case OPTION_OBJECT:
+					if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+						OptionBadValue(prefix, spec);
+					break;
+				default:
+					(void) OptionNumber(&v, prefix, spec);
+					break;
+			}
+			set(target, prefix, spec, &v, json);
 		}
 	}
 }
 
+/* A fastText option, checked against its spec, into a TriageTrainOptions */
 static void
-SetOption(TriageTrainOptions *o, const char *prefix, const OptionSpec *spec, JsonbValue *v,
-		  Jsonb *json)
+SetOption(void *target, const char *prefix, const OptionSpec *spec, JsonbValue *v, Jsonb *json)
 {
+	TriageTrainOptions *o = target;
 	FastTextTrainOptions *f = &o->fasttext;
 	const char *name = spec->name;
 
-	switch (spec->kind)
-	{
-		case OPTION_BOOL:
-			if (v->type != jbvBool)
-				BadValue(prefix, spec);
-			break;
-		case OPTION_LOSS:
-			if (v->type != jbvString)
-				BadValue(prefix, spec);
-			break;
-		case OPTION_OBJECT:
-			if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
-				BadValue(prefix, spec);
-			break;
-		default:
-			(void) NumericValue(v, prefix, spec);
-			break;
-	}
-
 	if (strcmp(name, "epoch") == 0)
-		f->epoch = (int32) NumericValue(v, prefix, spec);
+		f->epoch = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "lr") == 0)
-		f->lr = NumericValue(v, prefix, spec);
+		f->lr = OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "dim") == 0)
-		f->dim = (int32) NumericValue(v, prefix, spec);
+		f->dim = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "wordNgrams") == 0)
-		f->wordNgrams = (int32) NumericValue(v, prefix, spec);
+		f->wordNgrams = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "minn") == 0)
-		f->minn = (int32) NumericValue(v, prefix, spec);
+		f->minn = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "maxn") == 0)
-		f->maxn = (int32) NumericValue(v, prefix, spec);
+		f->maxn = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "bucket") == 0)
-		f->bucket = (int32) NumericValue(v, prefix, spec);
+		f->bucket = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "minCount") == 0)
-		f->minCount = (int32) NumericValue(v, prefix, spec);
+		f->minCount = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "neg") == 0)
-		f->neg = (int32) NumericValue(v, prefix, spec);
+		f->neg = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "lrUpdateRate") == 0)
-		f->lrUpdateRate = (int32) NumericValue(v, prefix, spec);
+		f->lrUpdateRate = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "seed") == 0)
-		f->seed = (uint64) NumericValue(v, prefix, spec);
+		f->seed = (uint64) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "thread") == 0)
 		 /* training is single-threaded and so reproducible */ ;
 	else if (strcmp(name, "method") == 0)
@@ -216,7 +199,7 @@ SetOption(TriageTrainOptions *o, const char *prefix, const OptionSpec *spec, Jso
 		if (strcmp(method, "int8") == 0)
 			o->int8 = true;
 		else if (strcmp(method, "pq") != 0)
-			BadValue(prefix, spec);
+			OptionBadValue(prefix, spec);
 	}
 	else if (strcmp(name, "loss") == 0)
 	{
@@ -231,22 +214,22 @@ SetOption(TriageTrainOptions *o, const char *prefix, const OptionSpec *spec, Jso
 		else if (strcmp(loss, "ova") == 0)
 			f->loss = FASTTEXT_LOSS_OVA;
 		else
-			BadValue(prefix, spec);
+			OptionBadValue(prefix, spec);
 	}
 	else if (strcmp(name, "quantize") == 0)
 	{
 		o->quantize = true;
-		ParseObject(json, v->val.binary.data, QuantizeOptionSpecs,
-					lengthof(QuantizeOptionSpecs), "quantize.", o);
+		ParseOptionsObject(json, v->val.binary.data, QuantizeOptionSpecs,
+						   lengthof(QuantizeOptionSpecs), "quantize.", SetOption, o);
 	}
 	else if (strcmp(name, "dsub") == 0)
-		o->dsub = (int32) NumericValue(v, prefix, spec);
+		o->dsub = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "qnorm") == 0)
 		o->qnorm = v->val.boolean;
 	else if (strcmp(name, "qout") == 0)
 		o->qout = v->val.boolean;
 	else if (strcmp(name, "cutoff") == 0)
-		o->cutoff = (int64) NumericValue(v, prefix, spec);
+		o->cutoff = (int64) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "retrain") == 0)
 		o->retrain = v->val.boolean;
 }
@@ -268,7 +251,8 @@ ParseTrainOptions(Jsonb *json, TriageTrainOptions *options)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("options must be a JSON object, such as '{\"epoch\": 25}'")));
-	ParseObject(json, &json->root, TrainOptionSpecs, lengthof(TrainOptionSpecs), "", options);
+	ParseOptionsObject(json, &json->root, TrainOptionSpecs, lengthof(TrainOptionSpecs), "",
+					   SetOption, options);
 
 	if (f->maxn > 0 && f->minn > f->maxn)
 		ereport(ERROR,
@@ -308,7 +292,8 @@ ParseQuantizeOptions(Jsonb *json, TriageTrainOptions *options)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("options must be a JSON object, such as '{\"cutoff\": 50000}'")));
-	ParseObject(json, &json->root, QuantizeOptionSpecs, lengthof(QuantizeOptionSpecs), "", options);
+	ParseOptionsObject(json, &json->root, QuantizeOptionSpecs, lengthof(QuantizeOptionSpecs), "",
+					   SetOption, options);
 	if (options->retrain)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

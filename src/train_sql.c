@@ -1,10 +1,11 @@
 /*
  * train_sql.c
- *		triage.train_fasttext(query, options): train a classifier on the rows
- *		of a query and return the model file, its labels, parameters and
- *		training metrics.  The SQL function triage.train() stores the result
- *		as a new version.  triage.cross_validate(query, options, folds): each
- *		row's answer from a model trained on the other folds.
+ *		triage_internal.train_classifier(kind, query, options): train a
+ *		classifier of any kind on the rows of a query and return the model
+ *		file, its labels, parameters and training metrics.  The SQL function
+ *		triage.train() stores the result as a new version.
+ *		triage.cross_validate(query, options, folds): each row's answer from
+ *		a model trained on the other folds.
  *
  * Memory: the examples and the model live in one context, deleted at the
  * end; an error or a cancel (CHECK_FOR_INTERRUPTS in the progress callback
@@ -29,23 +30,7 @@
 #include "utils/memutils.h"
 #include "utils/tuplestore.h"
 
-#include "fasttext_quantize.h"
-#include "fasttext_train.h"
-#include "train_options.h"
 #include "triage.h"
-
-/* The labeled rows of the query, copied out of SPI */
-typedef struct TrainingSet
-{
-	FastTextExample *examples;
-	int64		n;
-	int64		capacity;
-	char	  **labels;
-	int32		nlabels;
-	int64		skipped_null_input;
-	HTAB	   *label_index;
-	MemoryContext target;		/* where the rows are copied */
-} TrainingSet;
 
 typedef struct LabelEntry
 {
@@ -175,8 +160,8 @@ AddTrainingRow(HeapTuple tuple, TupleDesc tupdesc, int64 row, void *arg)
 	{
 		set->capacity = set->capacity ? set->capacity * 2 : 1024;
 		set->examples = set->examples == NULL
-			? MemoryContextAllocHuge(set->target, sizeof(FastTextExample) * set->capacity)
-			: repalloc_huge(set->examples, sizeof(FastTextExample) * set->capacity);
+			? MemoryContextAllocHuge(set->target, sizeof(TrainingExample) * set->capacity)
+			: repalloc_huge(set->examples, sizeof(TrainingExample) * set->capacity);
 	}
 	set->examples[set->n].text = VARDATA_ANY(input_text);
 	set->examples[set->n].len = VARSIZE_ANY_EXHDR(input_text);
@@ -219,203 +204,112 @@ ReadTrainingSet(const char *query, TrainingSet *set, MemoryContext target)
 				 errhint("A classifier needs examples of at least two labels.")));
 }
 
-typedef struct ProgressState
-{
-	instr_time	start;
-	instr_time	last;
-	int32		epochs;
-	const char *what;			/* "training", "fold 2 of 5" */
-	int32		phase;			/* 0: training; 1: retraining after a cutoff */
-	int32		phases;			/* 2 when the model is retrained, else 1 */
-} ProgressState;
-
-/* What a training run measured: the training's, and the retraining's if any */
-typedef struct TrainMeasures
-{
-	FastTextTrainStats train;
-	FastTextTrainStats retrain;
-	bool		retrained;
-} TrainMeasures;
-
 /*
- * fastText's quantize: cutoff (keep the rows of largest norm), optionally
- * retrain the pruned dense model, then product-quantize.
+ * The kind that options name ("kind", default "linear"), and the options
+ * without that key, for the kind's own parser.
  */
-static TriageStatus
-QuantizeTrainedModel(FastTextModel *model, TriageTrainOptions *options, TrainingSet *set,
-					 const TriageAllocator *allocator, ProgressState *progress,
-					 TrainMeasures *measures, char *errbuf, size_t errlen)
+static const ClassifierKind *
+KindOfOptions(Jsonb *options, Jsonb **rest)
 {
-	FastTextQuantizeOptions q;
-	TriageStatus status;
+	JsonbValue	key;
+	JsonbValue *value;
+	const char *name = "linear";
 
-	FastTextQuantizeDefaults(&q);
-	q.dsub = options->dsub;
-	q.qnorm = options->qnorm;
-	q.qout = options->qout;
-	q.seed = (uint32_t) options->fasttext.seed + FASTTEXT_PQ_SEED;
-	if (options->cutoff > 0 && options->cutoff < model->input.m)
-	{
-		int32_t    *keep;
-		int64_t		nkeep;
-
-		status = FastTextSelectRows(model, options->cutoff, allocator, &keep, &nkeep, errbuf, errlen);
-		if (status != TRIAGE_OK)
-			return status;
-		status = FastTextPrune(model, keep, nkeep, errbuf, errlen);
-		TriageFree(allocator, keep);
-		if (status != TRIAGE_OK)
-			return status;
-		if (options->retrain)
-		{
-			progress->phase = 1;
-			status = FastTextRetrain(model, &options->fasttext, (const char *const *) set->labels,
-									 set->nlabels, set->examples, set->n, &measures->retrain,
-									 errbuf, errlen);
-			if (status != TRIAGE_OK)
-				return status;
-			measures->retrained = true;
-		}
-	}
-	if (options->int8)
-		return FastTextQuantizeInt8(model, errbuf, errlen);
-	q.cutoff = 0;
-	return FastTextQuantize(model, &q, errbuf, errlen);
+	*rest = options;
+	if (!JB_ROOT_IS_OBJECT(options))
+		return &LinearKind;		/* the kind's parser says what is wrong */
+	key.type = jbvString;
+	key.val.string.val = "kind";
+	key.val.string.len = 4;
+	value = findJsonbValueFromContainer(&options->root, JB_FOBJECT, &key);
+	if (value == NULL)
+		return &LinearKind;
+	if (value->type != jbvString)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"kind\" must be a string"),
+				 errhint("The kinds are \"linear\" (the default) and \"fasttext\".")));
+	name = pnstrdup(value->val.string.val, value->val.string.len);
+	*rest = DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(options),
+											   CStringGetTextDatum("kind")));
+	return FindClassifierKind(name, false);
 }
 
-
-/* Called by the core every few hundred examples: cancel and progress */
-static bool
-TrainProgress(void *arg, double done, double loss, int64_t examples)
+static void
+StartProgress(TrainingProgress *progress, const char *what)
 {
-	ProgressState *state = arg;
-	instr_time	now;
-	double		since_last;
-	double		elapsed;
-
-	CHECK_FOR_INTERRUPTS();
-	INSTR_TIME_SET_CURRENT(now);
-	since_last = INSTR_TIME_GET_DOUBLE(now) - INSTR_TIME_GET_DOUBLE(state->last);
-	if (since_last >= 5.0)
-	{
-		elapsed = INSTR_TIME_GET_DOUBLE(now) - INSTR_TIME_GET_DOUBLE(state->start);
-		/* one progress for the whole run: the retraining continues the training's */
-		ereport(NOTICE,
-				(errmsg("%s%s: epoch %d of %d, %.0f%% done, loss %.4f, %.0f examples/s",
-						state->what, state->phase == 1 ? ", retraining after the cutoff" : "",
-						Min((int) (done * state->epochs) + 1, state->epochs), state->epochs,
-						(state->phase + done) * 100.0 / state->phases, loss,
-						elapsed > 0 ? examples / elapsed : 0.0)));
-		state->last = now;
-	}
-	return true;
-}
-
-/*
- * Train (and quantize, if the options say so) a model on the set, in
- * context; errors are reported.
- */
-static FastTextModel *
-TrainModel(TriageTrainOptions *options, TrainingSet *set, MemoryContext context,
-		   ProgressState *progress, TrainMeasures *measures)
-{
-	TriageAllocator allocator = ContextAllocator(context);
-	FastTextModel *model;
-	TriageStatus status;
-	char		errbuf[256];
-
-	options->fasttext.progress = TrainProgress;
-	options->fasttext.progress_arg = progress;
-	options->fasttext.progress_every = 500;
+	INSTR_TIME_SET_CURRENT(progress->start);
+	progress->last = progress->start;
+	progress->what = what;
 	progress->phase = 0;
-	progress->phases = options->quantize && options->retrain && options->cutoff > 0 ? 2 : 1;
-	memset(measures, 0, sizeof(*measures));
-	status = FastTextTrain(&options->fasttext, (const char *const *) set->labels, set->nlabels,
-						   set->examples, set->n, &allocator, &model, &measures->train,
-						   errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportCoreError(status, errbuf, "training a fastText model");
-	if (options->quantize)
-	{
-		status = QuantizeTrainedModel(model, options, set, &allocator, progress, measures,
-									  errbuf, sizeof(errbuf));
-		if (status != TRIAGE_OK)
-			ReportCoreError(status, errbuf, "quantizing the trained model");
-	}
-	return model;
+	progress->phases = 1;
 }
 
-PG_FUNCTION_INFO_V1(triage_train_fasttext);
+PG_FUNCTION_INFO_V1(triage_train_classifier);
 
 /*
- * train_fasttext(query text, options jsonb) returns (data bytea, labels
- * text[], params jsonb, metrics jsonb)
+ * train_classifier(query text, options jsonb) returns (kind text, data
+ * bytea, labels text[], params jsonb, metrics jsonb): a classifier of the
+ * kind options name, trained on the (input, label) rows of query.
  */
 Datum
-triage_train_fasttext(PG_FUNCTION_ARGS)
+triage_train_classifier(PG_FUNCTION_ARGS)
 {
 	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Jsonb	   *options_json = PG_GETARG_JSONB_P(1);
-	TriageTrainOptions options;
+	Jsonb	   *options_json;
+	const ClassifierKind *kind = KindOfOptions(PG_GETARG_JSONB_P(1), &options_json);
+	void	   *options;
 	MemoryContext context;
 	MemoryContext old;
 	TrainingSet set;
-	FastTextModel *model;
-	TrainMeasures measures;
-	ProgressState progress;
+	void	   *model;
+	TrainingProgress progress;
 	size_t		nbytes;
 	bytea	   *data;
 	Datum	   *labels;
+	int32		nlabels;
 	TupleDesc	tupdesc;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
 	StringInfoData metrics;
-	instr_time	start,
-				end;
+	StringInfoData kind_metrics;
+	instr_time	end;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	ParseTrainOptions(options_json, &options);
+	options = kind->parse_options(options_json);
 
 	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage training", ALLOCSET_DEFAULT_SIZES);
 	memset(&set, 0, sizeof(set));
-	INSTR_TIME_SET_CURRENT(start);
+	StartProgress(&progress, "training");
 	old = MemoryContextSwitchTo(context);
 	ReadTrainingSet(query, &set, context);
 	MemoryContextSwitchTo(old);
 
-	progress.start = progress.last = start;
-	progress.epochs = options.fasttext.epoch;
-	progress.what = "training";
-	model = TrainModel(&options, &set, context, &progress, &measures);
-
-	data = SaveModelBytea(model, context, "the trained model");
+	initStringInfo(&kind_metrics);
+	model = kind->train(options, &set, context, &progress, &kind_metrics);
+	data = kind->save(model, context);
 	nbytes = VARSIZE(data) - VARHDRSZ;
 	INSTR_TIME_SET_CURRENT(end);
 
-	labels = palloc(sizeof(Datum) * model->nlabels);
-	for (int32 i = 0; i < model->nlabels; i++)
-		labels[i] = PointerGetDatum(FastTextLabelText(model, i));
+	nlabels = kind->label_count(model);
+	labels = palloc(sizeof(Datum) * nlabels);
+	for (int32 i = 0; i < nlabels; i++)
+		labels[i] = PointerGetDatum(ClassifierLabelText(kind, model, i));
 
 	initStringInfo(&metrics);
-	/* the training's loss, and the retraining's as its own measure */
 	appendStringInfo(&metrics,
-					 "{\"train\": {\"rows\": %lld, \"skipped_null_input\": %lld, \"labels\": %d, "
-					 "\"words\": %d, \"updates\": %lld, \"loss\": %.6g, \"seconds\": %.3f, \"bytes\": %zu",
-					 (long long) set.n, (long long) set.skipped_null_input, model->nlabels,
-					 model->nwords, (long long) measures.train.updates,
-					 isfinite(measures.train.loss) ? measures.train.loss : 0.0,
-					 INSTR_TIME_GET_DOUBLE(end) - INSTR_TIME_GET_DOUBLE(start), nbytes);
-	if (measures.retrained)
-		appendStringInfo(&metrics, ", \"retrain\": {\"updates\": %lld, \"loss\": %.6g}",
-						 (long long) measures.retrain.updates,
-						 isfinite(measures.retrain.loss) ? measures.retrain.loss : 0.0);
-	appendStringInfoString(&metrics, "}}");
+					 "{\"train\": {\"rows\": %lld, \"skipped_null_input\": %lld, \"labels\": %d%s, "
+					 "\"seconds\": %.3f, \"bytes\": %zu}}",
+					 (long long) set.n, (long long) set.skipped_null_input, nlabels,
+					 kind_metrics.data,
+					 INSTR_TIME_GET_DOUBLE(end) - INSTR_TIME_GET_DOUBLE(progress.start), nbytes);
 
-	values[0] = PointerGetDatum(data);
-	values[1] = PointerGetDatum(construct_array(labels, model->nlabels, TEXTOID, -1, false, TYPALIGN_INT));
-	values[2] = TrainOptionsJsonb(&options);
-	values[3] = DirectFunctionCall1(jsonb_in, CStringGetDatum(metrics.data));
+	values[0] = CStringGetTextDatum(kind->name);
+	values[1] = PointerGetDatum(data);
+	values[2] = PointerGetDatum(construct_array(labels, nlabels, TEXTOID, -1, false, TYPALIGN_INT));
+	values[3] = kind->options_jsonb(options);
+	values[4] = DirectFunctionCall1(jsonb_in, CStringGetDatum(metrics.data));
 	MemoryContextDelete(context);
 
 	tupdesc = BlessTupleDesc(tupdesc);
@@ -427,7 +321,7 @@ triage_train_fasttext(PG_FUNCTION_ARGS)
  * text share a fold and are never both trained on and predicted.
  */
 static int32
-FoldOf(const FastTextExample *example, int32 folds, uint64 seed)
+FoldOf(const TrainingExample *example, int32 folds, uint64 seed)
 {
 	return (int32) (hash_bytes_extended((const unsigned char *) example->text,
 										(int) example->len, seed) % (uint64) folds);
@@ -447,9 +341,10 @@ Datum
 triage_cross_validate(PG_FUNCTION_ARGS)
 {
 	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Jsonb	   *options_json = PG_GETARG_JSONB_P(1);
+	Jsonb	   *options_json;
+	const ClassifierKind *kind = KindOfOptions(PG_GETARG_JSONB_P(1), &options_json);
 	int32		folds = PG_GETARG_INT32(2);
-	TriageTrainOptions options;
+	void	   *options;
 	MemoryContext context;
 	MemoryContext old;
 	TrainingSet set;
@@ -458,14 +353,14 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 	int32		nonempty_folds = 0;
 	TupleDesc	tupdesc;
 	Tuplestorestate *store;
-	ProgressState progress;
+	TrainingProgress progress;
 
 	if (folds < 2 || folds > 100)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("folds must be between 2 and 100, not %d", folds),
 				 errhint("5 is usual: each model trains on 80%% of the rows.")));
-	ParseTrainOptions(options_json, &options);
+	options = kind->parse_options(options_json);
 	store = BeginMaterialize(fcinfo, &tupdesc);
 
 	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage cross-validation", ALLOCSET_DEFAULT_SIZES);
@@ -476,7 +371,7 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 	fold_rows = palloc0(sizeof(int64) * folds);
 	for (int64 i = 0; i < set.n; i++)
 	{
-		fold_of[i] = FoldOf(&set.examples[i], folds, options.fasttext.seed);
+		fold_of[i] = FoldOf(&set.examples[i], folds, kind->seed(options));
 		if (fold_rows[fold_of[i]]++ == 0)
 			nonempty_folds++;
 	}
@@ -487,26 +382,22 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 				 errmsg("cross-validation needs rows with at least two different inputs"),
 				 errhint("Copies of one input share a fold, so every row here would be held out at once.")));
 
-	INSTR_TIME_SET_CURRENT(progress.start);
-	progress.last = progress.start;
-	progress.epochs = options.fasttext.epoch;
+	StartProgress(&progress, NULL);
 	for (int32 f = 0; f < folds; f++)
 	{
 		MemoryContext fold_context;
 		TrainingSet rest = set;
-		FastTextModel *model;
-		TrainMeasures measures;
-		FastTextScratch scratch;
-		FastTextPrediction *predictions;
-		TriageAllocator allocator;
+		void	   *model;
+		void	   *scratch;
+		TriagePrediction *predictions;
+		StringInfoData ignored;
 
 		if (fold_rows[f] == 0)
 			continue;			/* fewer distinct inputs than folds */
 		fold_context = AllocSetContextCreate(context, "pg_triage fold", ALLOCSET_DEFAULT_SIZES);
-		allocator = ContextAllocator(fold_context);
 		old = MemoryContextSwitchTo(fold_context);
 		/* the other folds' rows, in their order */
-		rest.examples = MemoryContextAllocHuge(fold_context, sizeof(FastTextExample) * (set.n - fold_rows[f]));
+		rest.examples = MemoryContextAllocHuge(fold_context, sizeof(TrainingExample) * (set.n - fold_rows[f]));
 		rest.n = 0;
 		for (int64 i = 0; i < set.n; i++)
 		{
@@ -514,13 +405,14 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 				rest.examples[rest.n++] = set.examples[i];
 		}
 		progress.what = psprintf("cross-validation, fold %d of %d", f + 1, folds);
-		model = TrainModel(&options, &rest, fold_context, &progress, &measures);
+		initStringInfo(&ignored);
+		model = kind->train(options, &rest, fold_context, &progress, &ignored);
 
-		FastTextScratchInit(&scratch, &allocator);
-		predictions = palloc(sizeof(FastTextPrediction) * model->nlabels);
+		scratch = kind->new_scratch(model, fold_context);
+		predictions = palloc(sizeof(TriagePrediction) * kind->label_count(model));
 		for (int64 i = 0; i < set.n; i++)
 		{
-			const FastTextExample *example = &set.examples[i];
+			const TrainingExample *example = &set.examples[i];
 			Datum		values[5];
 			bool		nulls[5] = {false, false, false, false, false};
 			int32		n;
@@ -530,15 +422,15 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 			if (fold_of[i] != f)
 				continue;
 			CHECK_FOR_INTERRUPTS();
-			status = FastTextPredict(model, &scratch, example->text, example->len, 1, 0.0f,
-									 predictions, &n, errbuf, sizeof(errbuf));
+			status = kind->predict(model, scratch, example->text, example->len, 1, 0.0f,
+								   predictions, &n, errbuf, sizeof(errbuf));
 			if (status != TRIAGE_OK)
-				ReportCoreError(status, errbuf, "predicting a held-out row");
+				ReportModelError(kind->title, NULL, status, errbuf, "predicting a held-out row");
 			values[0] = PointerGetDatum(cstring_to_text_with_len(example->text, (int) example->len));
 			values[1] = CStringGetTextDatum(set.labels[example->label]);
 			if (n > 0)
 			{
-				values[2] = PointerGetDatum(FastTextLabelText(model, predictions[0].label));
+				values[2] = PointerGetDatum(ClassifierLabelText(kind, model, predictions[0].label));
 				values[3] = Float4GetDatum(predictions[0].probability);
 			}
 			else
@@ -546,7 +438,6 @@ triage_cross_validate(PG_FUNCTION_ARGS)
 			values[4] = Int32GetDatum(f + 1);
 			tuplestore_putvalues(store, tupdesc, values, nulls);
 		}
-		FastTextScratchFree(&scratch);
 		MemoryContextSwitchTo(old);
 		MemoryContextDelete(fold_context);
 	}

@@ -13,6 +13,7 @@
 #include "utils/jsonb.h"
 #include "utils/palloc.h"
 
+#include "classifier.h"
 #include "crf.h"
 #include "fasttext.h"
 #include "triage_core.h"
@@ -23,8 +24,8 @@
 
 typedef enum ModelKind
 {
-	MODEL_KIND_FASTTEXT,		/* a classifier (kind 'fasttext') */
-	MODEL_KIND_CRF				/* a field extractor (kind 'crf') */
+	MODEL_KIND_CLASSIFIER,		/* kind 'fasttext' or 'linear': a ClassifierKind */
+	MODEL_KIND_EXTRACTOR		/* a field extractor (kind 'crf') */
 } ModelKind;
 
 /* A model loaded into this backend, keyed by (name, version) */
@@ -35,10 +36,12 @@ typedef struct CachedModel
 	uint64		serial;			/* unique per load in this backend: tells reloads apart */
 	ModelKind	kind;
 	MemoryContext context;		/* owns the model and its scratch */
-	/* a classifier */
-	FastTextModel *fasttext;
-	FastTextScratch scratch;
-	FastTextPrediction *predictions;	/* room for every label */
+	/* a classifier: its kind's functions, the loaded model, its scratch */
+	const ClassifierKind *classifier;
+	void	   *state;
+	void	   *scratch;
+	int32		nlabels;
+	TriagePrediction *predictions;	/* room for every label */
 	/* an extractor */
 	CrfModel   *crf;
 	CrfWorkspace crf_workspace;
@@ -65,15 +68,19 @@ typedef struct ModelRef
 	uint64		privilege_generation;	/* and as of which grants */
 } ModelRef;
 
+/* glue.c: what every glue file shares to call the core */
+extern TriageAllocator ContextAllocator(MemoryContext context);
+extern void ReportModelError(const char *title, const char *hint, TriageStatus status,
+							 const char *message, const char *context);
+extern void ReportCoreError(TriageStatus status, const char *message, const char *context);
+extern bytea *ByteaFromBytes(const uint8_t *bytes, size_t nbytes, const char *what, const char *hint);
+extern struct Tuplestorestate *BeginMaterialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc);
+
 /* model_cache.c */
 extern void ModelCacheInit(void);
 extern CachedModel *ModelRefGet(FunctionCallInfo fcinfo, text *name, int32 version);
 extern CachedModel *ModelRefLookup(ModelRef *ref, const char *name, int len, int32 version);
-extern TriageAllocator ContextAllocator(MemoryContext context);
-extern FastTextModel *LoadModelBytea(bytea *data, MemoryContext context);
-extern bytea *SaveModelBytea(const FastTextModel *model, MemoryContext context, const char *what);
 extern void ModelRequireKind(CachedModel *model, ModelKind kind);
-extern void ReportCoreError(TriageStatus status, const char *message, const char *context);
 extern void TrimModelScratch(CachedModel *model);
 extern int32 InputBytesLimit(void);
 extern int32 LimitInputLength(const char *bytes, int32 len);
@@ -118,10 +125,16 @@ extern void CheckCrfFieldNames(const CrfModel *model, const char *what);
 /* route.c */
 extern void RouteInit(void);
 
-/* fasttext_sql.c */
+/* classifier.c: classification with a model of any kind */
 extern int32 ModelPredict(CachedModel *model, text *input, int32 k, float threshold);
+extern text *ModelLabelText(CachedModel *model, int32 label);
+extern const char *ModelLabelName(CachedModel *model, int32 label, size_t *len);
+
+/* fasttext_kind.c */
+extern FastTextModel *LoadFastTextBytea(bytea *data, MemoryContext context);
+extern bytea *SaveFastTextBytea(const FastTextModel *model, MemoryContext context, const char *what);
+extern void ReportFastTextError(TriageStatus status, const char *message, const char *context);
 extern text *FastTextLabelText(const FastTextModel *model, int32 label);
 extern void CheckFastTextLabels(const FastTextModel *model);
-extern struct Tuplestorestate *BeginMaterialize(FunctionCallInfo fcinfo, TupleDesc *tupdesc);
 
 #endif
