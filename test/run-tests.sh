@@ -29,6 +29,8 @@ SANITIZE="-g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -ffp-con
 CORE_SRCS=$(make -s -f src/core.mk print-CORE_SRCS)
 # the CRF extractor's core (crf_sql.c is the server glue, not core)
 CRF_SRCS=$(make -s -f src/core.mk print-CRF_CORE_SRCS)
+# the linear kind's core: token normalization, features, format, training
+LINEAR_SRCS=$(make -s -f src/core.mk print-LINEAR_CORE_SRCS)
 
 section() {
 	echo
@@ -68,6 +70,9 @@ core_test test_quantize "$CORE_SRCS -lm" "$ROOT/test/data" "$WORK/quantize/dense
 
 # the CRF extractor: tokenizer, alignment, training, decoding, model format
 core_test test_crf "$CRF_SRCS -llbfgs -lm"
+
+# the linear kind: normalization, training (and on fine_foods_train.csv), format
+core_test test_linear "$LINEAR_SRCS -llbfgs -lutf8proc -lm" "$ROOT/test/data"
 
 # triage-worker's masking of secrets (the API key whole, cut, escaped) and
 # what it says of the endpoint URL: the stub LLM cannot echo a key
