@@ -129,6 +129,8 @@ fuzz: deps
 		test/fuzz/fuzz_fasttext_load.c $(CORE_SRCS) -lm -o test/fuzz/fuzz_fasttext_load
 	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
 		test/fuzz/fuzz_crf_load.c $(CRF_CORE_SRCS) -llbfgs -lm -o test/fuzz/fuzz_crf_load
+	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
+		test/fuzz/fuzz_linear_load.c $(LINEAR_CORE_SRCS) -llbfgs -lutf8proc -lm -o test/fuzz/fuzz_linear_load
 
 models: deps
 	$(MAKE) all

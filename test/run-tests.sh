@@ -101,6 +101,15 @@ if gcc $SANITIZE -Isrc test/fuzz/fuzz_crf_standalone.c test/fuzz/fuzz_runner.c t
 else
 	record "fuzz smoke (CRF build)" 1
 fi
+# linear models: about 6,000 inputs (under 10 s), checksums repaired as for CRF
+if gcc $SANITIZE -Isrc test/fuzz/fuzz_linear_standalone.c test/fuzz/fuzz_runner.c test/fuzz/fuzz_linear_load.c \
+	$LINEAR_SRCS -llbfgs -lutf8proc -lm -o "$WORK/fuzz_linear_standalone"; then
+	"$WORK/fuzz_linear_standalone" -n 1200 -seed 1 -max_total_time 60 -crashdir "$WORK" \
+		test/fuzz/linear_corpus 2>&1 | tee "$WORK/fuzz_linear.out"
+	count_fuzz "fuzz smoke (linear)" "$WORK/fuzz_linear.out" "${PIPESTATUS[0]}"
+else
+	record "fuzz smoke (linear build)" 1
+fi
 
 # 3. pg_regress: every name of the Makefile's REGRESS has its files and one
 # result line, and pg_regress exits 0
