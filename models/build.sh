@@ -32,7 +32,7 @@ COPY food FROM '$ROOT/test/data/fine_foods_train.csv' WITH (FORMAT csv, HEADER);
 CREATE TABLE split AS SELECT row_number() OVER () AS n, review, score FROM food;
 
 SELECT triage.train('sentiment', 'SELECT review, score FROM split WHERE n % 5 <> 0',
-  '{"dim": 50, "epoch": 25, "lr": 0.1, "wordNgrams": 2, "minn": 2, "maxn": 4,
+  '{"kind": "fasttext", "dim": 50, "epoch": 25, "lr": 0.1, "wordNgrams": 2, "minn": 2, "maxn": 4,
     "bucket": 200000, "seed": 1,
     "quantize": {"cutoff": 20000, "retrain": true, "dsub": 2, "qnorm": true}}') AS version \gset
 -- calibrate on one half of the held-out reviews, report on the other

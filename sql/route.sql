@@ -74,7 +74,7 @@ SELECT c->'rows' AS rows, c->'folds' AS folds, c->'version' AS version,
 SELECT abs((c->>'escalation_rate')::float
            - (SELECT avg((coalesce(x.confidence, 0) < (c->>'threshold')::float - 5e-5)::int)
                 FROM triage.cross_validate('SELECT review, score FROM labeled WHERE n % 2 = 0',
-                                           '{"dim": 10, "epoch": 5, "seed": 1}', 3) x)) < 0.01 AS same_escalation
+                                           '{"kind": "fasttext", "dim": 10, "epoch": 5, "seed": 1}', 3) x)) < 0.01 AS same_escalation
   FROM cv_result WHERE c->'label_thresholds' = '{}';
 SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM labeled', folds => 1,
                                   target_accuracy => 0.9);

@@ -13,7 +13,7 @@ CREATE TABLE food_split AS
   SELECT row_number() OVER () AS n, review, score FROM food;
 CREATE VIEW food_train AS SELECT review, score FROM food_split WHERE n % 5 <> 0;
 CREATE VIEW food_test AS SELECT review, score FROM food_split WHERE n % 5 = 0;
-\set small '{"dim": 10, "epoch": 20, "lr": 0.5, "wordNgrams": 2, "bucket": 20000, "seed": 7}'
+\set small '{"kind": "fasttext", "dim": 10, "epoch": 20, "lr": 0.5, "wordNgrams": 2, "bucket": 20000, "seed": 7}'
 
 -- train: a new version from a query of (input, label)
 SELECT triage.train('food', 'SELECT review, score FROM food_train', :'small');
@@ -106,7 +106,7 @@ SELECT (SELECT params->>'quantization' FROM triage.models WHERE name = 'food_int
   FROM food_test;
 -- a pruned int8 model has no fastText form
 SELECT triage.export_fasttext('food_q', 5);
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"quantize": {"method": "int4"}}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "quantize": {"method": "int4"}}');
 
 -- export: the stored bytes, which the fasttext tool reads
 SELECT md5(triage.export_fasttext('food', 1)) = md5(data) AS exported_as_stored
@@ -189,22 +189,22 @@ SELECT triage.train('bad', 'INSERT INTO food VALUES (''a'', ''b'', ''c'')');
 SELECT triage.train('bad', 'SELECT review, score, product FROM food');
 SELECT triage.train('bad', 'SELECT 1, 2');
 SELECT triage.train('bad', 'SELECT nonsense FROM');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"epochs": 5}');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"epoch": 0}');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"lr": "fast"}');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"loss": "hinge"}');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"dim": 2.5}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "epochs": 5}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "epoch": 0}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "lr": "fast"}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "loss": "hinge"}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "dim": 2.5}');
 SELECT triage.train('bad', 'SELECT review, score FROM food_train', '[1, 2]');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"minn": 5, "maxn": 3}');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"wordNgrams": 2, "bucket": 0}');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"bucket": 10000000, "dim": 100}');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"quantize": {"dsub": 200}}');
-SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"quantize": {"bits": 4}}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "minn": 5, "maxn": 3}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "wordNgrams": 2, "bucket": 0}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "bucket": 10000000, "dim": 100}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "quantize": {"dsub": 200}}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "quantize": {"bits": 4}}');
 SELECT triage.train('bad name', 'SELECT review, score FROM food_train');
 SELECT count(*) FROM triage.models WHERE name = 'bad';
 
 -- a cancelled or timed-out training leaves no version behind
 SET statement_timeout = '300ms';
-SELECT triage.train('slow', 'SELECT review, score FROM food_train', '{"epoch": 1000, "dim": 50}');
+SELECT triage.train('slow', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "epoch": 1000, "dim": 50}');
 RESET statement_timeout;
 SELECT count(*) FROM triage.models WHERE name = 'slow';

@@ -480,7 +480,7 @@ ModelExtract(CachedModel *model, text *input)
 	char		errbuf[256];
 	TriageStatus status;
 
-	ModelRequireKind(model, MODEL_KIND_CRF);
+	ModelRequireKind(model, MODEL_KIND_EXTRACTOR);
 	model->crf_nresults = 0;
 	status = CrfExtract(model->crf, &model->crf_workspace, VARDATA_ANY(input),
 						LimitInputLength(VARDATA_ANY(input), VARSIZE_ANY_EXHDR(input)),

@@ -756,7 +756,7 @@ triage_model_store_changed(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("triage.model_store_changed() must be called as a trigger")));
+				 errmsg("triage_internal.model_store_changed() must be called as a trigger")));
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	PG_RETURN_POINTER(NULL);
 }

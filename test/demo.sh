@@ -79,7 +79,7 @@ SQL
 say "Train a new version in the database from a query, compare, deploy, roll back"
 sql <<SQL
 SELECT triage.train('sentiment', 'SELECT review, score FROM raw EXCEPT SELECT review, gold FROM reviews',
-                    '{"dim": 20, "epoch": 10, "lr": 0.2, "wordNgrams": 2, "bucket": 100000, "seed": 2,
+                    '{"kind": "fasttext", "dim": 20, "epoch": 10, "lr": 0.2, "wordNgrams": 2, "bucket": 100000, "seed": 2,
                       "quantize": {"cutoff": 20000}}') AS new_version \gset
 \echo trained version :new_version
 SELECT version, pg_size_pretty(octet_length(data)::bigint) AS size,

@@ -49,7 +49,14 @@ BEGIN
 							 CASE WHEN extractor THEN 'fields' ELSE 'label' END, name)
 		|| coalesce(' UNION ALL SELECT * FROM (' || extra || ') AS extra', '');
 	before := triage.evaluate(name, heldout, old_version);
-	new_version := triage_internal.train_model(name, CASE WHEN extractor THEN 'crf' ELSE 'fasttext' END,
+	-- a classifier is retrained as the kind it is, unless options say otherwise
+	IF NOT extractor THEN
+		train_options := jsonb_build_object('kind', (SELECT m.kind FROM triage.models m
+													   WHERE m.name = distill.name
+														 AND m.version = old_version))
+						 || train_options;
+	END IF;
+	new_version := triage_internal.train_model(name, CASE WHEN extractor THEN 'crf' ELSE 'classifier' END,
 									  training_query, train_options,
 									  pg_catalog.current_setting('search_path'));
 	after := triage.evaluate(name, heldout, new_version);

@@ -176,7 +176,34 @@ BEGIN
 		confusion AS (
 			SELECT gold, jsonb_object_agg(coalesce(predicted, '(none)'), n) AS row
 			  FROM (SELECT gold, predicted, count(*) AS n FROM scored GROUP BY 1, 2) c
-			 GROUP BY gold)
+			 GROUP BY gold),
+		-- ranking: rows of one confidence together, most confident first; a
+		-- row with no answer has confidence 0 and is never right
+		by_confidence AS (
+			SELECT confidence,
+				   count(*) FILTER (WHERE predicted IS NOT DISTINCT FROM gold) AS ok,
+				   count(*) FILTER (WHERE predicted IS DISTINCT FROM gold) AS wrong
+			  FROM scored GROUP BY confidence),
+		cumulative AS (
+			SELECT confidence, ok, wrong,
+				   sum(wrong) OVER (ORDER BY confidence ROWS BETWEEN UNBOUNDED PRECEDING
+																AND 1 PRECEDING) AS wrong_below,
+				   sum(ok + wrong) OVER (ORDER BY confidence DESC) AS kept,
+				   sum(ok) OVER (ORDER BY confidence DESC) AS kept_ok
+			  FROM by_confidence),
+		-- keeping the rows at or above each confidence: what is escalated, and
+		-- the accuracy of what is kept
+		coverage AS (
+			SELECT 1 - kept::float8 / (SELECT count(*) FROM scored) AS escalation,
+				   kept_ok::float8 / kept AS kept_accuracy
+			  FROM cumulative),
+		targets AS (
+			SELECT t, coalesce((SELECT min(escalation) FROM coverage WHERE kept_accuracy >= t), 1) AS escalation
+			  FROM unnest(ARRAY[0.85, 0.90, 0.95]) AS t),
+		curve AS (
+			SELECT e, (SELECT c.kept_accuracy FROM coverage c WHERE c.escalation <= e
+						ORDER BY c.escalation DESC LIMIT 1) AS kept_accuracy
+			  FROM generate_series(0, 19) g, LATERAL (SELECT g / 20.0 AS e) x)
 		SELECT jsonb_build_object(
 			'model', $1::text,
 			'version', $2,
@@ -193,6 +220,17 @@ BEGIN
 			'confusion', (SELECT jsonb_object_agg(gold, row) FROM confusion),
 			'ece', (SELECT round((sum(n * abs(accuracy - confidence)) / sum(n))::numeric, 4)
 					  FROM bins),
+			-- the chance that a right answer is more confident than a wrong one
+			-- (ties count half): how well confidence ranks, which sets escalations
+			'auroc', (SELECT round((sum(ok * (coalesce(wrong_below, 0) + 0.5 * wrong))
+									/ nullif(sum(ok) * sum(wrong), 0))::numeric, 4)
+						FROM cumulative),
+			'escalation_for_accuracy', (SELECT jsonb_object_agg(to_char(t, 'FM0.00'), round(escalation::numeric, 4))
+										  FROM targets),
+			'risk_coverage', (SELECT jsonb_agg(jsonb_build_object(
+								  'escalation', e, 'kept_accuracy', round(kept_accuracy::numeric, 4))
+								  ORDER BY e)
+								FROM curve WHERE kept_accuracy IS NOT NULL),
 			'reliability', (SELECT jsonb_agg(jsonb_build_object(
 								'bin', format('%%s-%%s', round(bin / 10.0, 1), round((bin + 1) / 10.0, 1)),
 								'n', n,

@@ -18,7 +18,8 @@ DECLARE
 	other_kind text;
 BEGIN
 	SELECT m.kind INTO other_kind FROM triage.models m
-	 WHERE m.name = check_model_kind.name AND m.kind <> check_model_kind.kind LIMIT 1;
+	 WHERE m.name = check_model_kind.name
+	   AND (m.kind = 'crf') <> (check_model_kind.kind = 'crf') LIMIT 1;
 	IF other_kind IS NOT NULL THEN
 		RAISE EXCEPTION 'model "%" is %; %', name,
 			CASE other_kind WHEN 'crf' THEN 'an extractor' ELSE 'a classifier' END,
@@ -104,17 +105,18 @@ $$;
 COMMENT ON FUNCTION triage.export_fasttext(text, integer) IS
 	'The model as a fastText .bin/.ftz file, which the fasttext tool loads and predicts with identically.';
 
-CREATE FUNCTION triage.train_fasttext(query text, options jsonb,
-									  OUT data bytea, OUT labels text[], OUT params jsonb,
-									  OUT metrics jsonb)
+CREATE FUNCTION triage_internal.train_classifier(query text, options jsonb,
+									OUT kind text, OUT data bytea, OUT labels text[],
+									OUT params jsonb, OUT metrics jsonb)
 	RETURNS record
-	AS 'MODULE_PATHNAME', 'triage_train_fasttext'
+	AS 'MODULE_PATHNAME', 'triage_train_classifier'
 	LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION triage.train_fasttext(text, jsonb) IS
-	'Trains a fastText classifier on the (input, label) rows of query and returns it without storing it.';
+COMMENT ON FUNCTION triage_internal.train_classifier(text, jsonb) IS
+	'Trains a classifier of the kind options->>''kind'' names (linear by default) on the (input, label) rows of query and returns it without storing it.';
 
 -- train and train_extractor: the name checked before a long training, then
--- the trainer of the kind, then stored as the next version
+-- the trainer of the kind, then stored as the next version; kind is 'crf'
+-- or 'classifier' (which kind of classifier, options->>'kind' says)
 CREATE FUNCTION triage_internal.train_model(name text, kind text, query text, options jsonb,
 									query_search_path text) RETURNS integer
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
@@ -125,10 +127,13 @@ BEGIN
 	PERFORM triage_internal.check_model_kind(name, kind);
 	IF kind = 'crf' THEN
 		query := triage_internal.user_rows_sql(query, query_search_path, '{text,jsonb}');
-		SELECT data, fields AS names, params, metrics INTO trained FROM triage.train_crf(query, options);
+		SELECT 'crf' AS kind, data, fields AS names, params, metrics INTO trained
+		  FROM triage.train_crf(query, options);
 	ELSE
 		query := triage_internal.user_rows_sql(query, query_search_path, '{text,text}');
-		SELECT data, labels AS names, params, metrics INTO trained FROM triage.train_fasttext(query, options);
+		SELECT t.kind, data, labels AS names, params, metrics INTO trained
+		  FROM triage_internal.train_classifier(query, options) t;
+		kind := trained.kind;
 	END IF;
 	RETURN triage_internal.store_model(name, kind, trained.names, trained.params, trained.metrics, trained.data);
 END;
@@ -139,10 +144,10 @@ COMMENT ON FUNCTION triage_internal.train_model(text, text, text, jsonb, text) I
 -- As the caller, with the caller's search_path for the query text
 CREATE FUNCTION triage.train(name text, query text, options jsonb DEFAULT '{}') RETURNS integer
 LANGUAGE sql VOLATILE STRICT AS $$
-	SELECT triage_internal.train_model(name, 'fasttext', query, options, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.train_model(name, 'classifier', query, options, pg_catalog.current_setting('search_path'))
 $$;
 COMMENT ON FUNCTION triage.train(text, text, jsonb) IS
-	'Trains a classifier on the (input, label) rows of query and stores it as a new version of name.';
+	'Trains a classifier (options->>''kind'': linear by default, or fasttext) on the (input, label) rows of query and stores it as a new version of name.';
 
 
 -- Classification ----------------------------------------------------------------

@@ -23,7 +23,7 @@ CREATE TABLE triage.models (
 	name text NOT NULL
 		CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.-]*$' AND octet_length(name) < 64),
 	version integer NOT NULL CHECK (version > 0),
-	kind text NOT NULL CHECK (kind IN ('fasttext', 'crf')),
+	kind text NOT NULL CHECK (kind IN ('linear', 'fasttext', 'crf')),
 	labels text[] NOT NULL,
 	params jsonb NOT NULL DEFAULT '{}',
 	metrics jsonb NOT NULL DEFAULT '{}',

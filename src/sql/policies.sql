@@ -73,7 +73,7 @@ BEGIN
 	-- fields the large model may answer are theirs (by default all of them)
 	IF NEW.model IS NOT NULL THEN
 		SELECT m.labels INTO model_labels FROM triage.models m
-		 WHERE m.name = NEW.model AND m.kind = 'fasttext' ORDER BY m.version DESC LIMIT 1;
+		 WHERE m.name = NEW.model AND m.kind <> 'crf' ORDER BY m.version DESC LIMIT 1;
 		IF model_labels IS NULL THEN
 			RAISE EXCEPTION 'classifier "%" does not exist', NEW.model
 				USING ERRCODE = 'undefined_object',

@@ -230,8 +230,12 @@ BEGIN
 			USING ERRCODE = 'wrong_object_type',
 				HINT = 'train_and_calibrate trains the policy''s model; an extraction policy has none.';
 	END IF;
-	PERFORM triage_internal.check_model_kind(p.model, 'fasttext');
+	PERFORM triage_internal.check_model_kind(p.model, 'classifier');
 	query := triage_internal.user_rows_sql(query, query_search_path, '{text,text}');
+	-- a model is retrained as the kind it is, unless options say otherwise
+	options := jsonb_strip_nulls(jsonb_build_object(
+		'kind', (SELECT m.kind FROM triage.models m WHERE m.name = p.model
+				  ORDER BY m.version DESC LIMIT 1))) || options;
 
 	-- thresholds from every row's out-of-fold answer ...
 	SELECT jsonb_agg(jsonb_build_object('l', x.predicted, 'c', coalesce(x.confidence, 0),

@@ -27,7 +27,7 @@ BEGIN
 	query := triage_internal.user_rows_sql(query, query_search_path, '{text,text}');
 	v := coalesce(v, triage_internal.deployed_version(name));
 	SELECT * INTO source FROM triage.models m
-	 WHERE m.name = calibrate_temperature.name AND m.version = v AND m.kind = 'fasttext';
+	 WHERE m.name = calibrate_temperature.name AND m.version = v AND m.kind <> 'crf';
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'classifier "%" version % does not exist', name, v USING ERRCODE = 'undefined_object';
 	END IF;
@@ -35,7 +35,7 @@ BEGIN
 	-- stored as a new version: a stored version never changes its answers
 	before := triage.evaluate(name, query, v);
 	fit := triage.fit_temperature(name, v, query);
-	new_version := triage_internal.store_model(name, 'fasttext', source.labels,
+	new_version := triage_internal.store_model(name, source.kind, source.labels,
 		source.params || jsonb_build_object('calibrated_from', v),
 		(source.metrics - 'calibration' - 'heldout') || jsonb_build_object('calibration', fit),
 		source.data);

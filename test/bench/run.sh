@@ -103,6 +103,9 @@ fasttext quantize -input "$WORK/train.txt" -output "$WORK/model" -qnorm -cutoff 
 	-retrain -thread 2 -verbose 0 >/dev/null
 model_size=$(stat -c %s "$WORK/model.ftz")
 psql_q -At -c "SELECT triage.import_fasttext('bench', pg_read_binary_file('$WORK/model.ftz'))" >/dev/null
+# the linear kind, triage.train's default, on the same 4,000 labeled reviews
+log "bench: training the linear model"
+psql_q -At -c "SELECT triage.train('bench_linear', 'SELECT review, score FROM reviews_src')" >/dev/null
 
 # Timing --------------------------------------------------------------------
 # RUNS rounds, each one fasttext predict-prob run and then one psql session
@@ -140,6 +143,9 @@ round_sql() {	# round number
 		timed "classify_$mode" "triage.classify('bench', review)"
 		timed "md5_$mode" "md5(review)"
 	done
+	mode_sql serial
+	echo "SELECT triage.classify('bench_linear', 'warm up');"
+	timed linear_serial "triage.classify('bench_linear', review)"
 }
 
 # The core alone (test/bench/classify_core.c: load, then every line with
@@ -205,14 +211,21 @@ for round in $(seq "$RUNS"); do
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "fasttext_train %.3f\n", b - a }' >>"$WORK/train_times.txt"
 	ms=$(psql_q -At <<SQL | sed -n 's/^Execution Time: \([0-9.]*\) ms$/\1/p'
 EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF)
-SELECT triage.train_fasttext('SELECT review, score FROM reviews_src', '$TRAIN_JSON');
+SELECT triage_internal.train_classifier('SELECT review, score FROM reviews_src', '{"kind": "fasttext"}'::jsonb || '$TRAIN_JSON');
 SQL
 )
 	awk -v ms="$ms" 'BEGIN { printf "triage_train %.3f\n", ms / 1000 }' >>"$WORK/train_times.txt"
+	ms=$(psql_q -At <<SQL | sed -n 's/^Execution Time: \([0-9.]*\) ms$/\1/p'
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, COSTS OFF)
+SELECT triage_internal.train_classifier('SELECT review, score FROM reviews_src', '{}');
+SQL
+)
+	awk -v ms="$ms" 'BEGIN { printf "linear_train %.3f\n", ms / 1000 }' >>"$WORK/train_times.txt"
 done
 best_train() { awk -v n="$1" '$1 == n && (b == "" || $2 < b) { b = $2 } END { print b }' "$WORK/train_times.txt"; }
 t_ft_train=$(best_train fasttext_train)
 t_pg_train=$(best_train triage_train)
+t_linear_train=$(best_train linear_train)
 # held-out accuracy, the same split for both
 cp "$WORK/train.txt" "$WORK/train_all.txt"
 awk 'NR % 5 != 0' "$WORK/train_all.txt" >"$WORK/train80.txt"
@@ -220,7 +233,7 @@ awk 'NR % 5 == 0' "$WORK/train_all.txt" >"$WORK/test20.txt"
 fasttext supervised -input "$WORK/train80.txt" -output "$WORK/heldout" $TRAIN_OPTS -thread 2 -verbose 0
 ft_acc=$(fasttext test "$WORK/heldout.bin" "$WORK/test20.txt" | sed -n 's/^P@1\t//p')
 pg_acc=$(psql_q -At <<SQL
-SELECT triage.train('heldout', 'SELECT review, score FROM reviews_src WHERE n % 5 <> 0', '$TRAIN_JSON') \\g /dev/null
+SELECT triage.train('heldout', 'SELECT review, score FROM reviews_src WHERE n % 5 <> 0', '$TRAIN_JSON'::jsonb || '{"kind": "fasttext"}') \\g /dev/null
 SELECT triage.evaluate('heldout', 'SELECT review, score FROM reviews_src WHERE n % 5 = 0')->>'accuracy';
 SQL
 )
@@ -371,6 +384,7 @@ describe() {	# mode, workers launched
 				"$(best "${q}_$mode")" "$(best "md5_$mode")"
 		done
 	done
+	row "triage.classify, linear kind (triage.train's default), serial" "$(best linear_serial)" "$(best md5_serial)"
 	echo
 	echo "cold triage.classify, serial (the session's first, with the model load): $(printf '%.3f' "$t_cold") s"
 	echo "settings: serial = max_parallel_workers_per_gather 0; default = $default_workers workers allowed, planner's choice;"
@@ -384,7 +398,9 @@ describe() {	# mode, workers launched
 	echo "training on the 4,000 labeled reviews, $TRAIN_OPTS, best of $RUNS:"
 	awk -v f="$t_ft_train" -v p="$t_pg_train" 'BEGIN {
 		printf "  %-50s %8.3f s\n", "fasttext supervised (2 threads)", f
-		printf "  %-50s %8.3f s   %.2fx the time of fastText\n", "triage.train_fasttext (1 thread)", p, p / f }'
+		printf "  %-50s %8.3f s   %.2fx the time of fastText\n", "triage.train, fastText kind (1 thread)", p, p / f }'
+	awk -v f="$t_ft_train" -v p="$t_linear_train" 'BEGIN {
+		printf "  %-50s %8.3f s   %.2fx the time of fastText\n", "triage.train, linear kind, defaults (C by 5-fold CV)", p, p / f }'
 	echo "  held-out accuracy (every 5th review, trained on the rest): pg_triage $pg_acc, fasttext $ft_acc"
 	echo
 	echo "OpenBLAS: 100,000 rows, serial, best of $RUNS; classify_batch takes arrays of 1,000 rows:"

@@ -58,7 +58,7 @@ $$;
 
 DO $$
 DECLARE
-	options jsonb := '{"dim": 10, "epoch": 10, "lr": 0.5, "wordNgrams": 2, "minn": 3, "maxn": 6, '
+	options jsonb := '{"kind": "fasttext", "dim": 10, "epoch": 10, "lr": 0.5, "wordNgrams": 2, "minn": 3, "maxn": 6, '
 					 '"bucket": 200000, "seed": 1, "thread": 1}';
 	m text;
 BEGIN

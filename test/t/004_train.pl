@@ -40,7 +40,7 @@ my $majority = $node->safe_psql('postgres',
 # The hyperparameters of the data's documented baseline
 my %hp = (dim => 50, epoch => 25, lr => 0.1, wordNgrams => 2, minn => 2, maxn => 4, bucket => 200000);
 my $ft_opts = join ' ', map { "-$_ $hp{$_}" } sort keys %hp;
-my $json = '{' . join(', ', map { "\"$_\": $hp{$_}" } sort keys %hp) . '}';
+my $json = '{"kind": "fasttext", ' . join(', ', map { "\"$_\": $hp{$_}" } sort keys %hp) . '}';
 
 sub fasttext_accuracy
 {

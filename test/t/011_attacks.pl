@@ -435,7 +435,7 @@ su('shop', qq{
 	CREATE TABLE public.forge_rows AS
 	SELECT 'row ' || g || ' ' || l AS input, l AS label
 	  FROM generate_series(1, 5) g, unnest(ARRAY['true', 'false', '999999', '5000', 'great', 'other']) l;
-	SELECT triage.train('forge_model', 'SELECT input, label FROM public.forge_rows', '{"dim": 2, "epoch": 1}');
+	SELECT triage.train('forge_model', 'SELECT input, label FROM public.forge_rows', '{"kind": "fasttext", "dim": 2, "epoch": 1}');
 });
 for my $schema (qw(alice mallory olga))
 {
@@ -620,7 +620,7 @@ attack('#13.3 triage_admin forges escalations of pg_authid.rolsuper and hr.payro
 attack('#21.1 operator and function shadowing: a superuser runs the whole loop under search_path = public, pg_catalog in shadowdb', sub {
 	my $path = "SET search_path = public, pg_catalog;\n";
 	my $before_all = shadow_mark('shadowdb', 'public');
-	my $opts = '{"dim": 10, "epoch": 5, "seed": 1}';
+	my $opts = '{"kind": "fasttext", "dim": 10, "epoch": 5, "seed": 1}';
 	my %ids;
 	my $step = sub {
 		my ($what, $sql, $role) = @_;
@@ -659,7 +659,7 @@ attack('#21.1 operator and function shadowing: a superuser runs the whole loop u
 	$step->('calibrate', "SELECT triage.calibrate('sh_pol', 'SELECT review, score FROM sh_cal', target_accuracy => 0.8)");
 	$step->('calibrate_temperature', "SELECT triage.calibrate_temperature('sh_trained', 'SELECT review, score FROM sh_cal')");
 	$step->('fit_temperature', "SELECT triage.fit_temperature('sh_trained', 1, 'SELECT review, score FROM sh_cal')");
-	$step->('cross_validate', "SELECT count(*) FROM triage.cross_validate('SELECT review, score FROM sh_train', '{\"dim\": 10, \"epoch\": 2}', 2)");
+	$step->('cross_validate', "SELECT count(*) FROM triage.cross_validate('SELECT review, score FROM sh_train', '{\"kind\": \"fasttext\", \"dim\": 10, \"epoch\": 2}', 2)");
 	$step->('create_policy (trained model)', "SELECT triage.create_policy('sh_tc_pol', 'sh_trained')");
 	$step->('train_and_calibrate', "SELECT triage.train_and_calibrate('sh_tc_pol', 'SELECT review, score FROM sh_train', '$opts', target_accuracy => 0.8, folds => 2)");
 	$step->('add_examples', "SELECT triage.add_examples('sh', 'SELECT review, score FROM sh_cal')");
@@ -840,7 +840,7 @@ attack('#21.5 model bytes: a triage_user cannot read triage.models.data or expor
 			   CASE WHEN g % 2 = 0 THEN 'payroll' ELSE 'it' END
 		  FROM generate_series(1, 40) g;
 		ALTER TABLE hr.i_tickets OWNER TO hr;
-		SELECT triage.train('i_hr_model', 'SELECT body, label FROM hr.i_tickets', '{"dim": 5, "epoch": 2}');
+		SELECT triage.train('i_hr_model', 'SELECT body, label FROM hr.i_tickets', '{"kind": "fasttext", "dim": 5, "epoch": 2}');
 	});
 	is(su('shop', q{SELECT position(convert_to('jdoe-ssn-078-05-1120', 'UTF8') IN data) > 0
 					  FROM triage.models WHERE name = 'i_hr_model'}),

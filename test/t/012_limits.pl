@@ -65,7 +65,7 @@ sql(qq{
 	-- most the loader accepts), not pruned, so that every n-gram is a row
 	SELECT triage.train('tiny', \$\$SELECT 'good food ' || g, 'good' FROM generate_series(1, 20) g
 		UNION ALL SELECT 'bad food ' || g, 'bad' FROM generate_series(1, 20) g\$\$,
-		'{"dim": 2, "bucket": 1000, "minn": 1, "maxn": 3, "wordNgrams": 2, "epoch": 1}');
+		'{"kind": "fasttext", "dim": 2, "bucket": 1000, "minn": 1, "maxn": 3, "wordNgrams": 2, "epoch": 1}');
 	SELECT triage.import_fasttext('hostile', overlay(overlay(triage.export_fasttext('tiny', 1)
 		PLACING '\\x40000000' FROM 49 FOR 4) PLACING '\\x40000000' FROM 29 FOR 4));
 	-- The same maxn and wordNgrams in a pruned model: few rows, but each
