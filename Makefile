@@ -26,6 +26,7 @@ OBJS = \
 	src/query_rows.o \
 	src/train_options.o \
 	src/calibration_sql.o \
+	src/bounds.o \
 	src/quantize_sql.o \
 	src/policy.o \
 	src/route.o \
@@ -58,7 +59,7 @@ include src/core.mk
 # (roles last: their grants cover every object before them)
 SQL_PARTS = $(addprefix src/sql/,models.sql fasttext.sql extractors.sql evaluation.sql \
 	temperature.sql quantization.sql policies.sql queue.sql routing.sql tables.sql \
-	distill.sql roles.sql)
+	distill.sql report.sql operations.sql roles.sql)
 DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
 EXTRA_CLEAN = $(DATA_built) test/core/test_core test/fuzz/fuzz_fasttext_load \
 	test/fuzz/fuzz_fasttext_standalone \

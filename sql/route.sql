@@ -56,6 +56,32 @@ SELECT (thresholds->>'default')::real > 0.5 AS stored FROM triage.policies WHERE
 SELECT (c->>'escalation_rate')::float <= 0.2 AS within_budget
   FROM triage.calibrate('held_out', 'SELECT review, score FROM labeled WHERE n % 5 = 0',
                         max_escalation => 0.2) c;
+-- the three methods on the same 800 rows: the point estimate reaches the
+-- target on them; the bound keeps its one-sided 90% Wilson bound at the
+-- target, so it escalates at least as much; the guarantee (Learn-then-Test,
+-- Bonferroni over thresholds 0, 0.025, ... 1) picks a threshold of its grid
+-- whose exact binomial test rejects "accuracy <= 0.85" at 0.1 / 41
+CREATE TABLE methods AS
+  SELECT m, c FROM unnest(ARRAY['estimate', 'bound', 'guarantee']) m,
+       LATERAL triage.calibrate('held_out', 'SELECT review, score FROM labeled WHERE n % 5 = 0',
+                                target_accuracy => 0.85, method => m) c;
+SELECT m, c->>'method' = m AS stored_method, (c->>'confidence')::real AS confidence,
+       (c->>'kept_accuracy')::float >= 0.85 AS estimate_reaches,
+       (c->>'kept_accuracy_lower_bound')::float >= 0.85 AS bound_reaches,
+       (c->>'escalation_rate')::float >= (SELECT (x.c->>'escalation_rate')::float FROM methods x WHERE x.m = 'estimate')
+         AS escalates_at_least_the_estimate,
+       c->>'promise' LIKE 'kept accuracy >= 0.85 with 90% confidence%' AS promised
+  FROM methods ORDER BY m;
+SELECT abs((c->>'threshold')::float * 40 - round((c->>'threshold')::float * 40)) < 1e-3 AS on_grid,
+       triage_internal.binomial_upper_tail(
+           (SELECT count(*) FILTER (WHERE (triage.classify('shipped', review)).label = score)::int
+              FROM labeled WHERE n % 5 = 0 AND (triage.classify('shipped', review)).confidence >= (c->>'threshold')::real),
+           (SELECT count(*)::int FROM labeled
+             WHERE n % 5 = 0 AND (triage.classify('shipped', review)).confidence >= (c->>'threshold')::real),
+           0.85) <= 0.1 / 41 AS test_rejected
+  FROM methods WHERE m = 'guarantee';
+SELECT triage.calibrate('held_out', 'SELECT review, score FROM labeled', target_accuracy => 0.9, method => 'exact');
+SELECT triage.calibrate('held_out', 'SELECT review, score FROM labeled', target_accuracy => 0.9, confidence => 1);
 DELETE FROM triage.policies WHERE name = 'held_out';
 -- train_and_calibrate: thresholds chosen on every row's out-of-fold answer,
 -- for a model trained on all the rows, deployed with them
@@ -63,7 +89,8 @@ SELECT triage.import_fasttext('router_cv', pg_read_binary_file(:'v1')) AS versio
 SELECT triage.create_policy('reviews_cv', 'router_cv');
 CREATE TABLE cv_result AS
   SELECT triage.train_and_calibrate('reviews_cv', 'SELECT review, score FROM labeled WHERE n % 2 = 0',
-                                    '{"dim": 10, "epoch": 5, "seed": 1}', target_accuracy => 0.9, folds => 3) AS c;
+                                    '{"dim": 10, "epoch": 5, "seed": 1}', target_accuracy => 0.9, folds => 3,
+                                    method => 'estimate') AS c;
 SELECT c->'rows' AS rows, c->'folds' AS folds, c->'version' AS version,
        (c->>'kept_accuracy')::float >= 0.9 AS reaches_target,
        (SELECT version FROM triage.deployments WHERE name = 'router_cv') AS deployed,

@@ -51,8 +51,34 @@ COMMENT ON FUNCTION triage_internal.lock_policy_for_calibration(text, text, real
 -- ([{"l": label, "c": confidence, "ok": right?}]): the part of calibrate and
 -- train_and_calibrate after the answers are known.  source (what gave the
 -- answers) is stored and returned with the result.
+-- Statistics for thresholds with a stated confidence (bounds.c)
+CREATE FUNCTION triage_internal.normal_quantile(p float8) RETURNS float8
+	AS 'MODULE_PATHNAME', 'triage_normal_quantile'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION triage_internal.normal_quantile(float8) IS
+	'The p-quantile of the standard normal distribution.';
+
+CREATE FUNCTION triage_internal.binomial_upper_tail(successes integer, trials integer, p float8) RETURNS float8
+	AS 'MODULE_PATHNAME', 'triage_binomial_upper_tail'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION triage_internal.binomial_upper_tail(integer, integer, float8) IS
+	'P(X >= successes) for X ~ Binomial(trials, p), exactly: the p-value of "accuracy <= p".';
+
+-- The one-sided Wilson lower bound of a share, z standard errors below
+CREATE FUNCTION triage_internal.wilson_lower(successes bigint, trials bigint, z float8) RETURNS float8
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT CASE WHEN trials = 0 THEN 0 ELSE
+		(successes::float8 / trials + z * z / (2 * trials)
+		 - z * sqrt(successes::float8 / trials * (1 - successes::float8 / trials) / trials
+					+ z * z / (4.0 * trials * trials)))
+		/ (1 + z * z / trials) END
+$$;
+COMMENT ON FUNCTION triage_internal.wilson_lower(bigint, bigint, float8) IS
+	'The one-sided Wilson lower bound of successes / trials, z standard errors down.';
+
 CREATE FUNCTION triage_internal.calibrate_answers(policy text, rows jsonb, target_accuracy real,
-										 max_escalation real, source jsonb DEFAULT '{}') RETURNS jsonb
+										 max_escalation real, confidence real DEFAULT 0.9,
+										 method text DEFAULT 'bound', source jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -64,7 +90,28 @@ DECLARE
 	kept_n integer;
 	kept_correct integer;
 	result jsonb;
+	z float8;
+	lambda real;
+	grid_kept integer;
+	grid_correct integer;
+	promise text;
+	escalation float8;
+	margin float8;
+	reached boolean;
+	best_threshold real;
+	best_kept integer;
+	best_correct integer;
 BEGIN
+	IF method IS NULL OR method NOT IN ('bound', 'guarantee', 'estimate') THEN
+		RAISE EXCEPTION 'method must be ''bound'', ''guarantee'' or ''estimate'', not %', coalesce(quote_literal(method), 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = '''bound'' (the default) keeps a lower confidence bound of the kept accuracy at the target.';
+	END IF;
+	IF confidence IS NULL OR NOT (confidence >= 0.5 AND confidence < 1) THEN
+		RAISE EXCEPTION 'confidence must be at least 0.5 and below 1, not %', coalesce(confidence::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value', HINT = '0.9 is usual.';
+	END IF;
+	z := triage_internal.normal_quantile(confidence);
 	IF n = 0 THEN
 		RAISE EXCEPTION 'calibration query returned no labeled rows'
 			USING ERRCODE = 'no_data_found', HINT = 'It must return (input text, label text) rows.';
@@ -88,17 +135,53 @@ BEGIN
 	UNION ALL
 	SELECT 1.000001, 0, 0;
 
-	-- The least escalation whose kept accuracy reaches the target.  (Also
-	-- requiring it at every higher threshold, against lucky dips, was measured
-	-- to escalate more and keep less accuracy on unseen rows: see 009.)
-	SELECT threshold, kept, correct INTO chosen
-	  FROM triage_calibration_curve c
-	 WHERE (target_accuracy IS NULL OR kept = 0 OR correct::float8 / kept >= target_accuracy)
-	   AND (max_escalation IS NULL OR 1 - kept::float8 / n <= max_escalation + 1e-9)
-	 ORDER BY CASE WHEN target_accuracy IS NULL
-				   THEN -(CASE WHEN kept > 0 THEN correct::float8 / kept ELSE 0 END) ELSE 0 END,
-			  kept DESC, threshold
-	 LIMIT 1;
+	IF method = 'guarantee' AND target_accuracy IS NOT NULL THEN
+		-- Learn-then-Test (Angelopoulos et al. 2021) with a Bonferroni
+		-- correction over a grid fixed in advance (thresholds 0, 0.025, ...,
+		-- 1): at each, the exact binomial test of "kept accuracy <= target" at
+		-- level (1 - confidence) / 41; of the thresholds where it is rejected,
+		-- the one that escalates least.  The family-wise error is at most
+		-- 1 - confidence, so with that confidence every rejected threshold,
+		-- and the one chosen, keeps at least the target on new rows from the
+		-- same distribution.  (Fixed-sequence testing from the top was tried
+		-- first: its first thresholds keep a handful of rows, too few to
+		-- reject anything, and it stopped there.)
+		best_kept := -1;
+		FOR g IN 0..40 LOOP
+			lambda := (1 - g / 40.0)::real;
+			SELECT count(*), count(*) FILTER (WHERE r.ok) INTO grid_kept, grid_correct
+			  FROM triage_calibration_rows r WHERE r.c >= lambda;
+			IF (grid_kept = 0
+				OR triage_internal.binomial_upper_tail(grid_correct, grid_kept, target_accuracy) <= (1 - confidence) / 41)
+			   AND (max_escalation IS NULL OR 1 - grid_kept::float8 / n <= max_escalation + 1e-9)
+			   AND grid_kept > best_kept THEN
+				best_threshold := CASE WHEN grid_kept = 0 THEN 1.000001::real ELSE lambda END;
+				best_kept := grid_kept;
+				best_correct := grid_correct;
+			END IF;
+		END LOOP;
+		IF best_kept >= 0 THEN
+			SELECT best_threshold AS threshold, best_kept AS kept, best_correct AS correct INTO chosen;
+		END IF;
+	ELSE
+		-- The least escalation whose kept accuracy reaches the target: its
+		-- one-sided Wilson lower bound at the confidence ('bound'), or the
+		-- share itself ('estimate', right on new rows about half the time).
+		-- (Also requiring it at every higher threshold, against lucky dips,
+		-- was measured to escalate more and keep less accuracy on unseen rows:
+		-- see 009.)
+		SELECT threshold, kept, correct INTO chosen
+		  FROM triage_calibration_curve c
+		 WHERE (target_accuracy IS NULL OR kept = 0
+				OR CASE WHEN method = 'estimate' THEN correct::float8 / kept
+						ELSE triage_internal.wilson_lower(correct, kept, z) END >= target_accuracy)
+		   AND (max_escalation IS NULL OR 1 - kept::float8 / n <= max_escalation + 1e-9)
+		 ORDER BY CASE WHEN target_accuracy IS NULL
+					   THEN -(CASE WHEN kept > 0 THEN correct::float8 / kept ELSE 0 END) ELSE 0 END,
+				  kept DESC, threshold
+		 LIMIT 1;
+	END IF;
+	reached := chosen IS NOT NULL;
 	IF chosen IS NULL THEN
 		-- the target is out of reach within the budget: the best accuracy it allows
 		SELECT threshold, kept, correct INTO chosen FROM triage_calibration_curve
@@ -107,8 +190,10 @@ BEGIN
 		 LIMIT 1;
 	END IF;
 
-	-- per label, for a target accuracy: each label's own least threshold
-	IF target_accuracy IS NOT NULL THEN
+	-- per label, for a target accuracy and the point estimate: each label's
+	-- own least threshold (the bound and the guarantee are about all kept
+	-- rows, so they keep one threshold)
+	IF target_accuracy IS NOT NULL AND method = 'estimate' THEN
 		SELECT jsonb_object_agg(l, t), sum(total - kept) INTO per_label, per_label_escalated
 		  FROM (SELECT DISTINCT ON (l) l, t, kept, total
 				  FROM (SELECT l, c AS t, sum(n) OVER w AS kept, sum(n_ok) OVER w AS correct,
@@ -149,12 +234,44 @@ BEGIN
 	 -- about 20 points of the curve, and the chosen one
 	 WHERE (r - 1) % greatest(1, total / 20) = 0 OR r = total OR threshold = chosen.threshold;
 
+	-- the promise in words: what holds with what confidence, and the
+	-- escalation to expect on new rows (its sampling interval at the confidence)
+	escalation := 1 - kept_n::float8 / n;
+	margin := z * sqrt(escalation * (1 - escalation) / n);
+	promise := CASE
+		WHEN target_accuracy IS NULL THEN
+			format('the best kept accuracy within escalation %s on the calibration rows (a point estimate, no stated confidence)',
+				   round(max_escalation::numeric, 2))
+		WHEN NOT reached THEN
+			format('kept accuracy %s cannot be promised within escalation %s: the best is %s on the calibration rows',
+				   round(target_accuracy::numeric, 2), round(max_escalation::numeric, 2),
+				   coalesce(round(kept_correct::numeric / nullif(kept_n, 0), 4), 0))
+		WHEN method = 'estimate' THEN
+			format('kept accuracy %s on the calibration rows (a point estimate: on new rows about half the time); escalation %s%% expected (%s to %s%%)',
+				   round(target_accuracy::numeric, 2), round((100 * escalation)::numeric),
+				   round((100 * greatest(0, escalation - margin))::numeric), round((100 * least(1, escalation + margin))::numeric))
+		ELSE
+			format('kept accuracy >= %s with %s%% confidence (%s); escalation %s%% expected (%s to %s%%)',
+				   round(target_accuracy::numeric, 2), round((100 * confidence)::numeric),
+				   CASE method WHEN 'bound' THEN format('one-sided Wilson bound on %s rows', n)
+					   ELSE format('Learn-then-Test, Bonferroni over 41 thresholds, on %s rows', n) END,
+				   round((100 * escalation)::numeric),
+				   round((100 * greatest(0, escalation - margin))::numeric), round((100 * least(1, escalation + margin))::numeric))
+		END;
+
 	result := jsonb_build_object(
 		'rows', n,
+		'method', method,
+		'confidence', confidence,
+		'promise', promise,
 		'threshold', round(chosen.threshold::numeric, 4),
 		'label_thresholds', per_label,
-		'escalation_rate', round(1 - kept_n::numeric / n, 4),
+		'escalation_rate', round(escalation::numeric, 4),
+		'escalation_interval', jsonb_build_array(round(greatest(0, escalation - margin)::numeric, 4),
+												 round(least(1, escalation + margin)::numeric, 4)),
 		'kept_accuracy', CASE WHEN kept_n > 0 THEN round(kept_correct::numeric / kept_n, 4) END,
+		'kept_accuracy_lower_bound', CASE WHEN kept_n > 0
+			THEN round(triage_internal.wilson_lower(kept_correct, kept_n, z)::numeric, 4) END,
 		'target_accuracy', target_accuracy,
 		'max_escalation', max_escalation,
 		'curve', curve) || source;
@@ -166,11 +283,11 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION triage_internal.calibrate_answers(text, jsonb, real, real, jsonb) IS
-	'Chooses and stores a policy''s thresholds from rows of the model''s answers ([{"l", "c", "ok"}]).';
+COMMENT ON FUNCTION triage_internal.calibrate_answers(text, jsonb, real, real, real, text, jsonb) IS
+	'Chooses and stores a policy''s thresholds from rows of the model''s answers ([{"l", "c", "ok"}]) by method (bound, guarantee or estimate) at a confidence.';
 
 CREATE FUNCTION triage_internal.calibrate(policy text, query text, target_accuracy real, max_escalation real,
-	query_search_path text) RETURNS jsonb
+	confidence real, method text, query_search_path text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -189,20 +306,22 @@ BEGIN
 				  FROM (%s) AS q(input, label)
 				 WHERE q.input IS NOT NULL AND q.label IS NOT NULL) s
 	$q$, query) INTO rows USING p.model;
-	RETURN triage_internal.calibrate_answers(policy, rows, target_accuracy, max_escalation);
+	RETURN triage_internal.calibrate_answers(policy, rows, target_accuracy, max_escalation, confidence, method);
 END;
 $$;
-COMMENT ON FUNCTION triage_internal.calibrate(text, text, real, real, text) IS
+COMMENT ON FUNCTION triage_internal.calibrate(text, text, real, real, real, text, text) IS
 	'calibrate with the search_path to run the query text under.';
 
 -- As the caller, with the caller's search_path for the query text: the
 -- function above runs with search_path pinned
-CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL) RETURNS jsonb
+CREATE FUNCTION triage.calibrate(policy text, query text, target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL,
+								 confidence real DEFAULT 0.9, method text DEFAULT 'bound') RETURNS jsonb
 LANGUAGE sql VOLATILE AS $$
-	SELECT triage_internal.calibrate(policy, query, target_accuracy, max_escalation, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.calibrate(policy, query, target_accuracy, max_escalation, confidence, method,
+									 pg_catalog.current_setting('search_path'))
 $$;
 
-COMMENT ON FUNCTION triage.calibrate(text, text, real, real) IS
+COMMENT ON FUNCTION triage.calibrate(text, text, real, real, real, text) IS
 	'Chooses the policy''s confidence threshold (per label when that escalates fewer rows) from labeled held-out rows: the fewest escalations reaching target_accuracy on kept rows, or the best kept accuracy within max_escalation; stores it and returns the curve.';
 
 CREATE FUNCTION triage.cross_validate(query text, options jsonb DEFAULT '{}', folds integer DEFAULT 5)
@@ -213,7 +332,7 @@ COMMENT ON FUNCTION triage.cross_validate(text, jsonb, integer) IS
 	'Every (input, label) row of query with the answer of a model trained with options on the other folds (rows go to folds by a hash of their input, so copies share one): how a model trained on all of them will do on new rows.';
 
 CREATE FUNCTION triage_internal.train_and_calibrate(policy text, query text, options jsonb, target_accuracy real, max_escalation real, folds integer,
-	query_search_path text) RETURNS jsonb
+	confidence real, method text, query_search_path text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -245,21 +364,23 @@ BEGIN
 	-- ... for the model of all of them, deployed with its thresholds
 	version := triage.train(p.model, query, options);
 	PERFORM triage.deploy(p.model, version);
-	RETURN triage_internal.calibrate_answers(policy, rows, target_accuracy, max_escalation,
+	RETURN triage_internal.calibrate_answers(policy, rows, target_accuracy, max_escalation, confidence, method,
 									jsonb_build_object('model', p.model, 'version', version, 'folds', folds));
 END;
 $$;
-COMMENT ON FUNCTION triage_internal.train_and_calibrate(text, text, jsonb, real, real, integer, text) IS
+COMMENT ON FUNCTION triage_internal.train_and_calibrate(text, text, jsonb, real, real, integer, real, text, text) IS
 	'train_and_calibrate with the search_path to run the query text under.';
 
 -- As the caller, with the caller's search_path for the query text: the
 -- function above runs with search_path pinned
-CREATE FUNCTION triage.train_and_calibrate(policy text, query text, options jsonb DEFAULT '{}', target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL, folds integer DEFAULT 5) RETURNS jsonb
+CREATE FUNCTION triage.train_and_calibrate(policy text, query text, options jsonb DEFAULT '{}', target_accuracy real DEFAULT NULL, max_escalation real DEFAULT NULL, folds integer DEFAULT 5,
+										   confidence real DEFAULT 0.9, method text DEFAULT 'bound') RETURNS jsonb
 LANGUAGE sql VOLATILE AS $$
-	SELECT triage_internal.train_and_calibrate(policy, query, options, target_accuracy, max_escalation, folds, pg_catalog.current_setting('search_path'))
+	SELECT triage_internal.train_and_calibrate(policy, query, options, target_accuracy, max_escalation, folds,
+											   confidence, method, pg_catalog.current_setting('search_path'))
 $$;
 
-COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer) IS
+COMMENT ON FUNCTION triage.train_and_calibrate(text, text, jsonb, real, real, integer, real, text) IS
 	'Uses every labeled row of query twice: thresholds chosen as calibrate does, on each row''s answer from a model trained on the other folds (cross_validate), for a model trained on all of them, which becomes the deployed version of the policy''s model.';
 
 -- calibrate() and train_and_calibrate() return jsonb; their routing curve as rows
