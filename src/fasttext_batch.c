@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "fasttext_batch.h"
+#include "fasttext_internal.h"
 
 /* Below this many labels the sgemm does not pay (see the file comment) */
 #define BATCH_MIN_LABELS 16

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "fasttext.h"
+#include "fasttext_internal.h"
 
 /* FNV-1a as fastText computes it: each byte is sign-extended before XOR */
 uint32_t

@@ -79,7 +79,7 @@ SaveFastTextBytea(const FastTextModel *model, MemoryContext context, const char 
 void
 CheckFastTextLabels(const FastTextModel *model)
 {
-	for (int32 i = 0; i < model->nlabels; i++)
+	for (int32 i = 0; i < FastTextLabelCount(model); i++)
 	{
 		size_t		len;
 		const char *word = FastTextLabel(model, i, &len);
@@ -121,7 +121,7 @@ FastTextKindLoad(const bytea *data, Jsonb *params, MemoryContext context, const 
 static void
 FastTextKindSetTemperature(void *model, float temperature)
 {
-	((FastTextModel *) model)->temperature = temperature;
+	FastTextSetTemperature(model, temperature);
 }
 
 static void *
@@ -149,7 +149,7 @@ FastTextKindTrim(void *model, void *scratch, size_t keep_bytes)
 static int32
 FastTextKindLabelCount(const void *model)
 {
-	return ((const FastTextModel *) model)->nlabels;
+	return FastTextLabelCount(model);
 }
 
 static const char *
@@ -190,13 +190,13 @@ FastTextKindLogits(void *model, void *scratch, const char *text, size_t len, flo
 static bool
 FastTextKindSoftmax(const void *model)
 {
-	return ((const FastTextModel *) model)->args.loss == FASTTEXT_LOSS_SOFTMAX;
+	return FastTextModelArgs(model)->loss == FASTTEXT_LOSS_SOFTMAX;
 }
 
 static const char *
 FastTextKindNoTemperature(const void *model)
 {
-	if (((const FastTextModel *) model)->args.loss == FASTTEXT_LOSS_HS)
+	if (FastTextModelArgs(model)->loss == FASTTEXT_LOSS_HS)
 		return "temperature scaling needs per-label scores, which hierarchical softmax (loss \"hs\") does not have";
 	return NULL;
 }
@@ -255,7 +255,7 @@ QuantizeTrainedModel(FastTextModel *model, TriageTrainOptions *options, Training
 	q.qnorm = options->qnorm;
 	q.qout = options->qout;
 	q.seed = (uint32_t) options->fasttext.seed + FASTTEXT_PQ_SEED;
-	if (options->cutoff > 0 && options->cutoff < model->input.m)
+	if (options->cutoff > 0 && options->cutoff < FastTextInputRows(model))
 	{
 		int32_t    *keep;
 		int64_t		nkeep;
@@ -334,7 +334,7 @@ FastTextKindTrain(void *options_arg, TrainingSet *set, MemoryContext context,
 
 	/* the training's loss, and the retraining's as its own measure */
 	appendStringInfo(metrics, ", \"words\": %d, \"updates\": %lld, \"loss\": %.6g",
-					 model->nwords, (long long) measures.train.updates,
+					 FastTextWordCount(model), (long long) measures.train.updates,
 					 isfinite(measures.train.loss) ? measures.train.loss : 0.0);
 	if (measures.retrained)
 		appendStringInfo(metrics, ", \"retrain\": {\"updates\": %lld, \"loss\": %.6g}",

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "fasttext.h"
+#include "fasttext_internal.h"
 
 typedef struct ByteReader
 {
@@ -832,4 +833,61 @@ FastTextLabel(const FastTextModel *model, int32_t label, size_t *len)
 
 	*len = (size_t) e->length;
 	return e->word;
+}
+
+/* What the glue reads of a model (FastTextModel is opaque outside the core) */
+
+const FastTextArgs *
+FastTextModelArgs(const FastTextModel *model)
+{
+	return &model->args;
+}
+
+int32_t
+FastTextFileVersion(const FastTextModel *model)
+{
+	return model->version;
+}
+
+int32_t
+FastTextLabelCount(const FastTextModel *model)
+{
+	return model->nlabels;
+}
+
+int32_t
+FastTextWordCount(const FastTextModel *model)
+{
+	return model->nwords;
+}
+
+int32_t
+FastTextInputForm(const FastTextModel *model)
+{
+	return model->quant_input ? FASTTEXT_INPUT_PQ
+		: model->int8_input ? FASTTEXT_INPUT_INT8 : FASTTEXT_INPUT_DENSE;
+}
+
+bool
+FastTextOutputQuantized(const FastTextModel *model)
+{
+	return model->quant_input && model->qout;
+}
+
+bool
+FastTextIsPruned(const FastTextModel *model)
+{
+	return model->pruneidx_size >= 0;
+}
+
+int64_t
+FastTextInputRows(const FastTextModel *model)
+{
+	return model->input.m;
+}
+
+void
+FastTextSetTemperature(FastTextModel *model, float temperature)
+{
+	model->temperature = temperature;
 }

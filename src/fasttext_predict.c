@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "fasttext.h"
+#include "fasttext_internal.h"
 
 static bool EnsureScratch(const FastTextModel *model, FastTextScratch *scratch, int32_t k);
 static TriageStatus FinishPredictions(const FastTextModel *model, FastTextScratch *scratch,

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "fasttext_quantize.h"
+#include "fasttext_internal.h"
 
 #define KSUB FASTTEXT_PQ_KSUB
 

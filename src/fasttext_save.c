@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "fasttext_quantize.h"
+#include "fasttext_internal.h"
 
 typedef struct ByteWriter
 {

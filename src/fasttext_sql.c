@@ -42,7 +42,8 @@ static Datum
 ParamsJsonb(const FastTextModel *model, size_t bytes)
 {
 	StringInfoData buf;
-	const FastTextArgs *a = &model->args;
+	const FastTextArgs *a = FastTextModelArgs(model);
+	int32		form = FastTextInputForm(model);
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf,
@@ -51,13 +52,14 @@ ParamsJsonb(const FastTextModel *model, size_t bytes)
 					 "\"bucket\": %d, \"epoch\": %d, \"minCount\": %d, \"neg\": %d, \"ws\": %d, "
 					 "\"lrUpdateRate\": %d, \"t\": %.17g, \"nwords\": %d, \"nlabels\": %d, "
 					 "\"quantized\": %s, \"quantization\": \"%s\", \"qout\": %s, \"pruned\": %s}",
-					 model->version, bytes, a->dim, LossName(a->loss), a->wordNgrams,
+					 FastTextFileVersion(model), bytes, a->dim, LossName(a->loss), a->wordNgrams,
 					 a->minn, a->maxn, a->bucket, a->epoch, a->minCount, a->neg, a->ws,
-					 a->lrUpdateRate, isfinite(a->t) ? a->t : 0.0, model->nwords, model->nlabels,
-					 model->quant_input || model->int8_input ? "true" : "false",
-					 model->quant_input ? "pq" : model->int8_input ? "int8" : "none",
-					 model->quant_input && model->qout ? "true" : "false",
-					 model->pruneidx_size >= 0 ? "true" : "false");
+					 a->lrUpdateRate, isfinite(a->t) ? a->t : 0.0, FastTextWordCount(model),
+					 FastTextLabelCount(model),
+					 form != FASTTEXT_INPUT_DENSE ? "true" : "false",
+					 form == FASTTEXT_INPUT_PQ ? "pq" : form == FASTTEXT_INPUT_INT8 ? "int8" : "none",
+					 FastTextOutputQuantized(model) ? "true" : "false",
+					 FastTextIsPruned(model) ? "true" : "false");
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
 }
 
@@ -84,13 +86,13 @@ triage_inspect_fasttext(PG_FUNCTION_ARGS)
 	model = LoadFastTextBytea(data, context);
 	CheckFastTextLabels(model);
 
-	labels = palloc(sizeof(Datum) * model->nlabels);
-	for (int32 i = 0; i < model->nlabels; i++)
+	labels = palloc(sizeof(Datum) * FastTextLabelCount(model));
+	for (int32 i = 0; i < FastTextLabelCount(model); i++)
 	{
 		CHECK_FOR_INTERRUPTS();
 		labels[i] = PointerGetDatum(FastTextLabelText(model, i));
 	}
-	values[0] = PointerGetDatum(construct_array(labels, model->nlabels, TEXTOID, -1, false, TYPALIGN_INT));
+	values[0] = PointerGetDatum(construct_array(labels, FastTextLabelCount(model), TEXTOID, -1, false, TYPALIGN_INT));
 	values[1] = ParamsJsonb(model, VARSIZE_ANY_EXHDR(data));
 	MemoryContextDelete(context);
 
@@ -171,9 +173,9 @@ triage_classify_batch(PG_FUNCTION_ARGS)
 			texts[i] = VARDATA_ANY(t);
 			lens[i] = LimitInputLength(texts[i], VARSIZE_ANY_EXHDR(t));
 		}
-		hidden = palloc_extended(mul_size(Max(n, 1), mul_size(fasttext->args.dim, sizeof(float))),
+		hidden = palloc_extended(mul_size(Max(n, 1), mul_size(FastTextModelArgs(fasttext)->dim, sizeof(float))),
 								 MCXT_ALLOC_HUGE);
-		scores = palloc_extended(mul_size(Max(n, 1), mul_size(fasttext->nlabels, sizeof(float))),
+		scores = palloc_extended(mul_size(Max(n, 1), mul_size(FastTextLabelCount(fasttext), sizeof(float))),
 								 MCXT_ALLOC_HUGE);
 		status = FastTextPredictBatch(fasttext, model->scratch, texts, lens, n,
 									  hidden, scores, predictions, found, errbuf, sizeof(errbuf));

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "fasttext_train.h"
+#include "fasttext_internal.h"
 
 /* splitmix64: small, fast, and good enough for SGD sampling */
 void

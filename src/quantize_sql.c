@@ -36,7 +36,7 @@ triage_quantize_fasttext(PG_FUNCTION_ARGS)
 	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage quantize", ALLOCSET_DEFAULT_SIZES);
 	allocator = ContextAllocator(context);
 	model = LoadFastTextBytea(data, context);
-	if (model->quant_input || model->int8_input)
+	if (FastTextInputForm(model) != FASTTEXT_INPUT_DENSE)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("model is already quantized"),
@@ -47,16 +47,16 @@ triage_quantize_fasttext(PG_FUNCTION_ARGS)
 	q.qnorm = options.qnorm;
 	q.qout = options.qout;
 	q.cutoff = options.cutoff;
-	if (q.dsub > model->args.dim)
+	if (q.dsub > FastTextModelArgs(model)->dim)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("option \"dsub\" (%d) must not exceed the model's dimension (%d)",
-						q.dsub, model->args.dim)));
+						q.dsub, FastTextModelArgs(model)->dim)));
 	CHECK_FOR_INTERRUPTS();
 	if (options.int8)
 	{
 		/* the cutoff the PQ path does inside FastTextQuantize */
-		if (q.cutoff > 0 && q.cutoff < model->input.m)
+		if (q.cutoff > 0 && q.cutoff < FastTextInputRows(model))
 		{
 			int32_t    *keep;
 			int64_t		nkeep;
@@ -96,7 +96,7 @@ triage_fasttext_file(PG_FUNCTION_ARGS)
 
 	context = AllocSetContextCreate(CurrentMemoryContext, "pg_triage export", ALLOCSET_DEFAULT_SIZES);
 	model = LoadFastTextBytea(data, context);
-	if (!model->int8_input)
+	if (FastTextInputForm(model) != FASTTEXT_INPUT_INT8)
 	{
 		MemoryContextDelete(context);
 		PG_RETURN_BYTEA_P(data);

@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "fasttext.h"
+#include "fasttext_internal.h"
 #include "../core/read_file.h"
 
 static double

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "fasttext.h"
+#include "fasttext_internal.h"
 #include "fasttext_quantize.h"
 #include "check.h"
 #include "read_file.h"

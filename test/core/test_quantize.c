@@ -59,6 +59,7 @@
 #include <string.h>
 
 #include "fasttext_quantize.h"
+#include "fasttext_internal.h"
 #include "check.h"
 #include "read_file.h"
 

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "fasttext.h"
+#include "fasttext_internal.h"
 #include "fuzz_harness.h"
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
