@@ -152,34 +152,49 @@ COMMENT ON FUNCTION triage.train(text, text, jsonb) IS
 
 -- Classification ----------------------------------------------------------------
 
--- COST 100: one prediction costs about what 40 md5() calls do, so that the
--- planner considers parallel workers for large classifications
+-- COSTs here and in extractors.sql and routing.sql are per call, in md5()
+-- calls (md5 has COST 1), measured on the shared reviews (about 400 bytes
+-- each): 100,000 rows, serial, each query's executor time less that of
+-- count(review), best of 6 interleaved rounds in two runs (issue #17); md5:
+-- 1.5 us.  Honest costs let the planner use parallel workers for large
+-- tables (test/t/018_parallel.pl); COST 1 would price a call like md5.
+--
+-- predict: 16 (fastText, the shipped .ftz: 15.7x md5; linear: 16.7x); a
+-- little above classify for the set it returns
 CREATE FUNCTION triage.predict(name text, input text, k integer DEFAULT 1,
 							   threshold real DEFAULT 0.0)
 	RETURNS TABLE (label text, probability real)
 	AS 'MODULE_PATHNAME', 'triage_predict'
-	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 100 ROWS 2;
+	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 16 ROWS 2;
 COMMENT ON FUNCTION triage.predict(text, text, integer, real) IS
 	'The k most likely labels of input (k = -1: all) with probability >= threshold, as fasttext predict-prob.';
 
+-- classify: 15, for the linear kind, train's default (15.5x md5; with a
+-- version 15.7x); a fastText model costs less or more with its size (the
+-- shipped .ftz: 12.5x, 14.9x with a version), within the same order
 CREATE FUNCTION triage.classify(name text, input text) RETURNS triage.prediction
 	AS 'MODULE_PATHNAME', 'triage_classify'
-	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 100;
+	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 15;
 COMMENT ON FUNCTION triage.classify(text, text) IS
 	'The most likely label of input and its probability, with the deployed version of model name.';
 
 CREATE FUNCTION triage.classify(name text, version integer, input text) RETURNS triage.prediction
 	AS 'MODULE_PATHNAME', 'triage_classify_version'
-	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE COST 100;
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE COST 15;
 COMMENT ON FUNCTION triage.classify(text, integer, text) IS
 	'As classify(name, input) with a fixed version; versions never change, so it can back an index.';
 
 -- Batch classification ------------------------------------------------------------
 
+-- COST 15000 per call, for an array of 1,000 inputs (ROWS 1000): classify's
+-- 15 per input.  Measured on 100 arrays of 1,000 reviews: linear 14,400x
+-- md5, the shipped .ftz 12,400x (2 labels: row by row; the sgemm path pays
+-- off from 16 labels).  The planner cannot see an array's length: a call on
+-- 10 inputs costs a hundredth of this.
 CREATE FUNCTION triage.classify_batch(name text, inputs text[])
 	RETURNS TABLE (ord integer, label text, confidence real)
 	AS 'MODULE_PATHNAME', 'triage_classify_batch'
-	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 1000 ROWS 1000;
+	LANGUAGE C STABLE STRICT PARALLEL SAFE COST 15000 ROWS 1000;
 COMMENT ON FUNCTION triage.classify_batch(text, text[]) IS
 	'The top label of every input of an array (ord is the 1-based position), the output layer computed for all at once with OpenBLAS; for models with many labels.';
 
