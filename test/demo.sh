@@ -142,6 +142,12 @@ SELECT policy, rows_seen, rows_kept, escalated, answered, tokens, llm_cost AS "l
 SELECT count(*) AS "new training examples from the large model" FROM triage.examples WHERE source = 'llm';
 SQL
 
+say "The policy's report page, one HTML file that needs no network:  psql -Atc \"SELECT triage.report('reviews')\" > report.html"
+REPORT=${TMPDIR:-/tmp}/pg_triage-demo-report.html
+PGOPTIONS="-c triage.llm_prompt_price_per_1k=0.0025 -c triage.llm_completion_price_per_1k=0.01" \
+	psql -X -At -c "SELECT triage.report('reviews')" > "$REPORT"
+echo "written to $REPORT ($(wc -c < "$REPORT") bytes): open it in a browser"
+
 say "Field extraction: the shipped extractor (models/business_fields.crf) on messages in phrasings it never saw"
 python3 test/extract/gen_messages.py --seed 7 --count 200 --phrasings unseen --out "$WORK/messages.csv"
 sql <<SQL

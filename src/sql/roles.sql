@@ -48,6 +48,13 @@ GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text), triage.co
 	triage.heartbeat(text, text, integer, bigint, bigint) TO triage_admin;
 
 GRANT EXECUTE ON FUNCTION triage.distill(text, jsonb) TO triage_admin;
+-- The report page, metrics and purge are for admins (metrics() is SECURITY
+-- DEFINER, counts and names only: an operator may grant it to a monitoring
+-- role with USAGE on schema triage, as the README shows)
+REVOKE ALL ON FUNCTION triage.report(text, timestamptz), triage.metrics(),
+	triage.purge(interval, boolean, interval, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION triage.report(text, timestamptz), triage.metrics(),
+	triage.purge(interval, boolean, interval, integer) TO triage_admin;
 
 -- process_table's counters, progress and queue lookups: SECURITY DEFINER,
 -- each checking its caller, for the roles that route rows
