@@ -18,6 +18,7 @@ OBJS = \
 	src/security.o \
 	src/glue.o \
 	src/model_cache.o \
+	src/model_files.o \
 	src/classifier.o \
 	src/fasttext_kind.o \
 	src/linear_kind.o \

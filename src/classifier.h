@@ -65,6 +65,15 @@ typedef struct ClassifierKind
 	 * params is the version's triage.models.params.
 	 */
 	void	   *(*load) (const bytea *data, Jsonb *params, MemoryContext context, const char *what);
+	/*
+	 * Optional, for a model mapped from a shared file (model_files.c): the
+	 * offset in its bytes that should be 64-byte aligned (its large matrix),
+	 * or -1 if it gains nothing from sharing; and the load that reads the
+	 * mapped bytes in place (they outlive the model).
+	 */
+	int64		(*shared_offset) (const bytea *data, MemoryContext context);
+	void	   *(*load_in_place) (const uint8 *data, size_t len, Jsonb *params,
+								  MemoryContext context, const char *what);
 	/* fitted by triage.calibrate_temperature(); 1 is the model's own */
 	void		(*set_temperature) (void *model, float temperature);
 	void	   *(*new_scratch) (void *model, MemoryContext context);

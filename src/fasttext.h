@@ -186,6 +186,9 @@ extern uint32_t FastTextHash(const char *str, size_t len);
 extern TriageStatus FastTextLoad(const uint8_t *data, size_t len,
 								 const TriageAllocator *allocator,
 								 FastTextModel **model, char *errbuf, size_t errlen);
+extern TriageStatus FastTextLoadInPlace(const uint8_t *data, size_t len,
+										const TriageAllocator *allocator,
+										FastTextModel **model, char *errbuf, size_t errlen);
 extern void FastTextFree(FastTextModel *model);
 extern const char *FastTextLabel(const FastTextModel *model, int32_t label, size_t *len);
 extern const char *FastTextLabelName(const FastTextModel *model, int32_t label, size_t *len);
@@ -222,6 +225,9 @@ extern int32_t FastTextInputForm(const FastTextModel *model);	/* FASTTEXT_INPUT_
 extern bool FastTextOutputQuantized(const FastTextModel *model);
 extern bool FastTextIsPruned(const FastTextModel *model);
 extern int64_t FastTextInputRows(const FastTextModel *model);
+/* A dense input matrix: where its floats start in the file, and their size (else -1, 0) */
+extern int64_t FastTextDenseInputOffset(const FastTextModel *model);
+extern int64_t FastTextDenseInputBytes(const FastTextModel *model);
 /* Divides the logits (t > 0); 1 reproduces fastText */
 extern void FastTextSetTemperature(FastTextModel *model, float temperature);
 

@@ -29,6 +29,8 @@ struct FastTextMatrix
 	int64_t		n;
 	bool		quantized;
 	float	   *dense;			/* m * n floats, when !quantized */
+	bool		dense_borrowed; /* dense points into the loaded bytes (FastTextLoadInPlace) */
+	int64_t		dense_offset;	/* where dense's floats start in the file */
 	/* product-quantized form */
 	bool		qnorm;
 	uint8_t    *codes;			/* m * pq.nsubq */

@@ -118,6 +118,41 @@ FastTextKindLoad(const bytea *data, Jsonb *params, MemoryContext context, const 
 	return model;
 }
 
+/*
+ * A dense model's input matrix is most of it (bucket x dim floats): the
+ * shared file aligns it, so that it is read in place.  A quantized model is
+ * decoded at load anyway, and gains nothing from sharing.
+ */
+static int64
+FastTextKindSharedOffset(const bytea *data, MemoryContext context)
+{
+	MemoryContext scratch = AllocSetContextCreate(context, "pg_triage model check", ALLOCSET_DEFAULT_SIZES);
+	FastTextModel *model = LoadFastTextBytea((bytea *) data, scratch);
+	int64		offset = FastTextDenseInputOffset(model);
+
+	/* worth it only when the matrix is most of the file */
+	if (offset >= 0 && FastTextDenseInputBytes(model) < (int64) VARSIZE_ANY_EXHDR(data) / 2)
+		offset = -1;
+	MemoryContextDelete(scratch);
+	return offset;
+}
+
+static void *
+FastTextKindLoadInPlace(const uint8 *data, size_t len, Jsonb *params, MemoryContext context,
+						const char *what)
+{
+	TriageAllocator allocator = ContextAllocator(context);
+	FastTextModel *model;
+	char		errbuf[256];
+	TriageStatus status;
+
+	status = FastTextLoadInPlace(data, len, &allocator, &model, errbuf, sizeof(errbuf));
+	if (status != TRIAGE_OK)
+		ReportFastTextError(status, errbuf, psprintf("loading %s", what));
+	CheckFastTextLabels(model);
+	return model;
+}
+
 static void
 FastTextKindSetTemperature(void *model, float temperature)
 {
@@ -365,6 +400,8 @@ const ClassifierKind FastTextKind = {
 	.name = "fasttext",
 	.title = FASTTEXT_TITLE,
 	.load = FastTextKindLoad,
+	.shared_offset = FastTextKindSharedOffset,
+	.load_in_place = FastTextKindLoadInPlace,
 	.set_temperature = FastTextKindSetTemperature,
 	.new_scratch = FastTextKindNewScratch,
 	.set_max_tokens = FastTextKindSetMaxTokens,

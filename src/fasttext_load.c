@@ -27,6 +27,7 @@ typedef struct ByteReader
 	const uint8_t *data;
 	size_t		len;
 	size_t		pos;
+	bool		borrow;			/* dense matrices may point into data */
 } ByteReader;
 
 static inline size_t
@@ -349,6 +350,22 @@ ReadDenseMatrix(ByteReader *reader, FastTextMatrix *matrix, const TriageAllocato
 		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
 						   "%s claims %lld x %lld floats but only %zu bytes remain", what,
 						   (long long) matrix->m, (long long) matrix->n, Remaining(reader));
+	matrix->dense_offset = (int64_t) reader->pos;
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+
+	/*
+	 * The file's floats as they are, where they are: no copy, so that every
+	 * process mapping one file shares its pages.  Only when aligned for
+	 * float loads (the shared file is laid out so that they are).
+	 */
+	if (reader->borrow && (uintptr_t) (reader->data + reader->pos) % sizeof(float) == 0)
+	{
+		matrix->dense = (float *) (reader->data + reader->pos);
+		matrix->dense_borrowed = true;
+		reader->pos += (size_t) (matrix->m * matrix->n) * sizeof(float);
+		return TRIAGE_OK;
+	}
+#endif
 	matrix->dense = TriageAllocArray(alloc, (size_t) (matrix->m * matrix->n), sizeof(float));
 	if (matrix->dense == NULL)
 		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory reading %s", what);
@@ -643,6 +660,10 @@ FastTextInitSigmoidTable(FastTextModel *model)
 	}
 }
 
+static TriageStatus LoadModel(const uint8_t *data, size_t len, bool borrow,
+							  const TriageAllocator *allocator, FastTextModel **result,
+							  char *errbuf, size_t errlen);
+
 /*
  * Load a model from data[0..len).  On success *model owns everything it
  * points to (free with FastTextFree); on failure *model is NULL and errbuf
@@ -652,7 +673,27 @@ TriageStatus
 FastTextLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator,
 			 FastTextModel **result, char *errbuf, size_t errlen)
 {
-	ByteReader	readerdata = {data, len, 0};
+	return LoadModel(data, len, false, allocator, result, errbuf, errlen);
+}
+
+/*
+ * FastTextLoad, but a dense matrix whose floats are aligned in data is read
+ * in place: data must stay mapped, unchanged, until the model is freed.  For
+ * a file mapped read-only by every process (model_files.c), so that a large
+ * model exists once in memory.
+ */
+TriageStatus
+FastTextLoadInPlace(const uint8_t *data, size_t len, const TriageAllocator *allocator,
+					FastTextModel **result, char *errbuf, size_t errlen)
+{
+	return LoadModel(data, len, true, allocator, result, errbuf, errlen);
+}
+
+static TriageStatus
+LoadModel(const uint8_t *data, size_t len, bool borrow, const TriageAllocator *allocator,
+		  FastTextModel **result, char *errbuf, size_t errlen)
+{
+	ByteReader	readerdata = {data, len, 0, borrow};
 	ByteReader *reader = &readerdata;
 	FastTextModel *model;
 	int32_t		magic;
@@ -765,7 +806,8 @@ fail:
 static void
 FreeMatrix(const TriageAllocator *alloc, FastTextMatrix *matrix)
 {
-	TriageFree(alloc, matrix->dense);
+	if (!matrix->dense_borrowed)
+		TriageFree(alloc, matrix->dense);
 	TriageFree(alloc, matrix->codes);
 	TriageFree(alloc, matrix->pq.centroids);
 	TriageFree(alloc, matrix->norm_codes);
@@ -884,6 +926,19 @@ int64_t
 FastTextInputRows(const FastTextModel *model)
 {
 	return model->input.m;
+}
+
+int64_t
+FastTextDenseInputOffset(const FastTextModel *model)
+{
+	return model->quant_input || model->int8_input ? -1 : model->input.dense_offset;
+}
+
+int64_t
+FastTextDenseInputBytes(const FastTextModel *model)
+{
+	return model->quant_input || model->int8_input ? 0
+		: model->input.m * model->input.n * (int64_t) sizeof(float);
 }
 
 void

@@ -386,7 +386,9 @@ FastTextPQEncode(const FastTextPQ *pq, const float *x, int64_t n, uint8_t *codes
 void
 FastTextMatrixFree(FastTextMatrix *matrix, const TriageAllocator *alloc)
 {
-	TriageFree(alloc, matrix->dense);
+	if (!matrix->dense_borrowed)
+		TriageFree(alloc, matrix->dense);
+	matrix->dense_borrowed = false;
 	TriageFree(alloc, matrix->codes);
 	TriageFree(alloc, matrix->pq.centroids);
 	TriageFree(alloc, matrix->norm_codes);
@@ -735,7 +737,9 @@ FastTextPrune(FastTextModel *model, const int32_t *keep, int64_t nkeep,
 		model->size = j;
 	}
 
-	TriageFree(alloc, input->dense);
+	if (!input->dense_borrowed)
+		TriageFree(alloc, input->dense);
+	input->dense_borrowed = false;
 	input->dense = dense;
 	input->m = nkeep;
 	TriageFree(alloc, model->pruneidx);
@@ -889,7 +893,9 @@ FastTextQuantizeInt8(FastTextModel *model, char *errbuf, size_t errlen)
 		for (int64_t j = 0; j < input->n; j++)
 			q8[i * input->n + j] = max > 0.0f ? (int8_t) lrintf(row[j] / scales[i]) : 0;
 	}
-	TriageFree(alloc, input->dense);
+	if (!input->dense_borrowed)
+		TriageFree(alloc, input->dense);
+	input->dense_borrowed = false;
 	input->dense = NULL;
 	input->q8 = q8;
 	input->scales = scales;

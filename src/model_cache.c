@@ -465,6 +465,9 @@ LoadModel(const char *name, int32 version)
 	float4		temperature = 1.0f;
 	OwnSqlSection section;
 	const char *what;
+	Datum		data_datum = (Datum) 0;
+	int64		data_len = 0;
+	TimestampTz created = 0;
 
 	args[0] = CStringGetTextDatum(name);
 	args[1] = Int32GetDatum(version);
@@ -477,7 +480,8 @@ LoadModel(const char *name, int32 version)
 	BeginOwnSql(&section, TriageOwner());
 	if (SPI_execute_with_args("SELECT kind, data, "
 							  "coalesce((metrics OPERATOR(pg_catalog.#>>) "
-							  "'{calibration,temperature}')::pg_catalog.float4, 1), params "
+							  "'{calibration,temperature}')::pg_catalog.float4, 1), params, "
+							  "pg_catalog.octet_length(data), created_at "
 							  "FROM triage.models "
 							  "WHERE name OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
 							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
@@ -489,9 +493,12 @@ LoadModel(const char *name, int32 version)
 		kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		temperature = DatumGetFloat4(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 		params = DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
-		data = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		if (isnull)
-			data = NULL;
+		data_len = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+		created = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull));
+		/* not read (nor decompressed) yet: a shared file may make it unneeded */
+		data_datum = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		if (!isnull)
+			data = (bytea *) DatumGetPointer(data_datum);
 	}
 	if (data == NULL)
 		ereport(ERROR,
@@ -519,6 +526,7 @@ LoadModel(const char *name, int32 version)
 	{
 		if (model->kind == MODEL_KIND_EXTRACTOR)
 		{
+			data = DatumGetByteaPP(data_datum);
 			status = CrfLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
 							 &allocator, &model->crf, errbuf, sizeof(errbuf));
 			if (status != TRIAGE_OK)
@@ -531,8 +539,30 @@ LoadModel(const char *name, int32 version)
 		}
 		else
 		{
+			const uint8 *mapped = NULL;
+
 			what = psprintf("model \"%s\" version %d", name, version);
-			model->state = classifier->load(data, params, context, what);
+			if (classifier->load_in_place != NULL && ShareModelFile(data_len))
+			{
+				mapped = MapModelFile(name, version, created, data_len, context);
+				if (mapped == NULL)
+				{
+					/* the first use on this server: check it, then share it */
+					int64		offset;
+
+					data = DatumGetByteaPP(data_datum);
+					offset = classifier->shared_offset(data, context);
+					if (offset >= 0)
+					{
+						WriteModelFile(name, version, created, data, offset);
+						mapped = MapModelFile(name, version, created, data_len, context);
+					}
+				}
+			}
+			if (mapped != NULL)
+				model->state = classifier->load_in_place(mapped, data_len, params, context, what);
+			else
+				model->state = classifier->load(DatumGetByteaPP(data_datum), params, context, what);
 		}
 	}
 	PG_CATCH();
@@ -758,5 +788,9 @@ triage_model_store_changed(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("triage_internal.model_store_changed() must be called as a trigger")));
 	CacheInvalidateRelcache(trigdata->tg_relation);
+	/* versions gone: so are their shared files (model_files.c) */
+	if (RelationGetRelid(trigdata->tg_relation) == TriageRelation("models") &&
+		(TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) || TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event)))
+		(void) RemoveUnusedModelFiles();
 	PG_RETURN_POINTER(NULL);
 }

@@ -19,6 +19,8 @@ void		_PG_init(void);
 /* Prices of the large model, for triage.escalation_stats */
 static double LlmPromptPricePer1k = 0.0;
 static double LlmCompletionPricePer1k = 0.0;
+static double LlmBatchPromptPricePer1k = -1.0;
+static double LlmBatchCompletionPricePer1k = -1.0;
 
 /* Lets long loops in the core honour cancel and statement_timeout */
 static void
@@ -57,7 +59,19 @@ _PG_init(void)
 							 "Used by triage.escalation_stats to estimate costs and savings.",
 							 &LlmCompletionPricePer1k, 0.0, 0.0, 1e6, PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+	/* -1: half the interactive price, the Batch API's usual discount */
+	DefineCustomRealVariable("triage.llm_batch_prompt_price_per_1k",
+							 "Price of 1,000 prompt tokens of the large model through the Batch API.",
+							 "-1 (the default) means half of triage.llm_prompt_price_per_1k.",
+							 &LlmBatchPromptPricePer1k, -1.0, -1.0, 1e6, PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomRealVariable("triage.llm_batch_completion_price_per_1k",
+							 "Price of 1,000 completion tokens of the large model through the Batch API.",
+							 "-1 (the default) means half of triage.llm_completion_price_per_1k.",
+							 &LlmBatchCompletionPricePer1k, -1.0, -1.0, 1e6, PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 	ModelCacheInit();
+	ModelFilesInit();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("triage");
 #else

@@ -86,6 +86,15 @@ extern int32 InputBytesLimit(void);
 extern int32 LimitInputLength(const char *bytes, int32 len);
 extern text *LimitInput(text *input);
 
+/* model_files.c: one mapped copy of a large model per server */
+extern void ModelFilesInit(void);
+extern bool ShareModelFile(int64 len);
+extern const uint8 *MapModelFile(const char *name, int32 version, int64 created, int64 expected_len,
+								 MemoryContext context);
+extern void WriteModelFile(const char *name, int32 version, int64 created, const bytea *data,
+						   int64 aligned_offset);
+extern int	RemoveUnusedModelFiles(void);
+
 /* security.c: every SPI statement of the extension's own runs in a section */
 typedef struct OwnSqlSection
 {
