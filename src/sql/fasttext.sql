@@ -123,6 +123,13 @@ LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	trained record;
 BEGIN
+	-- on a standby (or in any read-only transaction) the store would fail
+	-- only after the whole training: fail first
+	IF pg_catalog.current_setting('transaction_read_only')::boolean THEN
+		RAISE EXCEPTION 'cannot train model "%" in a read-only transaction', name
+			USING ERRCODE = 'read_only_sql_transaction',
+				HINT = 'Train on the primary: a standby gets the model by replication.';
+	END IF;
 	PERFORM triage_internal.check_model_name(name);
 	PERFORM triage_internal.check_model_kind(name, kind);
 	IF kind = 'crf' THEN
