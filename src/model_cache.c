@@ -556,6 +556,8 @@ LoadModel(const char *name, int32 version)
 					{
 						WriteModelFile(name, version, created, data, offset);
 						mapped = MapModelFile(name, version, created, data_len, context);
+						/* and the files of versions gone (on a standby, only here) */
+						(void) RemoveUnusedModelFiles();
 					}
 				}
 			}

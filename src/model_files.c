@@ -269,8 +269,10 @@ failed:
 /*
  * Remove this database's shared model files whose version is no longer in
  * triage.models (deleted, or from a dropped extension), and temporary files
- * of writers that are gone.  Called after deletes from triage.models; a
- * delete that rolls back only costs a rebuild of the file at the next use.
+ * of writers that are gone.  Called after deletes from triage.models, and
+ * whenever a new file is built (a standby replays the deletes but runs no
+ * trigger); a delete that rolls back only costs a rebuild of the file at
+ * the next use.
  * Returns the number of files removed.
  */
 int
