@@ -352,6 +352,9 @@ t_msg_md5=$(awk '{ if (b == "" || $3 < b) b = $3 } END { printf "%.3f", b / 1000
 log "bench: triage-worker throughput"
 # (not as the tree copy's owner: it must leave that copy to us)
 TRIAGE_SOURCE= bash "$ROOT/test/bench/worker.sh" >"$WORK/worker_bench.txt"
+# one copy of a large model per server (test/bench/shared.sh)
+log "bench: a 400 MB model in 10 sessions"
+bash "$ROOT/test/bench/shared.sh" >"$WORK/shared_bench.txt"
 
 # Report --------------------------------------------------------------------
 row() {	# what, seconds, reference md5 seconds
@@ -427,6 +430,9 @@ describe() {	# mode, workers launched
 		printf "  %-58s %8.3f s %8.1f us/row\n", "triage.extract (models/business_fields.crf)", x, x / rows * 1e6
 		printf "  %-58s %8.3f s %8.1f us/row   extract takes %.2fx its time\n", "to_tsvector(\x27english\x27, input)", t, t / rows * 1e6, x / t
 		printf "  %-58s %8.3f s %8.1f us/row\n", "md5(input) (scanning the rows)", m, m / rows * 1e6 }'
+	echo
+	echo "one copy of a large model per server (test/bench/shared.sh; PSS over an idle session):"
+	cat "$WORK/shared_bench.txt"
 	echo
 	echo "triage-worker against an instant stub endpoint on 127.0.0.1 (test/bench/worker.sh):"
 	cat "$WORK/worker_bench.txt"
