@@ -42,6 +42,47 @@ $$;
 COMMENT ON FUNCTION triage_internal.check_answer_names(text, text, text[], text, text[]) IS
 	'Error unless a policy''s labels or fields are a non-empty subset of its model''s, without NULLs.';
 
+-- A positive interval written as a JSON string ("24 hours"), else NULL
+CREATE FUNCTION triage_internal.json_interval(v jsonb) RETURNS interval
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	i interval;
+BEGIN
+	IF jsonb_typeof(v) IS DISTINCT FROM 'string' THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		i := (v #>> '{}')::interval;
+	EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR interval_field_overflow THEN
+		RETURN NULL;
+	END;
+	RETURN CASE WHEN i > '0'::interval THEN i END;
+END;
+$$;
+COMMENT ON FUNCTION triage_internal.json_interval(jsonb) IS
+	'A positive interval written as a JSON string ("24 hours"), else NULL.';
+
+-- A policy's budget rule: {"tokens": N and/or "cost": X, "per": "hour" or
+-- "day", "when_over": "wait" (default) or "keep_small"}
+CREATE FUNCTION triage_internal.check_budget(policy text, budget jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF jsonb_typeof(budget) IS DISTINCT FROM 'object'
+	   OR EXISTS (SELECT FROM jsonb_object_keys(budget) k WHERE k NOT IN ('tokens', 'cost', 'per', 'when_over'))
+	   OR NOT (budget ? 'tokens' OR budget ? 'cost')
+	   OR (budget ? 'tokens' AND (jsonb_typeof(budget->'tokens') <> 'number' OR (budget->>'tokens') !~ '^[0-9]{1,15}$'))
+	   OR (budget ? 'cost' AND (jsonb_typeof(budget->'cost') <> 'number' OR (budget->>'cost')::numeric < 0))
+	   OR coalesce(budget->>'per', 'day') NOT IN ('hour', 'day') OR jsonb_typeof(coalesce(budget->'per', '"day"')) <> 'string'
+	   OR coalesce(budget->>'when_over', 'wait') NOT IN ('wait', 'keep_small') OR jsonb_typeof(coalesce(budget->'when_over', '"wait"')) <> 'string' THEN
+		RAISE EXCEPTION 'rule budget of policy "%" must be {"tokens": N and/or "cost": X, "per": "hour" or "day", "when_over": "wait" or "keep_small"}, not %', policy, budget
+			USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'Tokens are the replies'' usage; cost is at triage.llm_prompt_price_per_1k and triage.llm_completion_price_per_1k (batch answers at the batch prices).';
+	END IF;
+END;
+$$;
+COMMENT ON FUNCTION triage_internal.check_budget(text, jsonb) IS
+	'Error unless a policy''s budget rule is {"tokens" and/or "cost", "per": hour or day, "when_over": wait or keep_small}.';
+
 -- Policies are edited in place (create_policy, calibrate or a plain UPDATE):
 -- check what routing will read, so that a bad policy fails when it is
 -- written, not on the millionth row routed
@@ -163,10 +204,36 @@ BEGIN
 				RAISE EXCEPTION 'rule min_field_confidence of policy "%" needs an extractor', NEW.name
 					USING ERRCODE = 'invalid_parameter_value';
 			END IF;
+		-- how the large model is asked: latency "batch" leaves the rows to
+		-- batch-mode workers (the Batch API, at its price) for up to max_wait
+		ELSIF k = 'latency' THEN
+			IF v NOT IN ('"interactive"', '"batch"') THEN
+				RAISE EXCEPTION 'rule latency of policy "%" must be "interactive" or "batch", not %', NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		ELSIF k = 'max_wait' THEN
+			IF triage_internal.json_interval(v) IS NULL THEN
+				RAISE EXCEPTION 'rule max_wait of policy "%" must be a positive interval (a JSON string such as "24 hours"), not %', NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		ELSIF k = 'budget' THEN
+			PERFORM triage_internal.check_budget(NEW.name, v);
+		-- what complete() does when the audit breaks the calibrated promise
+		-- (src/sql/health.sql), and the audits a verdict needs
+		ELSIF k = 'on_broken' THEN
+			IF v NOT IN ('"warn"', '"tighten"') THEN
+				RAISE EXCEPTION 'rule on_broken of policy "%" must be "warn" or "tighten", not %', NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		ELSIF k = 'min_audits' THEN
+			IF jsonb_typeof(v) <> 'number' OR v::text !~ '^[0-9]{1,9}$' OR v::text::integer < 1 THEN
+				RAISE EXCEPTION 'rule min_audits of policy "%" must be a whole number of audited rows (1 or more), not %', NEW.name, v
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
 		ELSE
 			RAISE EXCEPTION 'unknown rule "%" in policy "%"', k, NEW.name
 				USING ERRCODE = 'invalid_parameter_value',
-					HINT = 'Rules: max_length, min_length, escalate_if_matches, escalate_unless_matches, required_fields, min_field_confidence.';
+					HINT = 'Rules: max_length, min_length, escalate_if_matches, escalate_unless_matches, required_fields, min_field_confidence, latency, max_wait, budget, on_broken, min_audits.';
 		END IF;
 	END LOOP;
 	NEW.updated_at := now();

@@ -26,7 +26,8 @@ CREATE TABLE triage.escalations (
 	error text,
 	outcome text,
 	created_at timestamptz NOT NULL DEFAULT now(),
-	done_at timestamptz
+	done_at timestamptz,
+	batch bigint				-- the triage.batches row whose answer it took (batch prices)
 );
 CREATE INDEX escalations_claimable ON triage.escalations (visible_at, id)
 	WHERE status IN ('pending', 'claimed');
@@ -111,8 +112,38 @@ CREATE TABLE triage.workers (
 );
 COMMENT ON TABLE triage.workers IS 'triage-worker processes and their last heartbeat.';
 
--- The chat-completions request for one row, from the policy's prompt
-CREATE FUNCTION triage_internal.build_request(policy triage.policies, input text) RETURNS jsonb
+-- The JSON schema of an answer under a policy, for response_format
+-- json_schema (strict): one of the labels, or every field as a string or
+-- null (strict mode wants every property required; null is "not found")
+CREATE FUNCTION triage_internal.answer_schema(policy triage.policies) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT CASE WHEN policy.model IS NULL THEN
+		jsonb_build_object('name', 'triage_fields', 'strict', true, 'schema', jsonb_build_object(
+			'type', 'object',
+			'properties', jsonb_build_object('fields', jsonb_build_object(
+				'type', 'object',
+				'properties', (SELECT jsonb_object_agg(f, jsonb_build_object('type', jsonb_build_array('string', 'null')))
+								 FROM unnest(policy.fields) AS f),
+				'required', to_jsonb(policy.fields),
+				'additionalProperties', false)),
+			'required', jsonb_build_array('fields'),
+			'additionalProperties', false))
+	ELSE
+		jsonb_build_object('name', 'triage_label', 'strict', true, 'schema', jsonb_build_object(
+			'type', 'object',
+			'properties', jsonb_build_object('label', jsonb_build_object('type', 'string', 'enum', to_jsonb(policy.labels))),
+			'required', jsonb_build_array('label'),
+			'additionalProperties', false))
+	END
+$$;
+COMMENT ON FUNCTION triage_internal.answer_schema(triage.policies) IS
+	'The json_schema response format of a policy''s answers: {"label": one of its labels}, or {"fields": {every field: string or null}}, strict.';
+
+-- The chat-completions request for one row, from the policy's prompt.
+-- response_format: json_schema (an endpoint that constrains the answer to
+-- the policy's schema), json_object (JSON mode only) or none
+CREATE FUNCTION triage_internal.build_request(policy triage.policies, input text,
+											  response_format text DEFAULT 'json_schema') RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT jsonb_build_object(
 		'messages', jsonb_build_array(
@@ -129,11 +160,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 					|| E'\nAnswer with JSON: {"label": "<one of the labels>"}'
 				END
 				|| E'\nInput:\n' || input)),
-		'temperature', 0,
-		'response_format', jsonb_build_object('type', 'json_object'))
+		'temperature', 0)
+		|| CASE response_format
+			WHEN 'json_schema' THEN jsonb_build_object('response_format', jsonb_build_object(
+				'type', 'json_schema', 'json_schema', triage_internal.answer_schema(policy)))
+			WHEN 'json_object' THEN jsonb_build_object('response_format', jsonb_build_object('type', 'json_object'))
+			ELSE '{}'::jsonb END
 $$;
-COMMENT ON FUNCTION triage_internal.build_request(triage.policies, text) IS
-	'The chat-completions request body (without "model") that asks the large model to label input.';
+COMMENT ON FUNCTION triage_internal.build_request(triage.policies, text, text) IS
+	'The chat-completions request body (without "model") that asks the large model to label input, with a response_format of json_schema (default), json_object or none.';
 
 CREATE FUNCTION triage.enqueue(policy text, input text, small_answer jsonb DEFAULT NULL,
 							   source regclass DEFAULT NULL, source_key jsonb DEFAULT NULL,
@@ -186,18 +221,34 @@ $$;
 COMMENT ON FUNCTION triage.disallow_worker(regrole) IS
 	'Stops role from claiming this database''s escalations (leases it holds run out as usual).';
 
-CREATE FUNCTION triage.claim(worker text, n integer, visibility interval DEFAULT '5 minutes',
-							 policy text DEFAULT NULL)
+-- What claim() and claim_batch() share: leases up to n claimable rows to
+-- the calling role.  for_batch: only rows of policies with rules latency
+-- "batch" (else only the others', and batch rows that waited max_wait);
+-- max_bytes: stop before the requests (each octet_length + line_overhead)
+-- would pass it.  Policies over their budget are skipped, or their rows
+-- kept with the small model's answer (triage_internal.budgets()).
+CREATE FUNCTION triage_internal.claim_rows(worker text, n integer, visibility interval, policy text,
+										   response_format text, for_batch boolean,
+										   max_bytes bigint DEFAULT NULL, line_overhead integer DEFAULT 0)
 	RETURNS TABLE (id bigint, request jsonb)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	caller regrole := triage_internal.caller_role();
-	max_bytes bigint := (triage_internal.queue_limits()).max_input_bytes;
+	max_input bigint := (triage_internal.queue_limits()).max_input_bytes;
 	picked record;
+	built jsonb;
+	total bigint := 0;
+	line bigint;
+	waiting text[];
+	keeping text[];
 BEGIN
 	IF worker IS NULL OR n IS NULL OR n < 1 OR n > 10000 OR visibility IS NULL OR visibility <= '0'::interval THEN
 		RAISE EXCEPTION 'claim needs a worker name, n between 1 and 10000 and a positive visibility'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF response_format IS NULL OR response_format NOT IN ('json_schema', 'json_object', 'none') THEN
+		RAISE EXCEPTION 'response_format must be json_schema, json_object or none, not %', coalesce(response_format, 'NULL')
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF NOT EXISTS (SELECT FROM triage.worker_roles w WHERE pg_catalog.pg_has_role(caller, w.role, 'USAGE'))
@@ -206,11 +257,19 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				HINT = pg_catalog.format('An admin of this database can allow it: SELECT triage.allow_worker(%L);', caller);
 	END IF;
+	SELECT pg_catalog.array_agg(b.policy) FILTER (WHERE b.when_over = 'wait'),
+		   pg_catalog.array_agg(b.policy) FILTER (WHERE b.when_over = 'keep_small')
+	  INTO waiting, keeping
+	  FROM triage_internal.budgets() b WHERE b.over;
 	FOR picked IN
-		SELECT e.id, e.status, e.attempts, p.max_attempts, pg_catalog.octet_length(e.input) AS bytes
+		SELECT e.id, e.status, e.attempts, e.policy, p.max_attempts, pg_catalog.octet_length(e.input) AS bytes
 		  FROM triage.escalations e JOIN triage.policies p ON p.name = e.policy
 		 WHERE e.status IN ('pending', 'claimed') AND e.visible_at <= now()
-		   AND (claim.policy IS NULL OR e.policy = claim.policy)
+		   AND (claim_rows.policy IS NULL OR e.policy = claim_rows.policy)
+		   AND CASE WHEN for_batch THEN p.rules->>'latency' = 'batch'
+					ELSE p.rules->>'latency' IS DISTINCT FROM 'batch'
+						 OR e.created_at <= now() - coalesce((p.rules->>'max_wait')::interval, '24 hours') END
+		   AND NOT e.policy = ANY (coalesce(waiting, '{}'))
 		 ORDER BY e.visible_at, e.id
 		 LIMIT n
 		   FOR UPDATE OF e SKIP LOCKED
@@ -219,27 +278,47 @@ BEGIN
 		-- row that kills workers is dead-lettered instead of looping forever;
 		-- so is a row too large to send
 		IF (picked.status = 'claimed' AND picked.attempts + 1 >= picked.max_attempts)
-		   OR picked.bytes > max_bytes THEN
+		   OR picked.bytes > max_input THEN
 			UPDATE triage.escalations e
 			   SET status = 'dead', attempts = e.attempts + (e.status = 'claimed')::int, done_at = now(),
 				   claimed_role = NULL,
-				   error = CASE WHEN picked.bytes > max_bytes
+				   error = CASE WHEN picked.bytes > max_input
 								THEN pg_catalog.format('input of %s bytes is over triage.max_input_bytes', picked.bytes)
 								ELSE 'the lease ran out on the last attempt allowed (the worker died or timed out)' END
+			 WHERE e.id = picked.id;
+			CONTINUE;
+		END IF;
+		-- over budget with when_over "keep_small": the small model's answer
+		-- (already in the source row) stands, and the row is not asked
+		IF picked.policy = ANY (coalesce(keeping, '{}')) THEN
+			UPDATE triage.escalations e
+			   SET status = 'done', outcome = 'over_budget', done_at = now(), claimed_role = NULL,
+				   error = 'over the policy''s budget: the small model''s answer is kept'
 			 WHERE e.id = picked.id;
 			CONTINUE;
 		END IF;
 		-- one row that cannot be turned into a request is dead-lettered, not
 		-- the whole claim failed
 		BEGIN
+			-- built now, so that a prompt edited meanwhile applies to rows still queued
+			SELECT triage_internal.build_request(p, e.input, response_format) INTO built
+			  FROM triage.escalations e JOIN triage.policies p ON p.name = e.policy
+			 WHERE e.id = picked.id;
+			line := pg_catalog.octet_length(built::text) + line_overhead;
+			IF max_bytes IS NOT NULL AND total + line > max_bytes THEN
+				-- a row too large for any file is left to the interactive
+				-- workers (after the policy's max_wait); else the file is full
+				CONTINUE WHEN total = 0;
+				EXIT;
+			END IF;
+			total := total + line;
 			UPDATE triage.escalations e
 			   SET status = 'claimed', claimed_by = worker, claimed_role = caller,
 				   visible_at = pg_catalog.clock_timestamp() + visibility,
 				   attempts = e.attempts + (e.status = 'claimed')::int
-			  FROM triage.policies p
-			 WHERE e.id = picked.id AND p.name = e.policy
-			-- built now, so that a prompt edited meanwhile applies to rows still queued
-			RETURNING e.id, triage_internal.build_request(p, e.input) INTO id, request;
+			 WHERE e.id = picked.id;
+			id := picked.id;
+			request := built;
 			RETURN NEXT;
 		EXCEPTION WHEN OTHERS THEN
 			UPDATE triage.escalations e
@@ -250,8 +329,17 @@ BEGIN
 	END LOOP;
 END;
 $$;
-COMMENT ON FUNCTION triage.claim(text, integer, interval, text) IS
-	'Leases up to n escalations to the calling role (which must be allowed with triage.allow_worker()) until now() + visibility (FOR UPDATE SKIP LOCKED); returns each one''s request body. Expired leases count as attempts; a row at its last attempt, or too large, is dead-lettered.';
+COMMENT ON FUNCTION triage_internal.claim_rows(text, integer, interval, text, text, boolean, bigint, integer) IS
+	'What claim and claim_batch run: leases up to n claimable rows (of batch policies or of the others) to the calling role, within max_bytes of requests, skipping policies over budget; returns each one''s request.';
+
+CREATE FUNCTION triage.claim(worker text, n integer, visibility interval DEFAULT '5 minutes',
+							 policy text DEFAULT NULL, response_format text DEFAULT 'json_schema')
+	RETURNS TABLE (id bigint, request jsonb)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT * FROM triage_internal.claim_rows(worker, n, visibility, policy, response_format, false)
+$$;
+COMMENT ON FUNCTION triage.claim(text, integer, interval, text, text) IS
+	'Leases up to n escalations to the calling role (which must be allowed with triage.allow_worker()) until now() + visibility (FOR UPDATE SKIP LOCKED); returns each one''s request body, with a response_format of json_schema (default: the policy''s labels or fields, strict), json_object or none. Rows of batch policies (rules latency "batch") are left to claim_batch until they waited max_wait; policies over their budget are skipped. Expired leases count as attempts; a row at its last attempt, or too large, is dead-lettered.';
 
 -- The label in a chat-completions reply: {"label": ...} content, or a bare label
 CREATE FUNCTION triage_internal.answer_label(response jsonb, labels text[]) RETURNS text
@@ -469,6 +557,11 @@ BEGIN
 		INSERT INTO triage.examples (model, input, fields, source, escalation, source_table)
 		VALUES (p.extractor, e.input, fields, 'llm', e.id, e.source);
 	END IF;
+	-- an audited row: does the promise of the policy's calibration hold?
+	-- (src/sql/health.sql)
+	IF fields IS NULL AND e.reason LIKE 'audit sample%' THEN
+		PERFORM triage_internal.record_audit(e.policy, e.small_answer, label);
+	END IF;
 	UPDATE triage.workers w SET jobs_done = w.jobs_done + 1 WHERE w.name = e.claimed_by;
 	RETURN 'done';
 END;
@@ -494,12 +587,13 @@ COMMENT ON FUNCTION triage.heartbeat(text, text, integer, bigint, bigint) IS
 
 -- The worker role needs no table rights: claim, complete, fail, release and
 -- heartbeat run as the extension owner (SECURITY DEFINER, pinned search_path).
-ALTER FUNCTION triage.claim(text, integer, interval, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION triage.claim(text, integer, interval, text, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.complete(bigint, jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.fail(bigint, text, interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.release(bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION triage.heartbeat(text, text, integer, bigint, bigint) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-REVOKE ALL ON FUNCTION triage_internal.write_answer(bigint, text, jsonb, jsonb), triage_internal.leased_escalation(bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
+REVOKE ALL ON FUNCTION triage_internal.write_answer(bigint, text, jsonb, jsonb), triage_internal.leased_escalation(bigint),
+	triage_internal.claim_rows(text, integer, interval, text, text, boolean, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION triage.claim(text, integer, interval, text, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) FROM PUBLIC;

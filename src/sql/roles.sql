@@ -30,7 +30,7 @@ GRANT USAGE ON SCHEMA triage_internal TO triage_user, triage_worker, triage_admi
 -- the extension reads for them
 GRANT SELECT (name, version, kind, labels, params, metrics, created_at) ON triage.models TO triage_user;
 GRANT SELECT ON triage.deployments, triage.policies, triage.policy_grants TO triage_user;
-GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
+GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) TO triage_worker;
 GRANT triage_user TO triage_admin;
@@ -43,7 +43,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON triage.models, triage.model_versions, tr
 GRANT SELECT, DELETE ON triage.escalations TO triage_admin;
 GRANT SELECT ON triage.escalation_stats, triage.process_progress TO triage_admin;
 GRANT USAGE ON SEQUENCE triage.examples_id_seq TO triage_admin;
-GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text), triage.complete(bigint, jsonb),
+GRANT EXECUTE ON FUNCTION triage.claim(text, integer, interval, text, text), triage.complete(bigint, jsonb),
 	triage.fail(bigint, text, interval), triage.release(bigint),
 	triage.heartbeat(text, text, integer, bigint, bigint) TO triage_admin;
 
@@ -64,3 +64,11 @@ REVOKE ALL ON FUNCTION triage.compact_counters(), triage_internal.count_routed(t
 GRANT EXECUTE ON FUNCTION triage.compact_counters(), triage_internal.count_routed(text, bigint, bigint),
 	triage_internal.record_progress(regclass, text, timestamptz, bigint, bigint, bigint, boolean),
 	triage_internal.open_escalation(regclass, jsonb) TO triage_user;
+
+-- triage-worker --mode batch: the batch functions (SECURITY DEFINER, each
+-- acting on the caller's batches only); admins read batches and budgets
+GRANT EXECUTE ON FUNCTION triage.claim_batch(text, integer, bigint, interval, text, text, integer),
+	triage.take_batches(text), triage.batch_requests(bigint, text), triage.batch_uploaded(bigint, jsonb, text),
+	triage.batch_created(bigint, jsonb), triage.batch_polled(bigint, jsonb), triage.extend_batch(bigint, interval),
+	triage.batch_result(bigint, text), triage.finish_batch(bigint, text, text) TO triage_worker, triage_admin;
+GRANT SELECT ON triage.batches, triage.budget_status TO triage_admin;

@@ -458,20 +458,23 @@ SELECT p.name AS policy,
 	   count(e.id) FILTER (WHERE e.status = 'dead') AS dead,
 	   coalesce(sum(e.attempts), 0) AS failed_attempts,
 	   coalesce(sum((e.usage->>'total_tokens')::bigint), 0) AS tokens,
-	   round(coalesce(sum((e.usage->>'prompt_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_prompt_price_per_1k', true), '')::numeric, 0)
-			 + coalesce(sum((e.usage->>'completion_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_completion_price_per_1k', true), '')::numeric, 0), 4)
-		 AS llm_cost,
+	   -- answers of the Batch API at its prices (triage_internal.llm_prices)
+	   round(coalesce(sum(triage_internal.llm_cost(e.usage, e.batch IS NOT NULL)), 0), 4) AS llm_cost,
 	   -- what sending every routed row to the large model would have cost, at the
 	   -- tokens per answered escalation seen so far
 	   round(greatest(coalesce(c.seen, 0), count(e.id))
 			 * (coalesce(avg((e.usage->>'prompt_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_prompt_price_per_1k', true), '')::numeric, 0)
 				+ coalesce(avg((e.usage->>'completion_tokens')::numeric), 0) / 1000 * coalesce(nullif(current_setting('triage.llm_completion_price_per_1k', true), '')::numeric, 0)), 4)
-		 AS all_llm_cost
+		 AS all_llm_cost,
+	   count(e.id) FILTER (WHERE e.status = 'done' AND e.batch IS NOT NULL) AS batch_answered,
+	   count(e.id) FILTER (WHERE e.outcome = 'over_budget') AS over_budget,
+	   coalesce(bool_or(b.over), false) AS budget_reached
   FROM triage.policies p
+  LEFT JOIN triage_internal.budgets() b ON b.policy = p.name
   LEFT JOIN (SELECT policy, sum(seen) AS seen, sum(escalated) AS escalated
 			   FROM triage.policy_counters GROUP BY policy) c ON c.policy = p.name
   LEFT JOIN triage.escalations e ON e.policy = p.name
  GROUP BY p.name, c.seen, c.escalated;
 COMMENT ON VIEW triage.escalation_stats IS
-	'Per policy: rows seen and kept, escalations by state (exact counts), tokens, the large model''s cost and what sending every row would have cost (prices: triage.llm_prompt_price_per_1k, triage.llm_completion_price_per_1k).';
+	'Per policy: rows seen and kept, escalations by state (exact counts), tokens, the large model''s cost (answers of the Batch API at the batch prices) and what sending every row would have cost (prices: triage.llm_prompt_price_per_1k, triage.llm_completion_price_per_1k), answers through the Batch API, rows kept with the small model''s answer over budget, and whether the budget is reached now.';
 

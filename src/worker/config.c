@@ -38,6 +38,10 @@ static const char *help_text =
 "                  [--max-attempts N] [--policy NAME] [--name WORKER_NAME]\n"
 "                  [--batch N] [--visibility SECONDS]\n"
 "                  [--max-retry-after SECONDS] [--log-file PATH]\n"
+"                  [--response-format json_schema|json_object|none]\n"
+"                  [--mode interactive|batch] [--batch-file-requests N]\n"
+"                  [--batch-file-bytes BYTES] [--batch-poll SECONDS]\n"
+"                  [--batch-poll-max SECONDS] [--batch-interval SECONDS]\n"
 "                  [--once] [--help] [--version]\n"
 "\n"
 "DESCRIPTION\n"
@@ -143,6 +147,32 @@ static const char *help_text =
 "    --log-file PATH\n"
 "        Append the log to PATH instead of standard error; reopened on\n"
 "        SIGHUP.\n"
+"    --response-format json_schema|json_object|none\n"
+"        What the requests ask of the answer's form (default json_schema):\n"
+"        json_schema constrains it to the policy's labels or fields (OpenAI\n"
+"        structured outputs, strict; vLLM, llama.cpp's server and Ollama take\n"
+"        the same form), json_object asks for JSON only (JSON mode), none\n"
+"        sends no response_format.\n"
+"    --mode interactive|batch\n"
+"        interactive (default): one request per row, for the policies\n"
+"        without rules latency \"batch\".  batch: the rows of policies with\n"
+"        rules latency \"batch\", through the endpoint's Batch API (URL/files,\n"
+"        URL/batches): claimed in bulk with triage.claim_batch(), written as a\n"
+"        JSONL file, uploaded, polled, and each line of the output handed to\n"
+"        triage.batch_result().  The batch's state is in triage.batches: a\n"
+"        restarted worker (same --name) polls its open batches again instead\n"
+"        of sending them twice.  The leases of a batch's rows are extended\n"
+"        while it is out; --visibility defaults to 3600 in this mode.\n"
+"    --batch-file-requests N\n"
+"        Requests per batch file at most (default 5000, up to 50000).\n"
+"    --batch-file-bytes BYTES\n"
+"        Bytes per batch file at most (default 100000000, up to 200000000).\n"
+"    --batch-poll SECONDS\n"
+"        First wait before polling a batch (default 30), doubling up to\n"
+"        --batch-poll-max (default 600).\n"
+"    --batch-interval SECONDS\n"
+"        How often to look for rows for a new batch (default 300; at once\n"
+"        after a full file).\n"
 "    --once\n"
 "        Drain the jobs claimable now, then exit.  A job to be retried later is\n"
 "        left to the next run.\n"
@@ -156,7 +186,9 @@ static const char *help_text =
 "    TRIAGE_API_KEY_FILE, TRIAGE_CONCURRENCY, TRIAGE_RPS, TRIAGE_TPM,\n"
 "    TRIAGE_TIMEOUT, TRIAGE_MAX_ATTEMPTS, TRIAGE_POLICY, TRIAGE_NAME,\n"
 "    TRIAGE_BATCH, TRIAGE_VISIBILITY, TRIAGE_MAX_RETRY_AFTER,\n"
-"    TRIAGE_LOG_FILE, TRIAGE_ONCE (1, true or yes)\n"
+"    TRIAGE_LOG_FILE, TRIAGE_RESPONSE_FORMAT, TRIAGE_MODE,\n"
+"    TRIAGE_BATCH_FILE_REQUESTS, TRIAGE_BATCH_FILE_BYTES, TRIAGE_BATCH_POLL,\n"
+"    TRIAGE_BATCH_POLL_MAX, TRIAGE_BATCH_INTERVAL, TRIAGE_ONCE (1, true or yes)\n"
 "        Defaults of the options of the same names; a flag wins.\n"
 "    PGHOST, PGPORT, PGUSER, PGPASSFILE, ...\n"
 "        As for every libpq client.\n"
@@ -254,6 +286,13 @@ enum
 	OPT_MAX_RETRY_AFTER,
 	OPT_LOG_FILE,
 	OPT_ONCE,
+	OPT_RESPONSE_FORMAT,
+	OPT_MODE,
+	OPT_BATCH_FILE_REQUESTS,
+	OPT_BATCH_FILE_BYTES,
+	OPT_BATCH_POLL,
+	OPT_BATCH_POLL_MAX,
+	OPT_BATCH_INTERVAL,
 	OPT_HELP,
 	OPT_VERSION
 };
@@ -283,6 +322,13 @@ static const struct
 	{OPT_MAX_RETRY_AFTER, "TRIAGE_MAX_RETRY_AFTER", "--max-retry-after"},
 	{OPT_LOG_FILE, "TRIAGE_LOG_FILE", "--log-file"},
 	{OPT_ONCE, "TRIAGE_ONCE", "--once"},
+	{OPT_RESPONSE_FORMAT, "TRIAGE_RESPONSE_FORMAT", "--response-format"},
+	{OPT_MODE, "TRIAGE_MODE", "--mode"},
+	{OPT_BATCH_FILE_REQUESTS, "TRIAGE_BATCH_FILE_REQUESTS", "--batch-file-requests"},
+	{OPT_BATCH_FILE_BYTES, "TRIAGE_BATCH_FILE_BYTES", "--batch-file-bytes"},
+	{OPT_BATCH_POLL, "TRIAGE_BATCH_POLL", "--batch-poll"},
+	{OPT_BATCH_POLL_MAX, "TRIAGE_BATCH_POLL_MAX", "--batch-poll-max"},
+	{OPT_BATCH_INTERVAL, "TRIAGE_BATCH_INTERVAL", "--batch-interval"},
 };
 
 /* Applies one option; what names its source for error messages */
@@ -332,6 +378,7 @@ set_option(WorkerConfig *cfg, int code, const char *value, const char *what)
 			break;
 		case OPT_VISIBILITY:
 			cfg->visibility = parse_double(value, what, 1, 7 * 86400);
+			cfg->visibility_set = true;
 			break;
 		case OPT_MAX_RETRY_AFTER:
 			cfg->max_retry_after = parse_double(value, what, 0, 7 * 86400);
@@ -341,6 +388,33 @@ set_option(WorkerConfig *cfg, int code, const char *value, const char *what)
 			break;
 		case OPT_ONCE:
 			cfg->once = parse_bool(value, what);
+			break;
+		case OPT_RESPONSE_FORMAT:
+			if (strcmp(value, "json_schema") != 0 && strcmp(value, "json_object") != 0 &&
+				strcmp(value, "none") != 0)
+				usage_error("invalid value \"%s\" for %s (json_schema, json_object or none)",
+							value, what);
+			cfg->response_format = strdup(value);
+			break;
+		case OPT_MODE:
+			if (strcmp(value, "interactive") != 0 && strcmp(value, "batch") != 0)
+				usage_error("invalid value \"%s\" for %s (interactive or batch)", value, what);
+			cfg->batch_mode = strcmp(value, "batch") == 0;
+			break;
+		case OPT_BATCH_FILE_REQUESTS:
+			cfg->batch_file_requests = (int) parse_long(value, what, 1, 50000);
+			break;
+		case OPT_BATCH_FILE_BYTES:
+			cfg->batch_file_bytes = parse_long(value, what, 1000, 200000000);
+			break;
+		case OPT_BATCH_POLL:
+			cfg->batch_poll = parse_double(value, what, 0.05, 86400);
+			break;
+		case OPT_BATCH_POLL_MAX:
+			cfg->batch_poll_max = parse_double(value, what, 0.05, 86400);
+			break;
+		case OPT_BATCH_INTERVAL:
+			cfg->batch_interval = parse_double(value, what, 0.05, 86400);
 			break;
 	}
 }
@@ -370,6 +444,13 @@ config_parse(WorkerConfig *cfg, int argc, char **argv)
 		{"max-retry-after", required_argument, NULL, OPT_MAX_RETRY_AFTER},
 		{"log-file", required_argument, NULL, OPT_LOG_FILE},
 		{"once", no_argument, NULL, OPT_ONCE},
+		{"response-format", required_argument, NULL, OPT_RESPONSE_FORMAT},
+		{"mode", required_argument, NULL, OPT_MODE},
+		{"batch-file-requests", required_argument, NULL, OPT_BATCH_FILE_REQUESTS},
+		{"batch-file-bytes", required_argument, NULL, OPT_BATCH_FILE_BYTES},
+		{"batch-poll", required_argument, NULL, OPT_BATCH_POLL},
+		{"batch-poll-max", required_argument, NULL, OPT_BATCH_POLL_MAX},
+		{"batch-interval", required_argument, NULL, OPT_BATCH_INTERVAL},
 		{"help", no_argument, NULL, OPT_HELP},
 		{"version", no_argument, NULL, OPT_VERSION},
 		{NULL, 0, NULL, 0}
@@ -384,6 +465,12 @@ config_parse(WorkerConfig *cfg, int argc, char **argv)
 	cfg->timeout = 60;
 	cfg->visibility = 300;
 	cfg->max_retry_after = 3600;
+	cfg->response_format = "json_schema";
+	cfg->batch_file_requests = 5000;
+	cfg->batch_file_bytes = 100000000;
+	cfg->batch_poll = 30;
+	cfg->batch_poll_max = 600;
+	cfg->batch_interval = 300;
 
 	for (i = 0; i < sizeof(option_names) / sizeof(option_names[0]); i++)
 	{
@@ -461,6 +548,11 @@ config_parse(WorkerConfig *cfg, int argc, char **argv)
 		strcpy(cfg->url + len, "/chat/completions");
 	}
 	cfg->model_json = json_string(cfg->model);
+	/* a batch takes hours: its rows' leases must outlive a restart */
+	if (cfg->batch_mode && !cfg->visibility_set)
+		cfg->visibility = 3600;
+	if (cfg->batch_poll_max < cfg->batch_poll)
+		cfg->batch_poll_max = cfg->batch_poll;
 
 	if (cfg->batch == 0)
 		cfg->batch = cfg->concurrency;

@@ -274,7 +274,7 @@ db_connect(Db *db, int64_t now)
 	res = PQexec(db->conn,
 				 "SELECT pg_catalog.num_nonnulls("
 				 "  pg_catalog.to_regprocedure('triage.claim(pg_catalog.text, pg_catalog.int4,"
-				 " pg_catalog.interval, pg_catalog.text)'),"
+				 " pg_catalog.interval, pg_catalog.text, pg_catalog.text)'),"
 				 "  pg_catalog.to_regprocedure('triage.complete(pg_catalog.int8, pg_catalog.jsonb)'),"
 				 "  pg_catalog.to_regprocedure('triage.fail(pg_catalog.int8, pg_catalog.text,"
 				 " pg_catalog.interval)'),"
@@ -362,7 +362,7 @@ db_claim(Db *db, int n, int64_t now, JobQueue *out, int *claimed, char *err, siz
 	const WorkerConfig *cfg = db->cfg;
 	char		n_text[16];
 	char		vis_text[32];
-	const char *params[4];
+	const char *params[5];
 	PGresult   *res;
 	int			id_col;
 	int			request_col;
@@ -376,11 +376,12 @@ db_claim(Db *db, int n, int64_t now, JobQueue *out, int *claimed, char *err, siz
 	params[1] = n_text;
 	params[2] = vis_text;
 	params[3] = cfg->policy;
+	params[4] = cfg->response_format;
 	res = PQexecParams(db->conn,
 					   "SELECT * FROM triage.claim($1::pg_catalog.text, $2::pg_catalog.int4,"
 					   " pg_catalog.make_interval(secs => $3::pg_catalog.float8),"
-					   " $4::pg_catalog.text)",
-					   4, NULL, params, NULL, NULL, 0);
+					   " $4::pg_catalog.text, $5::pg_catalog.text)",
+					   5, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
 		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -621,4 +622,55 @@ db_heartbeat(Db *db, long jobs_done, long jobs_failed)
 	st = db_error(db, res, "triage.heartbeat()");
 	PQclear(res);
 	return st;
+}
+
+/*
+ * Runs one statement of the batch mode (params as text).  DB_OK with *res,
+ * which the caller clears; DB_LOST; DB_FATAL, logged, when the queue's
+ * functions are missing or the role may not call them; DB_TRANSIENT,
+ * logged, for any other error (a reply that is no JSON, a lock, ...).
+ */
+DbStatus
+db_query(Db *db, const char *sql, int nparams, const char *const *params, PGresult **res,
+		 const char *what)
+{
+	PGresult   *r;
+	const char *state;
+	char		text[512];
+
+	*res = NULL;
+	if (db->conn == NULL)
+		return DB_LOST;
+	r = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK)
+	{
+		*res = r;
+		return DB_OK;
+	}
+	state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	if (connection_lost(db, state))
+	{
+		char		phrase[128];
+
+		PQclear(r);
+		snprintf(phrase, sizeof(phrase), "in %s", what);
+		db_lost(db, phrase);
+		return DB_LOST;
+	}
+	one_line(text, sizeof(text), PQresultErrorMessage(r));
+	if (strcmp(state, "42501") == 0 && strstr(text, "may not claim") != NULL)
+	{
+		log_not_allowed(db, r);
+		PQclear(r);
+		return DB_FATAL;
+	}
+	PQclear(r);
+	if (strcmp(state, "42883") == 0 || strcmp(state, "3F000") == 0 || strcmp(state, "42P01") == 0)
+	{
+		log_msg("error", "%s failed (SQLSTATE %s): %s; is pg_triage in database \"%s\" of"
+				" another version?", what, state, text, PQdb(db->conn));
+		return DB_FATAL;
+	}
+	log_msg("warning", "%s failed (SQLSTATE %s): %s", what, state, text);
+	return DB_TRANSIENT;
 }

@@ -28,6 +28,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -260,6 +261,51 @@ reload(Worker *w)
 	}
 	w->api_key = key;
 	log_msg("info", "API key re-read from \"%s\"", w->cfg.api_key_file);
+}
+
+/* The batch mode's view of the signals (batch.c runs its own loop) */
+static Worker *batch_worker;
+
+bool
+worker_stopping(void)
+{
+	return stop_signals > 0;
+}
+
+/*
+ * Sleeps up to ms, or until a signal (or fd, if not -1, is readable);
+ * serves a SIGHUP on the way out.
+ */
+void
+worker_wait(int64_t ms, int fd)
+{
+	struct pollfd p[2];
+	nfds_t		n = 0;
+	char		drain[64];
+
+	if (ms < 0)
+		ms = 0;
+	if (wake_pipe[0] >= 0)
+	{
+		p[n].fd = wake_pipe[0];
+		p[n].events = POLLIN;
+		n++;
+	}
+	if (fd >= 0)
+	{
+		p[n].fd = fd;
+		p[n].events = POLLIN;
+		n++;
+	}
+	if (stop_signals == 0)
+		poll(p, n, (int) (ms > 60000 ? 60000 : ms));
+	while (wake_pipe[0] >= 0 && read(wake_pipe[0], drain, sizeof(drain)) > 0)
+		;
+	if (reload_requested && batch_worker)
+	{
+		reload_requested = 0;
+		reload(batch_worker);
+	}
 }
 
 /* Records finished jobs while the database is there */
@@ -641,10 +687,11 @@ main(int argc, char **argv)
 	dsn_printable(w.cfg.dsn, dsn, sizeof(dsn));
 	log_msg("info", "triage-worker %s starting: name=%s endpoint=%s model=%s concurrency=%d"
 			" rps=%g tpm=%ld timeout=%g visibility=%g max_retry_after=%g policy=%s api_key=%s"
-			" database=%s%s",
+			" database=%s response_format=%s mode=%s%s",
 			WORKER_VERSION, w.cfg.name, url, w.cfg.model, w.cfg.concurrency, w.cfg.rps,
 			w.cfg.tpm, w.cfg.timeout, w.cfg.visibility, w.cfg.max_retry_after,
 			w.cfg.policy ? w.cfg.policy : "(all)", w.api_key ? "set" : "none", dsn,
+			w.cfg.response_format, w.cfg.batch_mode ? "batch" : "interactive",
 			w.cfg.once ? " once" : "");
 	/* the printable URL differs when the URL holds credentials or a query */
 	if ((w.api_key != NULL || strcmp(url, w.cfg.base_url) != 0) &&
@@ -658,6 +705,18 @@ main(int argc, char **argv)
 	if (w.cfg.max_attempts > 0)
 		log_msg("info", "--max-attempts %d is only logged: each policy's max_attempts decides",
 				w.cfg.max_attempts);
+
+	if (w.cfg.batch_mode)
+	{
+		batch_worker = &w;
+		w.exit_code = batch_run(&w.cfg, &w.api_key, &w.db);
+		db_close(&w.db);
+		curl_multi_cleanup(w.multi);
+		curl_global_cleanup();
+		if (w.api_key)
+			memset(w.api_key, 0, strlen(w.api_key));
+		return w.exit_code;
+	}
 
 	for (;;)
 	{

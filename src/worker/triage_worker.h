@@ -58,6 +58,14 @@ typedef struct WorkerConfig
 	double		max_retry_after;	/* seconds: a longer Retry-After is cut */
 	char	   *log_file;
 	bool		once;
+	char	   *response_format;	/* json_schema, json_object or none */
+	bool		batch_mode;		/* --mode batch: through the Batch API */
+	bool		visibility_set;
+	int			batch_file_requests;	/* requests per batch file, at most */
+	long		batch_file_bytes;	/* bytes per batch file, at most */
+	double		batch_poll;		/* seconds before the first poll */
+	double		batch_poll_max; /* seconds between polls, at most */
+	double		batch_interval; /* seconds between claims of new batches */
 } WorkerConfig;
 
 /* What the database is told about a job once its request is over */
@@ -130,6 +138,8 @@ extern double jitter(void);
 extern void queue_push(JobQueue *q, Job *job);
 extern Job *queue_pop(JobQueue *q);
 extern void job_free(Job *job);
+extern bool worker_stopping(void);
+extern void worker_wait(int64_t ms, int fd);
 
 /* config.c */
 extern void config_parse(WorkerConfig *cfg, int argc, char **argv);
@@ -211,6 +221,8 @@ typedef struct Db
 	char		role[128];		/* who claims: current_user, for messages */
 } Db;
 
+struct pg_result;
+
 /* what a database call says beyond its result */
 typedef enum DbStatus
 {
@@ -231,5 +243,10 @@ extern DbStatus db_claim(Db *db, int n, int64_t now, JobQueue *out, int *claimed
 						 char *err, size_t errlen);
 extern DbStatus db_record(Db *db, Job *job, const char **outcome);
 extern DbStatus db_heartbeat(Db *db, long jobs_done, long jobs_failed);
+extern DbStatus db_query(Db *db, const char *sql, int nparams, const char *const *params,
+						 struct pg_result **res, const char *what);
+
+/* batch.c */
+extern int	batch_run(const WorkerConfig *cfg, char *const *api_key, Db *db);
 
 #endif							/* TRIAGE_WORKER_H */

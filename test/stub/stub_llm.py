@@ -39,6 +39,32 @@ text, "mode": the mode it got, "tokens": the usage.total_tokens of the reply
 read from it.  The server stops by itself after --max-seconds, and on
 SIGTERM or SIGINT.
 
+Constrained answers: a request's response_format may be {"type": "text"},
+{"type": "json_object"} or {"type": "json_schema", "json_schema": {"name",
+"strict", "schema"}}.  A json_schema is checked as OpenAI's structured
+outputs check it in strict mode (a name of letters, digits, "_" and "-"; an
+object schema whose properties are all required, additionalProperties
+false, types known, enums of strings): a malformed one gets a 400 (counted
+in /stats as bad_schema) and the request is not answered.  Under a valid
+schema the answer conforms to it: a label outside its enum is replaced by
+the enum's first value (counted as schema_clamped), and a fields schema gets
+every field, null where the gold row has none.  Each /log entry carries the
+request's response_format ("response_format", null if none).
+
+The Batch API: POST /v1/files (multipart: purpose "batch" and a JSONL file
+of {"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}),
+POST /v1/batches ({"input_file_id", "endpoint", "completion_window": "24h"}),
+GET /v1/batches/ID, GET /v1/files/ID/content.  A batch is validating, then
+in_progress, and completes --batch-delay seconds after its creation; then
+every line is answered as a chat request would be (logged in /log with
+"via": "batch") into the output file.  --batch-fail N: the first N batches
+fail (validation errors, no files); --batch-expire N: the next N expire
+after the delay, the first half of their lines answered and the rest in the
+error file as batch_expired; --batch-error-lines N: the first N lines of
+each completed batch go to the error file with a 500.  /stats counts
+files_uploaded, batches_created, batch_polls, batch_lines and
+content_downloads.
+
 An input that is not in the gold file is answered with the first gold label
 in sorted order (a test whose gold file misses rows would otherwise not
 notice); every request with such an input, whatever its mode, counts in
@@ -61,9 +87,12 @@ max_connections.
 import argparse
 import asyncio
 import csv
+import email.parser
+import email.policy
 import json
 import hashlib
 import random
+import re
 import signal
 import sys
 import threading
@@ -132,6 +161,12 @@ class Stub:
             self.stats[m] = 0
         self.count_used = {}
         self.log = []
+        for key in ("bad_schema", "schema_clamped", "files_uploaded", "batches_created",
+                    "batch_polls", "batch_lines", "content_downloads"):
+            self.stats[key] = 0
+        self.files = {}     # id: {"bytes", "filename", "purpose"}
+        self.batches = {}   # id: the batch object, plus "_created", "_fate"
+        self.batch_fates = ["failed"] * args.batch_fail + ["expired"] * args.batch_expire
 
     def pick(self, row):
         """The mode of this request (and its seconds), counting it."""
@@ -190,6 +225,78 @@ def find_input(messages):
     return content.strip(), content
 
 
+SCHEMA_TYPES = ("object", "string", "number", "integer", "boolean", "array", "null")
+
+
+def schema_error(node, path="schema"):
+    """Why a strict json_schema node is malformed, or None."""
+    if not isinstance(node, dict):
+        return f"{path} is not an object"
+    types = node.get("type")
+    if "enum" in node:
+        enum = node["enum"]
+        if not isinstance(enum, list) or not enum or not all(isinstance(x, str) for x in enum):
+            return f"{path}.enum must be a non-empty list of strings"
+    if types is None and "enum" not in node:
+        return f"{path} has no type"
+    for t in (types if isinstance(types, list) else [types] if types is not None else []):
+        if t not in SCHEMA_TYPES:
+            return f"{path}.type {t!r} is unknown"
+    if types == "object" or (isinstance(types, list) and "object" in types):
+        props = node.get("properties")
+        if not isinstance(props, dict):
+            return f"{path}.properties must be an object"
+        if node.get("additionalProperties") is not False:
+            return f"{path}.additionalProperties must be false in strict mode"
+        required = node.get("required")
+        if not isinstance(required, list) or sorted(required) != sorted(props):
+            return f"{path}.required must list every property in strict mode"
+        for name, sub in props.items():
+            err = schema_error(sub, f"{path}.properties.{name}")
+            if err:
+                return err
+    if types == "array" and "items" in node:
+        return schema_error(node["items"], f"{path}.items")
+    return None
+
+
+def response_format_error(fmt):
+    """Why a request's response_format is malformed, or None."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        return "response_format.type must be text, json_object or json_schema"
+    if fmt["type"] != "json_schema":
+        return None
+    js = fmt.get("json_schema")
+    if not isinstance(js, dict) or not isinstance(js.get("name"), str) \
+            or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", js["name"]):
+        return "response_format.json_schema needs a name of letters, digits, _ and -"
+    if js.get("strict") is not True:
+        return "response_format.json_schema.strict must be true"
+    schema = js.get("schema")
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        return "response_format.json_schema.schema must be an object schema"
+    return schema_error(schema)
+
+
+def conform(stub, fmt, answer_obj):
+    """The answer made to fit a valid json_schema response_format."""
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return answer_obj
+    props = fmt["json_schema"]["schema"]["properties"]
+    if "label" in props and isinstance(answer_obj, dict) and "label" in answer_obj:
+        enum = props["label"].get("enum")
+        if enum and answer_obj["label"] not in enum:
+            stub.count("schema_clamped")
+            return {"label": enum[0]}
+    if "fields" in props:
+        names = props["fields"].get("properties", {})
+        have = answer_obj.get("fields", {}) if isinstance(answer_obj, dict) else {}
+        return {"fields": {n: have.get(n) if isinstance(have, dict) else None for n in names}}
+    return answer_obj
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
@@ -220,6 +327,21 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path.rstrip("/") == "/log":
             with stub.lock:
                 self.send_json(200, stub.log)
+        elif re.fullmatch(r"/v1/batches/[A-Za-z0-9_-]+", self.path.rstrip("/")):
+            self.get_batch(stub, self.path.rstrip("/").rsplit("/", 1)[1])
+        elif re.fullmatch(r"/v1/files/[A-Za-z0-9_-]+/content", self.path):
+            fid = self.path.split("/")[3]
+            with stub.lock:
+                f = stub.files.get(fid)
+                stub.stats["content_downloads"] += 1
+            if f is None:
+                self.error_reply(404, f"no file {fid}", "invalid_request_error")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(f["bytes"])))
+            self.end_headers()
+            self.wfile.write(f["bytes"])
         elif self.path.rstrip("/") in ("/v1/models", "/models"):
             self.send_json(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
         else:
@@ -233,6 +355,12 @@ class Handler(BaseHTTPRequestHandler):
             raw = self.rfile.read(length)
         except (ValueError, OSError):
             self.close_connection = True
+            return
+        if self.path.rstrip("/") == "/v1/files":
+            self.post_file(stub, raw)
+            return
+        if self.path.rstrip("/") == "/v1/batches":
+            self.post_batch(stub, raw)
             return
         if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
             self.error_reply(404, f"no route {self.path}", "invalid_request_error")
@@ -248,101 +376,247 @@ class Handler(BaseHTTPRequestHandler):
             stub.count("in_flight", -1)
 
     def chat(self, stub, raw, arrival):
-        stub.count("requests")
-        entry = {"t": arrival, "input": None, "mode": "bad_request", "tokens": 0}
-        with stub.lock:
-            stub.log.append(entry)
-        args = stub.args
-        auth = self.headers.get("Authorization", "")
         try:
             req = json.loads(raw)
-            messages = req["messages"]
-            model = req["model"]
-            if not isinstance(model, str) or not isinstance(messages, list):
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
-            stub.count("bad_request")
-            self.error_reply(400, "the body needs a model and messages", "invalid_request_error")
-            return
-        with stub.lock:
-            stub.stats["models"][model] = stub.stats["models"].get(model, 0) + 1
-
-        text, content = find_input(messages)
-        entry["input"] = text
-        row = stub.gold.get(text) or stub.gold.get(content.strip())
-        if row is None:
-            stub.unknown(text)
-        # a refused request uses up none of the counted modes
-        if args.api_key is not None and auth != f"Bearer {args.api_key}":
-            mode, seconds = "401", 0
-        else:
-            mode, seconds = stub.pick(row)
-        stub.count(mode)
-        entry["mode"] = mode
-
-        if mode == "401":
-            self.error_reply(401, "Incorrect API key provided.", "invalid_request_error")
-            return
-        if mode == "429":
-            self.error_reply(429, "Rate limit reached, try again later.", "rate_limit_error",
-                             [("Retry-After", str(args.retry_after))])
-            return
-        if mode == "500":
-            self.error_reply(500, "The server had an error.", "server_error")
-            return
-        if mode == "slow":
-            time.sleep(seconds)
-        if mode == "malformed":
-            body = b'{"choices": [{"message": {"content": "{\\"label\\": '
-            self.send_response(200)
+        except ValueError:
+            req = None
+        status, obj, headers, body = respond(stub, req, self.headers.get("Authorization", ""),
+                                             arrival, "chat")
+        if body is not None:
+            # a broken reply, on purpose
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(body) + (100 if obj == "truncated" else 0)))
             self.end_headers()
             self.wfile.write(body)
+            if obj == "truncated":
+                self.wfile.flush()
+                self.close_connection = True
             return
+        self.send_json(status, obj, headers)
 
-        if row is None:
-            label = stub.labels[0]
-        else:
-            label = row.get("label")
-        if label is not None and stub.wrong(text) and len(stub.labels) > 1:
-            stub.count("wrong")
-            others = sorted(x for x in stub.labels if x != label)
-            label = others[hashlib.sha256(text.encode()).digest()[0] % len(others)]
-        if mode == "wronglabel":
-            label = "not-a-label-" + str(stub.requests)
-        if mode == "bare":
-            answer = str(label)
-        elif row is not None and row.get("fields") is not None:
-            answer = json.dumps({"fields": row["fields"]})
-        else:
-            answer = json.dumps({"label": label})
+    # -- the Batch API ---------------------------------------------------------
 
-        prompt_tokens = round(sum(words(m.get("content", "")) for m in messages
-                                  if isinstance(m, dict)) * 1.3)
-        completion_tokens = max(1, round(words(answer) * 1.3))
-        reply = {
-            "id": f"chatcmpl-stub-{stub.requests}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": answer}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
-        entry["tokens"] = prompt_tokens + completion_tokens
-        if mode == "truncated":
-            body = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body) + 100))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
+    def post_file(self, stub, raw):
+        ctype = self.headers.get("Content-Type", "")
+        if not ctype.startswith("multipart/form-data"):
+            self.error_reply(400, "POST /v1/files takes multipart/form-data", "invalid_request_error")
             return
+        msg = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+            b"Content-Type: " + ctype.encode() + b"\r\nMIME-Version: 1.0\r\n\r\n" + raw)
+        purpose, data, filename = None, None, None
+        for part in msg.iter_parts() if msg.is_multipart() else []:
+            name = part.get_param("name", header="content-disposition")
+            if name == "purpose":
+                purpose = part.get_payload(decode=True).decode()
+            elif name == "file":
+                data = part.get_payload(decode=True)
+                filename = part.get_filename()
+        if purpose != "batch" or data is None:
+            self.error_reply(400, "a file needs purpose batch and a file part", "invalid_request_error")
+            return
+        ids = set()
+        for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+            try:
+                item = json.loads(line)
+                ok = (isinstance(item.get("custom_id"), str) and item.get("method") == "POST"
+                      and item.get("url") == "/v1/chat/completions" and isinstance(item.get("body"), dict)
+                      and item["custom_id"] not in ids)
+            except (ValueError, AttributeError):
+                ok = False
+            if not ok:
+                self.error_reply(400, f"line {n} of the file is not a batch request", "invalid_request_error")
+                return
+            ids.add(item["custom_id"])
+        with stub.lock:
+            fid = f"file-stub{len(stub.files) + 1}"
+            stub.files[fid] = {"bytes": data, "filename": filename, "purpose": "batch"}
+            stub.stats["files_uploaded"] += 1
+        self.send_json(200, {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                             "filename": filename, "purpose": "batch"})
+
+    def post_batch(self, stub, raw):
+        try:
+            req = json.loads(raw)
+            fid = req["input_file_id"]
+            if req.get("endpoint") != "/v1/chat/completions" or req.get("completion_window") != "24h":
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            self.error_reply(400, "a batch needs input_file_id, endpoint /v1/chat/completions and"
+                             " completion_window 24h", "invalid_request_error")
+            return
+        with stub.lock:
+            if fid not in stub.files:
+                self.error_reply(400, f"no file {fid}", "invalid_request_error")
+                return
+            bid = f"batch_stub{len(stub.batches) + 1}"
+            fate = stub.batch_fates.pop(0) if stub.batch_fates else "completed"
+            batch = {"id": bid, "object": "batch", "endpoint": "/v1/chat/completions", "errors": None,
+                     "input_file_id": fid, "completion_window": "24h", "status": "validating",
+                     "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
+                     "metadata": req.get("metadata"), "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                     "_created": time.time(), "_fate": fate, "_auth": self.headers.get("Authorization", "")}
+            stub.batches[bid] = batch
+            stub.stats["batches_created"] += 1
+        self.send_json(200, public_batch(batch))
+
+    def get_batch(self, stub, bid):
+        with stub.lock:
+            batch = stub.batches.get(bid)
+            stub.stats["batch_polls"] += 1
+        if batch is None:
+            self.error_reply(404, f"no batch {bid}", "invalid_request_error")
+            return
+        with stub.lock:
+            if batch["status"] in ("validating", "in_progress"):
+                age = time.time() - batch["_created"]
+                if batch["_fate"] == "failed":
+                    batch["status"] = "failed"
+                    batch["errors"] = {"object": "list", "data": [
+                        {"code": "invalid_request", "message": "the stub fails this batch on purpose"}]}
+                elif age >= stub.args.batch_delay:
+                    run_batch(stub, batch)
+                elif age >= stub.args.batch_delay / 4:
+                    batch["status"] = "in_progress"
+            reply = public_batch(batch)
         self.send_json(200, reply)
+
+
+def public_batch(batch):
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
+def run_batch(stub, batch):
+    """Answers every line of a batch (the stub's lock held): output and error files."""
+    lines = stub.files[batch["input_file_id"]]["bytes"].decode("utf-8").splitlines()
+    out, err = [], []
+    expire_from = len(lines) // 2 if batch["_fate"] == "expired" else len(lines)
+    for n, line in enumerate(lines):
+        item = json.loads(line)
+        cid = item["custom_id"]
+        if n >= expire_from:
+            err.append({"id": f"batch_req_{n}", "custom_id": cid, "response": None,
+                        "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}})
+            continue
+        if n < stub.args.batch_error_lines:
+            err.append({"id": f"batch_req_{n}", "custom_id": cid,
+                        "response": {"status_code": 500, "request_id": f"req_{n}",
+                                     "body": {"error": {"message": "The server had an error.", "type": "server_error"}}},
+                        "error": None})
+            continue
+        stub.lock.release()
+        try:
+            status, obj, _, body = respond(stub, item["body"], batch["_auth"], time.time(), "batch")
+        finally:
+            stub.lock.acquire()
+        stub.stats["batch_lines"] += 1
+        if body is not None:
+            obj = {"error": {"message": "broken reply", "type": "server_error"}}
+            status = 500
+        target = out if status == 200 else err
+        target.append({"id": f"batch_req_{n}", "custom_id": cid,
+                       "response": {"status_code": status, "request_id": f"req_{n}", "body": obj},
+                       "error": None})
+    for kind, rows in (("output_file_id", out), ("error_file_id", err)):
+        if rows:
+            fid = f"file-stub{len(stub.files) + 1}"
+            stub.files[fid] = {"bytes": "".join(json.dumps(r) + "\n" for r in rows).encode(),
+                               "filename": f"{batch['id']}_{kind}.jsonl", "purpose": "batch_output"}
+            batch[kind] = fid
+    batch["status"] = "expired" if batch["_fate"] == "expired" else "completed"
+    batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+
+
+def respond(stub, req, auth, arrival, via):
+    """The reply to one chat request (a dict, or None if the body was no
+    JSON): (status, object, headers, raw body or None).  A raw body is a
+    broken reply on purpose; its object is then the mode's name."""
+    stub.count("requests")
+    entry = {"t": arrival, "input": None, "mode": "bad_request", "tokens": 0,
+             "response_format": None, "via": via}
+    with stub.lock:
+        stub.log.append(entry)
+    args = stub.args
+    try:
+        messages = req["messages"]
+        model = req["model"]
+        if not isinstance(model, str) or not isinstance(messages, list):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        stub.count("bad_request")
+        return 400, {"error": {"message": "the body needs a model and messages",
+                               "type": "invalid_request_error"}}, (), None
+    with stub.lock:
+        stub.stats["models"][model] = stub.stats["models"].get(model, 0) + 1
+    fmt = req.get("response_format")
+    entry["response_format"] = fmt
+    why = response_format_error(fmt)
+    if why is not None:
+        stub.count("bad_schema")
+        entry["mode"] = "bad_schema"
+        return 400, {"error": {"message": "Invalid schema for response_format: " + why,
+                               "type": "invalid_request_error"}}, (), None
+
+    text, content = find_input(messages)
+    entry["input"] = text
+    row = stub.gold.get(text) or stub.gold.get(content.strip())
+    if row is None:
+        stub.unknown(text)
+    # a refused request uses up none of the counted modes
+    if args.api_key is not None and auth != f"Bearer {args.api_key}":
+        mode, seconds = "401", 0
+    else:
+        mode, seconds = stub.pick(row)
+    stub.count(mode)
+    entry["mode"] = mode
+
+    if mode == "401":
+        return 401, {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error"}}, (), None
+    if mode == "429":
+        return 429, {"error": {"message": "Rate limit reached, try again later.", "type": "rate_limit_error"}}, \
+            [("Retry-After", str(args.retry_after))], None
+    if mode == "500":
+        return 500, {"error": {"message": "The server had an error.", "type": "server_error"}}, (), None
+    if mode == "slow":
+        time.sleep(seconds)
+    if mode == "malformed":
+        return 200, "malformed", (), b'{"choices": [{"message": {"content": "{\\"label\\": '
+
+    if row is None:
+        label = stub.labels[0]
+    else:
+        label = row.get("label")
+    if label is not None and stub.wrong(text) and len(stub.labels) > 1:
+        stub.count("wrong")
+        others = sorted(x for x in stub.labels if x != label)
+        label = others[hashlib.sha256(text.encode()).digest()[0] % len(others)]
+    if mode == "wronglabel":
+        label = "not-a-label-" + str(stub.requests)
+    if mode == "bare":
+        answer = str(label)
+    elif row is not None and row.get("fields") is not None:
+        answer = json.dumps(conform(stub, fmt, {"fields": row["fields"]}))
+    else:
+        answer = json.dumps(conform(stub, fmt, {"label": label}))
+
+    prompt_tokens = round(sum(words(m.get("content", "")) for m in messages
+                              if isinstance(m, dict)) * 1.3)
+    completion_tokens = max(1, round(words(answer) * 1.3))
+    reply = {
+        "id": f"chatcmpl-stub-{stub.requests}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": answer}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+    entry["tokens"] = prompt_tokens + completion_tokens
+    if mode == "truncated":
+        body = json.dumps(reply).encode()
+        return 200, "truncated", (), body[: len(body) // 2]
+    return 200, reply, (), None
 
 
 class InstantProtocol(asyncio.Protocol):
@@ -500,6 +774,12 @@ def main():
     p.add_argument("--instant", action="store_true",
                    help="answer every request at once with the same label (benchmarks)")
     p.add_argument("--label", help="the label of --instant (default: the first gold label)")
+    p.add_argument("--batch-delay", type=float, default=1.0,
+                   help="seconds from a batch's creation to its end")
+    p.add_argument("--batch-fail", type=int, default=0, help="the first N batches fail")
+    p.add_argument("--batch-expire", type=int, default=0, help="the next N batches expire")
+    p.add_argument("--batch-error-lines", type=int, default=0,
+                   help="the first N lines of each completed batch get a 500 in the error file")
     args = p.parse_args()
     if args.instant:
         serve_instant(args)
