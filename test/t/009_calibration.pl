@@ -20,8 +20,9 @@
 # (kept accuracy >= 89% on the routing split, and its escalation rate at
 # most 5 points above the least any threshold reaches 90% with there) are
 # printed as PASS or MISS but not asserted, because whether they hold on
-# one split of 800 rows is mostly chance: over the 50 splits of make study
-# (test/study/results.txt) they held together on 16% for calibrate and
+# one split of 800 rows is mostly chance: over 50 such splits (the make
+# study of commit 71a8bf8; make study now runs issue #16's protocol, README
+# "Choosing thresholds") they held together on 16% for calibrate and
 # 46% for train_and_calibrate (16 splits only with it, 1 only without),
 # while the least escalation reaching 90% on 800 routing rows has a standard
 # deviation of 10 points between splits, twice the 5 allowed.  This split is
