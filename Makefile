@@ -60,7 +60,7 @@ include src/core.mk
 # (roles last: their grants cover every object before them)
 SQL_PARTS = $(addprefix src/sql/,models.sql fasttext.sql extractors.sql evaluation.sql \
 	temperature.sql quantization.sql policies.sql queue.sql batches.sql budgets.sql routing.sql tables.sql \
-	distill.sql report.sql operations.sql roles.sql)
+	distill.sql report.sql operations.sql health.sql roles.sql)
 DATA_built = src/sql/$(EXTENSION)--$(EXTVERSION).sql
 EXTRA_CLEAN = $(DATA_built) test/core/test_core test/fuzz/fuzz_fasttext_load \
 	test/fuzz/fuzz_fasttext_standalone \

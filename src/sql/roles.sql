@@ -56,6 +56,12 @@ REVOKE ALL ON FUNCTION triage.report(text, timestamptz), triage.metrics(),
 GRANT EXECUTE ON FUNCTION triage.report(text, timestamptz), triage.metrics(),
 	triage.purge(interval, boolean, interval, integer) TO triage_admin;
 
+-- The promise's health (src/sql/health.sql): policy_health shows a role
+-- the policies it owns (a member of their owner) and triage_admin every
+-- one; the counts and events are written only by complete() and triggers
+GRANT SELECT ON triage.policy_health TO triage_user;
+GRANT SELECT, DELETE ON triage.policy_audits, triage.policy_baselines, triage.policy_health_events TO triage_admin;
+
 -- process_table's counters, progress and queue lookups: SECURITY DEFINER,
 -- each checking its caller, for the roles that route rows
 REVOKE ALL ON FUNCTION triage.compact_counters(), triage_internal.count_routed(text, bigint, bigint),
