@@ -263,6 +263,7 @@ END;
 $$;
 COMMENT ON FUNCTION triage_internal.reset_policy_baseline() IS
 	'Trigger: records triage.policy_counters'' sums for a policy whose thresholds or calibration were just set.';
+REVOKE ALL ON FUNCTION triage_internal.reset_policy_baseline() FROM PUBLIC;
 CREATE TRIGGER policies_baseline_insert AFTER INSERT ON triage.policies
 	FOR EACH ROW EXECUTE FUNCTION triage_internal.reset_policy_baseline();
 CREATE TRIGGER policies_baseline_update AFTER UPDATE OF thresholds, calibration ON triage.policies
