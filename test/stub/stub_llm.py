@@ -47,7 +47,8 @@ object schema whose properties are all required, additionalProperties
 false, types known, enums of strings): a malformed one gets a 400 (counted
 in /stats as bad_schema) and the request is not answered.  Under a valid
 schema the answer conforms to it: a label outside its enum is replaced by
-the enum's first value (counted as schema_clamped), and a fields schema gets
+the enum's first value (counted as schema_clamped; not in mode wronglabel,
+a server that breaks its schema on purpose), and a fields schema gets
 every field, null where the gold row has none.  Each /log entry carries the
 request's response_format ("response_format", null if none).
 
@@ -596,6 +597,9 @@ def respond(stub, req, auth, arrival, via):
         answer = str(label)
     elif row is not None and row.get("fields") is not None:
         answer = json.dumps(conform(stub, fmt, {"fields": row["fields"]}))
+    elif mode == "wronglabel":
+        # a server that breaks its schema on purpose
+        answer = json.dumps({"label": label})
     else:
         answer = json.dumps(conform(stub, fmt, {"label": label}))
 
