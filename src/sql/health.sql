@@ -264,8 +264,9 @@ $$;
 COMMENT ON FUNCTION triage_internal.reset_policy_baseline() IS
 	'Trigger: records triage.policy_counters'' sums for a policy whose thresholds or calibration were just set.';
 REVOKE ALL ON FUNCTION triage_internal.reset_policy_baseline() FROM PUBLIC;
-CREATE TRIGGER policies_baseline_insert AFTER INSERT ON triage.policies
-	FOR EACH ROW EXECUTE FUNCTION triage_internal.reset_policy_baseline();
+-- (Not on INSERT: a new policy has no baseline, so its kept share counts
+-- from its first row; and pg_restore, which inserts the policies before it
+-- copies triage.policy_baselines, would find a row already there.)
 CREATE TRIGGER policies_baseline_update AFTER UPDATE OF thresholds, calibration ON triage.policies
 	FOR EACH ROW WHEN (NEW.thresholds IS DISTINCT FROM OLD.thresholds OR NEW.calibration IS DISTINCT FROM OLD.calibration)
 	EXECUTE FUNCTION triage_internal.reset_policy_baseline();
@@ -294,7 +295,8 @@ SELECT p.name AS policy,
 	   abs(d.z) > triage_internal.normal_quantile((1 + k.confidence) / 2) AS drift,
 	   b.since,
 	   (SELECT max(e.at) FROM triage.policy_health_events e
-		 WHERE e.policy = p.name AND e.action = 'tightened' AND e.at >= b.since) AS tightened_at
+		 WHERE e.policy = p.name AND e.action = 'tightened'
+		   AND e.at >= coalesce(b.since, '-infinity')) AS tightened_at
   FROM triage.policies p
   LEFT JOIN triage.policy_baselines b ON b.policy = p.name
   CROSS JOIN LATERAL (SELECT triage_internal.answering_version(p.model) AS version) v

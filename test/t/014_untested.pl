@@ -444,7 +444,10 @@ for my $t (@texts)
 	}
 	is($node->safe_psql('lat', q{SELECT count(*) FROM triage.models WHERE name IN ('enc_t', 'enc_x')}), '0',
 		'LATIN1: nothing was stored by the failed trainings');
-	is($node->safe_psql('lat', q{SELECT triage.train('enc_t', $$SELECT * FROM (VALUES ('good tea', 'pos'), ('bad tea', 'neg')) v$$)}),
+	# (two rows: the linear kind's c given, since choosing it by 5-fold
+	# cross-validation needs at least 5, and every word kept)
+	is($node->safe_psql('lat', q{SELECT triage.train('enc_t', $$SELECT * FROM (VALUES ('good tea', 'pos'), ('bad tea', 'neg')) v$$,
+													  '{"c": 1, "min_df": 1}')}),
 		'1', 'LATIN1: training on ASCII rows works');
 }
 
