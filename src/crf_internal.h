@@ -128,18 +128,6 @@ struct CrfModel
 	uint64_t	lex_slot_mask;
 };
 
-/* 64-bit finalizer (murmur3 fmix64) */
-static inline uint64_t
-CrfFmix(uint64_t h)
-{
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdULL;
-	h ^= h >> 33;
-	h *= 0xc4ceb9fe1a85ec53ULL;
-	h ^= h >> 33;
-	return h;
-}
-
 /*
  * Combine a feature kind with a value hash: one multiply, then the high
  * half folded into the low bits, which index the lookup tables.

@@ -112,24 +112,7 @@ CrfModelStats(const CrfModel *model, int64_t *features, int64_t *weights, int64_
 uint64_t
 CrfChecksum(const uint8_t *bytes, size_t len)
 {
-	uint64_t	h = 0x243F6A8885A308D3ULL ^ (uint64_t) len;
-	size_t		i = 0;
-
-	for (; i + 8 <= len; i += 8)
-	{
-		uint64_t	w = 0;
-
-		for (int b = 7; b >= 0; b--)
-			w = (w << 8) | bytes[i + b];
-		h ^= w * 0x87C37B91114253D5ULL;
-		h = ((h << 31) | (h >> 33)) * 0x4CF5AD432745937FULL;
-	}
-	for (; i < len; i++)
-	{
-		h ^= bytes[i];
-		h *= 0x100000001b3ULL;
-	}
-	return CrfFmix(h);
+	return TriageChecksum(0x243F6A8885A308D3ULL, bytes, len);
 }
 
 /* ---------------------------------------------------------------------

@@ -129,7 +129,7 @@ KeyMapGrow(KeyMap *m)
 	memset(slots, 0, (size_t) nslots * sizeof(uint32_t));
 	for (int64_t i = 0; i < m->n; i++)
 	{
-		uint64_t	s = CrfFmix(keys[i]) & (nslots - 1);
+		uint64_t	s = TriageFmix64(keys[i]) & (nslots - 1);
 
 		while (slots[s] != 0)
 			s = (s + 1) & (nslots - 1);
@@ -147,7 +147,7 @@ KeyMapGrow(KeyMap *m)
 static inline uint64_t
 KeyMapSlot(const KeyMap *m, uint64_t key)
 {
-	uint64_t	s = CrfFmix(key) & m->mask;
+	uint64_t	s = TriageFmix64(key) & m->mask;
 
 	while (m->slots[s] != 0 && m->keys[m->slots[s] - 1] != key)
 		s = (s + 1) & m->mask;

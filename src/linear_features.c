@@ -147,22 +147,11 @@ Fnv1a(const char *p, size_t n)
 	return h;
 }
 
-static inline uint64_t
-Fmix64(uint64_t h)
-{
-	h ^= h >> 33;
-	h *= 0xFF51AFD7ED558CCDULL;
-	h ^= h >> 33;
-	h *= 0xC4CEB9FE1A85EC53ULL;
-	h ^= h >> 33;
-	return h;
-}
-
 /* Map a 64-bit hash onto 0 .. buckets - 1 without a division */
 static inline uint32_t
 Bucket(uint64_t h, uint32_t buckets)
 {
-	return (uint32_t) (((Fmix64(h) >> 32) * (uint64_t) buckets) >> 32);
+	return (uint32_t) (((TriageFmix64(h) >> 32) * (uint64_t) buckets) >> 32);
 }
 
 static inline bool

@@ -131,27 +131,7 @@ LinearGetTemperature(const LinearModel *m)
 uint64_t
 LinearChecksum(const uint8_t *bytes, size_t len)
 {
-	uint64_t	h = 0x9AE16A3B2F90404FULL ^ (uint64_t) len;
-	size_t		i = 0;
-
-	for (; i + 8 <= len; i += 8)
-	{
-		uint64_t	w = 0;
-
-		for (int b = 7; b >= 0; b--)
-			w = (w << 8) | bytes[i + b];
-		h ^= w * 0x87C37B91114253D5ULL;
-		h = ((h << 31) | (h >> 33)) * 0x4CF5AD432745937FULL;
-	}
-	for (; i < len; i++)
-	{
-		h ^= bytes[i];
-		h *= 0x100000001B3ULL;
-	}
-	h ^= h >> 33;
-	h *= 0xFF51AFD7ED558CCDULL;
-	h ^= h >> 33;
-	return h;
+	return TriageChecksum(0x9AE16A3B2F90404FULL, bytes, len);
 }
 
 TriageStatus

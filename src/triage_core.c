@@ -78,3 +78,27 @@ TriageError(TriageStatus status, char *errbuf, size_t errlen, const char *format
 	}
 	return status;
 }
+
+uint64_t
+TriageChecksum(uint64_t seed, const uint8_t *bytes, size_t len)
+{
+	uint64_t	h = seed ^ (uint64_t) len;
+	size_t		i = 0;
+
+	/* 8 bytes at a time, read little-endian on any host */
+	for (; i + 8 <= len; i += 8)
+	{
+		uint64_t	w = 0;
+
+		for (int b = 7; b >= 0; b--)
+			w = (w << 8) | bytes[i + b];
+		h ^= w * 0x87C37B91114253D5ULL;
+		h = ((h << 31) | (h >> 33)) * 0x4CF5AD432745937FULL;
+	}
+	for (; i < len; i++)
+	{
+		h ^= bytes[i];
+		h *= 0x100000001b3ULL;
+	}
+	return TriageFmix64(h);
+}

@@ -94,6 +94,25 @@ typedef struct TriagePrediction
 	float		score;			/* the kind's own ranking score (fastText: log(p + 1e-5)) */
 } TriagePrediction;
 
+/* MurmurHash3's 64-bit finalizer: every input bit moves every output bit */
+static inline uint64_t
+TriageFmix64(uint64_t h)
+{
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return h;
+}
+
+/*
+ * The checksum that ends a model file pg_triage writes (extractor and
+ * linear formats), over every byte before it; seed tells the formats apart.
+ * Catches corruption, not forgery: files come from the server's own tables.
+ */
+extern uint64_t TriageChecksum(uint64_t seed, const uint8_t *bytes, size_t len);
+
 extern void *TriageAlloc(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocZero(const TriageAllocator *allocator, size_t size);
 extern void *TriageAllocArray(const TriageAllocator *allocator, size_t count, size_t size);
