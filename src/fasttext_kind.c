@@ -38,22 +38,34 @@ ReportFastTextError(TriageStatus status, const char *message, const char *contex
 }
 
 /*
- * Load a fastText file into context (its allocations are freed with it);
- * errors are reported.  Not cached: for inspecting, converting, quantizing.
+ * Load the fastText file data[0..len) into context (its allocations are
+ * freed with it), in place if asked (FastTextLoadInPlace); errors are
+ * reported, with what as their context if not NULL.
  */
-FastTextModel *
-LoadFastTextBytea(bytea *data, MemoryContext context)
+static FastTextModel *
+LoadFastText(const uint8 *data, size_t len, bool in_place, MemoryContext context, const char *what)
 {
 	TriageAllocator allocator = ContextAllocator(context);
 	FastTextModel *model;
 	char		errbuf[256];
 	TriageStatus status;
 
-	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-						  &allocator, &model, errbuf, sizeof(errbuf));
+	status = (in_place ? FastTextLoadInPlace : FastTextLoad) (data, len, &allocator, &model,
+															  errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
-		ReportFastTextError(status, errbuf, NULL);
+		ReportFastTextError(status, errbuf, what ? psprintf("loading %s", what) : NULL);
 	return model;
+}
+
+/*
+ * Load a fastText file into context.  Not cached: for inspecting,
+ * converting, quantizing.
+ */
+FastTextModel *
+LoadFastTextBytea(bytea *data, MemoryContext context)
+{
+	return LoadFastText((const uint8 *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), false,
+						context, NULL);
 }
 
 /* Serialize a model (allocated in context) to a bytea in the current context */
@@ -105,15 +117,9 @@ FastTextLabelText(const FastTextModel *model, int32 label)
 static void *
 FastTextKindLoad(const bytea *data, Jsonb *params, MemoryContext context, const char *what)
 {
-	TriageAllocator allocator = ContextAllocator(context);
-	FastTextModel *model;
-	char		errbuf[256];
-	TriageStatus status;
+	FastTextModel *model = LoadFastText((const uint8 *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+										false, context, what);
 
-	status = FastTextLoad((const uint8_t *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-						  &allocator, &model, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportFastTextError(status, errbuf, psprintf("loading %s", what));
 	CheckFastTextLabels(model);
 	return model;
 }
@@ -141,14 +147,8 @@ static void *
 FastTextKindLoadInPlace(const uint8 *data, size_t len, Jsonb *params, MemoryContext context,
 						const char *what)
 {
-	TriageAllocator allocator = ContextAllocator(context);
-	FastTextModel *model;
-	char		errbuf[256];
-	TriageStatus status;
+	FastTextModel *model = LoadFastText(data, len, true, context, what);
 
-	status = FastTextLoadInPlace(data, len, &allocator, &model, errbuf, sizeof(errbuf));
-	if (status != TRIAGE_OK)
-		ReportFastTextError(status, errbuf, psprintf("loading %s", what));
 	CheckFastTextLabels(model);
 	return model;
 }
@@ -252,7 +252,11 @@ typedef struct TrainMeasures
 	bool		retrained;
 } TrainMeasures;
 
-/* Called by the core every few hundred examples: cancel and progress */
+/*
+ * Called by the core every few hundred examples (with several threads,
+ * every 100 ms or so, while they are paused and joined, so that it may
+ * longjmp): cancel and progress
+ */
 static bool
 TrainProgress(void *arg, double done, double loss, int64_t examples)
 {
