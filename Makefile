@@ -76,7 +76,8 @@ REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 PG_CPPFLAGS = -Isrc
 PG_CFLAGS = -O3 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 	-Wno-missing-field-initializers -Wno-cast-function-type $(TRIAGE_CFLAGS)
-SHLIB_LINK = -lopenblas -llbfgs -lutf8proc -lm
+# -pthread: fastText training runs hogwild threads (src/fasttext_train.c)
+SHLIB_LINK = -lopenblas -llbfgs -lutf8proc -lm -pthread
 
 # The pg_config on PATH, else Debian's for PostgreSQL 15
 PG_CONFIG ?= $(or $(shell command -v pg_config 2>/dev/null),/usr/lib/postgresql/15/bin/pg_config)

@@ -13,7 +13,8 @@ CREATE TABLE food_split AS
   SELECT row_number() OVER () AS n, review, score FROM food;
 CREATE VIEW food_train AS SELECT review, score FROM food_split WHERE n % 5 <> 0;
 CREATE VIEW food_test AS SELECT review, score FROM food_split WHERE n % 5 = 0;
-\set small '{"kind": "fasttext", "dim": 10, "epoch": 20, "lr": 0.5, "wordNgrams": 2, "bucket": 20000, "seed": 7}'
+-- one thread, so that a seed gives the same bytes (the default is the online cores, up to 4)
+\set small '{"kind": "fasttext", "dim": 10, "epoch": 20, "lr": 0.5, "wordNgrams": 2, "bucket": 20000, "seed": 7, "thread": 1}'
 
 -- train: a new version from a query of (input, label)
 SELECT triage.train('food', 'SELECT review, score FROM food_train', :'small');
@@ -200,10 +201,18 @@ SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fa
 SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "bucket": 10000000, "dim": 100}');
 SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "quantize": {"dsub": 200}}');
 SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "quantize": {"bits": 4}}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "thread": 0}');
+SELECT triage.train('bad', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "thread": 65}');
 SELECT triage.train('bad name', 'SELECT review, score FROM food_train');
 SELECT count(*) FROM triage.models WHERE name = 'bad';
 
--- a cancelled or timed-out training leaves no version behind
+-- two hogwild threads: not the same bytes, but as good on the held-out rows
+SELECT triage.train('food_mt', 'SELECT review, score FROM food_train', jsonb_set(:'small', '{thread}', '2'));
+SELECT params->>'thread' AS thread,
+       (triage.evaluate('food_mt', 'SELECT review, score FROM food_test')->>'accuracy')::float > 0.72 AS beats_majority
+  FROM triage.models WHERE name = 'food_mt';
+
+-- a cancelled or timed-out training leaves no version behind (in threads, by default)
 SET statement_timeout = '300ms';
 SELECT triage.train('slow', 'SELECT review, score FROM food_train', '{"kind": "fasttext", "epoch": 1000, "dim": 50}');
 RESET statement_timeout;

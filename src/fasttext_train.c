@@ -9,25 +9,54 @@
  * epoch * ntokens tokens, in steps of lrUpdateRate tokens.  Losses:
  * softmax, negative sampling, hierarchical softmax, one-vs-all.
  *
- * Differences, on purpose: one thread (fastText is hogwild, so its runs are
- * not reproducible; ours are, for a seed), the examples are visited in a
+ * Differences, on purpose: with thread 1, training is reproducible for a
+ * seed (fastText's hogwild threads are not); the examples are visited in a
  * new seeded random order each epoch (a query may return rows sorted by
- * label, which plain sequential SGD handles badly), and the whole input
+ * label, which plain sequential SGD handles badly); and the whole input
  * matrix is randomised (fastText 0.9.2 leaves most of it zero when it runs
  * fewer than 10 threads, issues #935 and #1061).
+ *
+ * Design note on threads (thread > 1): as fastText, hogwild: each worker
+ * runs SGD on its share of the examples (worker i gets positions i*n/T to
+ * (i+1)*n/T of one seeded shuffle, and reshuffles its share each pass with
+ * its own generator, seeded from seed + i), updates the shared matrices
+ * without locks, and takes its learning rate from a shared token counter.
+ * Workers run inside a server backend, so they never call anything of the
+ * server: everything they use is allocated first, by the calling thread
+ * (their tokenizer scratch is sized by tokenizing every example once, and
+ * allocates nothing after: its allocator fails), they start with every
+ * signal blocked (so the backend thread gets them), and while they run the
+ * interrupt hook is cleared (FastTextTokenize checks it).  The calling
+ * thread sleeps and polls: on TRIAGE_CANCEL_PENDING it stops and joins the
+ * workers before anything that may longjmp; for the progress callback
+ * (which may longjmp too) it pauses them the same way, joined, and starts
+ * them again where they were.  So no worker runs when control leaves.
  *
  * The model produced is an ordinary FastTextModel, so prediction,
  * quantization and saving in fastText's file format work on it unchanged.
  */
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "fasttext_train.h"
 #include "fasttext_internal.h"
 
-/* splitmix64: small, fast, and good enough for SGD sampling */
+/* fastText's default is 12 threads; ours: the online cores, up to 4 */
+int32_t
+FastTextDefaultThreads(void)
+{
+	long		n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : n > 4 ? 4 : (int32_t) n;
+}
+
 void
 FastTextTrainDefaults(FastTextTrainOptions *options)
 {
@@ -44,6 +73,7 @@ FastTextTrainDefaults(FastTextTrainOptions *options)
 	options->loss = FASTTEXT_LOSS_SOFTMAX;
 	options->lrUpdateRate = 100;
 	options->seed = 0;
+	options->thread = FastTextDefaultThreads();
 	options->progress_every = 1000;
 }
 
@@ -491,6 +521,51 @@ TrainerFree(Trainer *t)
 	TriageFree(alloc, t->path_offsets);
 }
 
+/*
+ * One SGD step on the example whose input rows are in t->scratch (at least
+ * one): the hidden layer is their average, the loss's gradient goes back to
+ * each row.  Returns the example's loss.
+ */
+static float
+SgdStep(Trainer *t, int32_t target, float lr)
+{
+	FastTextModel *model = t->model;
+	FastTextScratch *s = &t->scratch;
+	int32_t		dim = model->args.dim;
+	float	   *hidden = s->hidden;
+	float		scale;
+	float		loss;
+
+	memset(hidden, 0, sizeof(float) * (size_t) dim);
+	for (int64_t r = 0; r < s->nrows; r++)
+		Axpy(hidden, 1.0f, model->input.dense + (int64_t) s->rows[r] * dim, dim);
+	scale = (float) (1.0 / (double) s->nrows);
+	for (int32_t j = 0; j < dim; j++)
+		hidden[j] *= scale;
+
+	memset(t->grad, 0, sizeof(float) * (size_t) dim);
+	loss = Forward(t, target, lr, hidden);
+	for (int32_t j = 0; j < dim; j++)
+		t->grad[j] *= scale;
+	for (int64_t r = 0; r < s->nrows; r++)
+		Axpy(model->input.dense + (int64_t) s->rows[r] * dim, 1.0f, t->grad, dim);
+	return loss;
+}
+
+/* Fisher-Yates over order[from, to), seeded */
+static void
+Shuffle(int64_t *order, int64_t from, int64_t to, TriageRng *rng)
+{
+	for (int64_t i = to - 1; i > from; i--)
+	{
+		int64_t		j = from + (int64_t) (TriageRngNext(rng) % (uint64_t) (i - from + 1));
+		int64_t		tmp = order[i];
+
+		order[i] = order[j];
+		order[j] = tmp;
+	}
+}
+
 /* The SGD loop over shuffled examples until epoch * ntokens tokens are seen */
 static TriageStatus
 RunSgd(Trainer *t, const FastTextExample *examples, int64_t n, const int32_t *ntokens,
@@ -500,7 +575,6 @@ RunSgd(Trainer *t, const FastTextExample *examples, int64_t n, const int32_t *nt
 	FastTextModel *model = t->model;
 	const FastTextTrainOptions *o = t->options;
 	const TriageAllocator *alloc = &model->allocator;
-	int32_t		dim = model->args.dim;
 	int64_t    *order;
 	int64_t		budget = (int64_t) o->epoch * total_tokens;
 	int64_t		token_count = 0;
@@ -521,22 +595,12 @@ RunSgd(Trainer *t, const FastTextExample *examples, int64_t n, const int32_t *nt
 	while (token_count < budget && status == TRIAGE_OK)
 	{
 		/* a new epoch: a new order */
-		for (int64_t i = n - 1; i > 0; i--)
-		{
-			int64_t		j = (int64_t) (TriageRngNext(&t->rng) % (uint64_t) (i + 1));
-			int64_t		tmp = order[i];
-
-			order[i] = order[j];
-			order[j] = tmp;
-		}
+		Shuffle(order, 0, n, &t->rng);
 		loss_sum = 0.0;
 		loss_n = 0;
 		for (int64_t i = 0; i < n && token_count < budget; i++)
 		{
 			const FastTextExample *ex = &examples[order[i]];
-			FastTextScratch *s = &t->scratch;
-			float	   *hidden = s->hidden;
-			float		scale;
 
 			local_tokens += ntokens[order[i]];
 			if (local_tokens > o->lrUpdateRate)
@@ -546,26 +610,14 @@ RunSgd(Trainer *t, const FastTextExample *examples, int64_t n, const int32_t *nt
 				lr = (float) (o->lr * (1.0 - (double) token_count / (double) budget));
 			}
 
-			status = FastTextTokenize(model, s, ex->text, ex->len, errbuf, errlen);
+			status = FastTextTokenize(model, &t->scratch, ex->text, ex->len, errbuf, errlen);
 			if (status != TRIAGE_OK)
 				break;
-			if (s->nrows == 0)
+			if (t->scratch.nrows == 0)
 				continue;
 
-			memset(hidden, 0, sizeof(float) * (size_t) dim);
-			for (int64_t r = 0; r < s->nrows; r++)
-				Axpy(hidden, 1.0f, model->input.dense + (int64_t) s->rows[r] * dim, dim);
-			scale = (float) (1.0 / (double) s->nrows);
-			for (int32_t j = 0; j < dim; j++)
-				hidden[j] *= scale;
-
-			memset(t->grad, 0, sizeof(float) * (size_t) dim);
-			loss_sum += Forward(t, label_order[ex->label], lr, hidden);
+			loss_sum += SgdStep(t, label_order[ex->label], lr);
 			loss_n++;
-			for (int32_t j = 0; j < dim; j++)
-				t->grad[j] *= scale;
-			for (int64_t r = 0; r < s->nrows; r++)
-				Axpy(model->input.dense + (int64_t) s->rows[r] * dim, 1.0f, t->grad, dim);
 			steps++;
 
 			if (o->progress != NULL && o->progress_every > 0 && steps % o->progress_every == 0 &&
@@ -591,11 +643,406 @@ RunSgd(Trainer *t, const FastTextExample *examples, int64_t n, const int32_t *nt
 	return status;
 }
 
-/* Set up the per-loss tables and scratch of a trainer, then run SGD */
+/* ---------------------------------------------------------------------
+ * Hogwild threads (see the design note at the top)
+ * --------------------------------------------------------------------- */
+
+typedef struct Hogwild Hogwild;
+
+/* One worker: its trainer (own scratch, grad, output, generator) and place */
+typedef struct Worker
+{
+	Trainer		t;
+	Hogwild    *run;
+	int64_t		from;			/* its share of run->order */
+	int64_t		to;
+	int64_t		pos;			/* next position in its share; to: start a pass */
+	int64_t		passes;
+	int64_t		local_tokens;	/* not yet added to run->token_count */
+	int64_t		local_steps;	/* not yet added to run->steps */
+	int64_t		steps;
+	double		loss_sum;		/* of the current pass */
+	int64_t		loss_n;
+	double		last_loss_sum;	/* of the last whole pass */
+	int64_t		last_loss_n;
+	TriageStatus status;
+	char		errbuf[256];
+	pthread_t	thread;
+	bool		running;		/* started and not yet joined */
+} Worker;
+
+struct Hogwild
+{
+	const FastTextTrainOptions *options;
+	const FastTextExample *examples;
+	const int32_t *ntokens;
+	const int32_t *label_order;
+	int64_t    *order;
+	int64_t		budget;
+	int32_t		nworkers;
+	Worker	   *workers;
+	void		(*saved_hook) (void);
+	bool		started;		/* workers started, hook cleared, until StopWorkers */
+	atomic_llong token_count;	/* tokens seen by all workers: the lr schedule */
+	atomic_llong steps;			/* examples trained on by all workers */
+	atomic_int	active;			/* workers still in their loop */
+	atomic_bool stop;
+};
+
+/* The allocator of a worker's scratch: it must not grow (nor palloc) */
+static void *
+NoAlloc(void *context, size_t size)
+{
+	return NULL;
+}
+
+static void
+NoFree(void *context, void *pointer)
+{
+}
+
+static const TriageAllocator NoAllocator = {NoAlloc, NoFree, NULL};
+
+static void
+Publish(Worker *w)
+{
+	atomic_fetch_add_explicit(&w->run->token_count, w->local_tokens, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->run->steps, w->local_steps, memory_order_relaxed);
+	w->local_tokens = 0;
+	w->local_steps = 0;
+}
+
+/* A worker thread: SGD over its share until the budget is spent or it is told to stop */
+static void *
+WorkerMain(void *arg)
+{
+	Worker	   *w = arg;
+	Hogwild    *run = w->run;
+	Trainer    *t = &w->t;
+	const FastTextTrainOptions *o = run->options;
+
+	while (!atomic_load_explicit(&run->stop, memory_order_relaxed))
+	{
+		int64_t		seen = atomic_load_explicit(&run->token_count, memory_order_relaxed);
+		int64_t		e;
+		float		lr;
+
+		if (seen >= run->budget)
+			break;
+		if (w->pos == w->to)
+		{
+			/* a new pass over its share, in a new order */
+			if (w->loss_n > 0)
+			{
+				w->last_loss_sum = w->loss_sum;
+				w->last_loss_n = w->loss_n;
+			}
+			w->loss_sum = 0.0;
+			w->loss_n = 0;
+			Shuffle(run->order, w->from, w->to, &t->rng);
+			w->pos = w->from;
+			w->passes++;
+		}
+		e = run->order[w->pos++];
+		lr = (float) (o->lr * (1.0 - (double) seen / (double) run->budget));
+		w->local_tokens += run->ntokens[e];
+
+		w->status = FastTextTokenize(t->model, &t->scratch, run->examples[e].text,
+									 run->examples[e].len, w->errbuf, sizeof(w->errbuf));
+		if (w->status != TRIAGE_OK)
+		{
+			atomic_store(&run->stop, true);
+			break;
+		}
+		if (t->scratch.nrows > 0)
+		{
+			w->loss_sum += SgdStep(t, run->label_order[run->examples[e].label], lr);
+			w->loss_n++;
+			w->steps++;
+			w->local_steps++;
+		}
+		if (w->local_tokens > o->lrUpdateRate)
+			Publish(w);
+	}
+	Publish(w);
+	atomic_fetch_sub(&run->active, 1);
+	return NULL;
+}
+
+/* Stop every worker and join it; then the interrupt hook is back */
+static void
+StopWorkers(Hogwild *run)
+{
+	if (!run->started)
+		return;
+	run->started = false;
+	atomic_store(&run->stop, true);
+	for (int32_t i = 0; i < run->nworkers; i++)
+		if (run->workers[i].running)
+		{
+			pthread_join(run->workers[i].thread, NULL);
+			run->workers[i].running = false;
+		}
+	TriageInterruptHook = run->saved_hook;
+}
+
+/*
+ * Start (or resume) every worker, with every signal blocked in them and the
+ * interrupt hook cleared.  On failure, the workers started are stopped again.
+ */
 static TriageStatus
-TrainLoaded(Trainer *trainer, const FastTextExample *examples, int64_t n, const int32_t *ntokens,
-			int64_t total_tokens, const int32_t *label_order, FastTextTrainStats *stats,
-			char *errbuf, size_t errlen)
+StartWorkers(Hogwild *run, char *errbuf, size_t errlen)
+{
+	sigset_t	all,
+				old;
+	int			err = 0;
+
+	run->saved_hook = TriageInterruptHook;
+	TriageInterruptHook = NULL;
+	run->started = true;
+	atomic_store(&run->stop, false);
+	atomic_store(&run->active, run->nworkers);
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	for (int32_t i = 0; i < run->nworkers && err == 0; i++)
+	{
+		err = pthread_create(&run->workers[i].thread, NULL, WorkerMain, &run->workers[i]);
+		run->workers[i].running = (err == 0);
+		if (err != 0)
+			atomic_fetch_sub(&run->active, run->nworkers - i);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err != 0)
+	{
+		StopWorkers(run);
+		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen,
+						   "could not start %d training threads: %s", run->nworkers, strerror(err));
+	}
+	return TRIAGE_OK;
+}
+
+static double
+NowMs(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double) ts.tv_sec * 1000.0 + (double) ts.tv_nsec / 1e6;
+}
+
+/* The running loss of all workers: their current passes (call with them joined) */
+static double
+RunningLoss(const Hogwild *run)
+{
+	double		sum = 0.0;
+	int64_t		count = 0;
+
+	for (int32_t i = 0; i < run->nworkers; i++)
+	{
+		sum += run->workers[i].loss_sum;
+		count += run->workers[i].loss_n;
+	}
+	return count ? sum / count : 0.0;
+}
+
+/*
+ * Allocate a worker's own buffers, in the calling thread: the scratch gets
+ * the capacities that tokenizing every example needed (sized), then an
+ * allocator that fails, so that it never grows.
+ */
+static bool
+InitWorker(Worker *w, const Trainer *main, const FastTextScratch *sized)
+{
+	const FastTextModel *model = main->model;
+	const TriageAllocator *alloc = &model->allocator;
+	FastTextScratch *s = &w->t.scratch;
+
+	w->t = *main;
+	memset(s, 0, sizeof(*s));
+	s->allocator = NoAllocator;
+	w->t.grad = TriageAllocArray(alloc, (size_t) model->args.dim, sizeof(float));
+	w->t.output = TriageAllocArray(alloc, (size_t) model->nlabels, sizeof(float));
+	s->hidden = TriageAllocArray(alloc, (size_t) model->args.dim, sizeof(float));
+	s->dim_capacity = model->args.dim;
+	s->rows = TriageAllocArray(alloc, (size_t) sized->rows_capacity + 1, sizeof(int32_t));
+	s->rows_capacity = sized->rows_capacity;
+	s->hashes = TriageAllocArray(alloc, (size_t) sized->hashes_capacity + 1, sizeof(int32_t));
+	s->hashes_capacity = sized->hashes_capacity;
+	s->word = TriageAlloc(alloc, sized->word_capacity + 1);
+	s->word_capacity = sized->word_capacity;
+	return w->t.grad != NULL && w->t.output != NULL && s->hidden != NULL && s->rows != NULL &&
+		s->hashes != NULL && s->word != NULL;
+}
+
+static void
+FreeWorker(Worker *w, const TriageAllocator *alloc)
+{
+	TriageFree(alloc, w->t.grad);
+	TriageFree(alloc, w->t.output);
+	TriageFree(alloc, w->t.scratch.hidden);
+	TriageFree(alloc, w->t.scratch.rows);
+	TriageFree(alloc, w->t.scratch.hashes);
+	TriageFree(alloc, w->t.scratch.word);
+}
+
+/*
+ * RunSgd with nworkers hogwild threads: same budget, same lr schedule
+ * (fastText's: from the tokens all threads have seen), not reproducible.
+ */
+static TriageStatus
+RunHogwild(Trainer *t, int32_t nworkers, const FastTextExample *examples, int64_t n,
+		   const int32_t *ntokens, int64_t total_tokens, const int32_t *label_order,
+		   FastTextTrainStats *stats, char *errbuf, size_t errlen)
+{
+	FastTextModel *model = t->model;
+	const FastTextTrainOptions *o = t->options;
+	const TriageAllocator *alloc = &model->allocator;
+	Hogwild		run;
+	int64_t		used = 0;
+	int64_t		last_steps = 0;
+	double		last_ms;
+	bool		canceled = false;
+	TriageStatus status = TRIAGE_OK;
+
+	memset(&run, 0, sizeof(run));
+	run.options = o;
+	run.examples = examples;
+	run.ntokens = ntokens;
+	run.label_order = label_order;
+	run.budget = (int64_t) o->epoch * total_tokens;
+	run.nworkers = nworkers;
+	run.order = TriageAllocArray(alloc, (size_t) n, sizeof(int64_t));
+	run.workers = TriageAllocZero(alloc, sizeof(Worker) * (size_t) nworkers);
+	if (run.order == NULL || run.workers == NULL)
+	{
+		status = TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory ordering examples");
+		goto done;
+	}
+	for (int64_t i = 0; i < n; i++)
+		run.order[i] = i;
+	Shuffle(run.order, 0, n, &t->rng);
+
+	/* every example once, here: what the workers' scratch must hold, and what can train */
+	for (int64_t e = 0; e < n; e++)
+	{
+		if ((e & 1023) == 0)
+			TRIAGE_CHECK_INTERRUPTS();
+		status = FastTextTokenize(model, &t->scratch, examples[e].text, examples[e].len,
+								  errbuf, errlen);
+		if (status != TRIAGE_OK)
+			goto done;
+		if (t->scratch.nrows > 0)
+			used++;
+	}
+	if (used == 0)
+	{
+		status = TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen,
+							 "no example has any word or n-gram the model can use");
+		goto done;
+	}
+
+	for (int32_t i = 0; i < nworkers; i++)
+	{
+		Worker	   *w = &run.workers[i];
+
+		if (!InitWorker(w, t, &t->scratch))
+		{
+			status = TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory for training threads");
+			goto done;
+		}
+		w->run = &run;
+		w->from = (int64_t) i * n / nworkers;
+		w->to = (int64_t) (i + 1) * n / nworkers;
+		w->pos = w->to;
+		/* its own stream: seed + i, mixed apart from the initialisation's */
+		w->t.rng.state = (o->seed + (uint64_t) i) ^ 0x2545F4914F6CDD1Dull;
+		if (t->nnegatives > 0)
+			w->t.negpos = (int64_t) i * t->nnegatives / nworkers;
+	}
+
+	if ((status = StartWorkers(&run, errbuf, errlen)) != TRIAGE_OK)
+		goto done;
+	last_ms = NowMs();
+	for (;;)
+	{
+		struct timespec nap = {0, 2 * 1000 * 1000};
+		int64_t		steps;
+
+		nanosleep(&nap, NULL);
+		if (atomic_load(&run.active) == 0)
+			break;
+		if (TRIAGE_CANCEL_PENDING())
+		{
+			canceled = true;
+			break;
+		}
+		steps = atomic_load_explicit(&run.steps, memory_order_relaxed);
+		if (o->progress != NULL && o->progress_every > 0 && steps - last_steps >= o->progress_every &&
+			NowMs() - last_ms >= FASTTEXT_PROGRESS_MS)
+		{
+			bool		go_on;
+
+			/* the callback may longjmp: nothing may run then */
+			StopWorkers(&run);
+			go_on = o->progress(o->progress_arg,
+								(double) atomic_load(&run.token_count) / (double) run.budget,
+								RunningLoss(&run), atomic_load(&run.steps));
+			if (!go_on)
+			{
+				status = TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen, "training was stopped");
+				goto done;
+			}
+			last_steps = steps;
+			last_ms = NowMs();
+			if ((status = StartWorkers(&run, errbuf, errlen)) != TRIAGE_OK)
+				goto done;
+		}
+	}
+	StopWorkers(&run);
+
+	for (int32_t i = 0; i < nworkers && status == TRIAGE_OK; i++)
+		if (run.workers[i].status != TRIAGE_OK)
+			status = TriageError(run.workers[i].status, errbuf, errlen, "%s", run.workers[i].errbuf);
+	/* the loss of each worker's last whole pass (its current one if none) */
+	{
+		double		sum = 0.0;
+		int64_t		count = 0;
+
+		for (int32_t i = 0; i < nworkers; i++)
+		{
+			Worker	   *w = &run.workers[i];
+
+			stats->updates += w->steps;
+			sum += w->last_loss_n > 0 ? w->last_loss_sum : w->loss_sum;
+			count += w->last_loss_n > 0 ? w->last_loss_n : w->loss_n;
+		}
+		stats->loss = count ? sum / count : 0.0;
+		stats->examples_used = used;
+	}
+
+done:
+	if (run.workers != NULL)
+	{
+		StopWorkers(&run);
+		for (int32_t i = 0; i < nworkers; i++)
+			FreeWorker(&run.workers[i], alloc);
+	}
+	TriageFree(alloc, run.workers);
+	TriageFree(alloc, run.order);
+	if (canceled)
+	{
+		/* now that no thread runs and nothing is held, let the server raise the cancel */
+		TRIAGE_CHECK_INTERRUPTS();
+		status = TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen, "training canceled");
+	}
+	return status;
+}
+
+/* Set up the per-loss tables and scratch of a trainer, then run SGD in threads */
+static TriageStatus
+TrainLoaded(Trainer *trainer, int32_t threads, const FastTextExample *examples, int64_t n,
+			const int32_t *ntokens, int64_t total_tokens, const int32_t *label_order,
+			FastTextTrainStats *stats, char *errbuf, size_t errlen)
 {
 	FastTextModel *model = trainer->model;
 	const TriageAllocator *alloc = &model->allocator;
@@ -615,6 +1062,12 @@ TrainLoaded(Trainer *trainer, const FastTextExample *examples, int64_t n, const 
 	trainer->scratch.dim_capacity = dim;
 	if (trainer->grad == NULL || trainer->output == NULL || trainer->scratch.hidden == NULL)
 		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory");
+	/* no more workers than examples: each gets a share */
+	if (threads > n)
+		threads = (int32_t) n;
+	if (threads > 1)
+		return RunHogwild(trainer, threads, examples, n, ntokens, total_tokens, label_order,
+						  stats, errbuf, errlen);
 	return RunSgd(trainer, examples, n, ntokens, total_tokens, label_order, stats, errbuf, errlen);
 }
 
@@ -677,7 +1130,8 @@ FastTextRetrain(FastTextModel *model, const FastTextTrainOptions *options,
 		ntokens[e] = count;
 		total += count;
 	}
-	status = TrainLoaded(&trainer, examples, nexamples, ntokens, total, label_order, stats,
+	/* one thread: a retraining is short, and so stays reproducible */
+	status = TrainLoaded(&trainer, 1, examples, nexamples, ntokens, total, label_order, stats,
 						 errbuf, errlen);
 	stats->nwords = model->nwords;
 done:
@@ -717,6 +1171,9 @@ FastTextTrain(const FastTextTrainOptions *options, const char *const *labels, in
 						   "training needs at least two distinct labels, found %d", nlabels);
 	if (nexamples <= 0)
 		return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen, "training needs examples, found none");
+	if (options->thread < 1 || options->thread > FASTTEXT_MAX_THREADS)
+		return TriageError(TRIAGE_INVALID_ARGUMENT, errbuf, errlen,
+						   "thread must be from 1 to %d, not %d", FASTTEXT_MAX_THREADS, options->thread);
 
 	model = TriageAllocZero(allocator, sizeof(FastTextModel));
 	if (model == NULL)
@@ -797,8 +1254,8 @@ FastTextTrain(const FastTextTrainOptions *options, const char *const *labels, in
 	if (options->loss == FASTTEXT_LOSS_HS &&
 		(status = FastTextBuildTree(model, errbuf, errlen)) != TRIAGE_OK)
 		goto done;
-	status = TrainLoaded(&trainer, examples, nexamples, ntokens, total_tokens, label_order,
-						 stats, errbuf, errlen);
+	status = TrainLoaded(&trainer, options->thread, examples, nexamples, ntokens, total_tokens,
+						 label_order, stats, errbuf, errlen);
 	stats->nwords = model->nwords;
 
 done:

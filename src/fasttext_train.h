@@ -7,6 +7,12 @@
 
 #include "fasttext.h"
 
+/* the "thread" option's range */
+#define FASTTEXT_MAX_THREADS 64
+
+/* with several threads: how often, at most, they pause for the progress callback */
+#define FASTTEXT_PROGRESS_MS 100
+
 typedef struct FastTextTrainOptions
 {
 	double		lr;
@@ -23,9 +29,17 @@ typedef struct FastTextTrainOptions
 	uint64_t	seed;
 
 	/*
+	 * Hogwild threads of FastTextTrain (FastTextRetrain runs in one).  1 is
+	 * reproducible for a seed; more are not, as in fastText.
+	 */
+	int32_t		thread;
+
+	/*
 	 * Called about every progress_every examples with the share of work done
 	 * and the running average loss.  In the server it checks for interrupts
-	 * (and may not return); it returns false to stop training early.
+	 * (and may not return); it returns false to stop training early.  It is
+	 * only ever called from the calling thread, while no training thread
+	 * runs; with several threads, at most every FASTTEXT_PROGRESS_MS.
 	 */
 	bool		(*progress) (void *arg, double done, double loss, int64_t examples);
 	void	   *progress_arg;
@@ -49,6 +63,7 @@ typedef struct FastTextTrainStats
 } FastTextTrainStats;
 
 extern void FastTextTrainDefaults(FastTextTrainOptions *options);
+extern int32_t FastTextDefaultThreads(void);
 
 extern TriageStatus FastTextTrain(const FastTextTrainOptions *options,
 								  const char *const *labels, int32_t nlabels,

@@ -28,7 +28,7 @@ static const OptionSpec TrainOptionSpecs[] = {
 	{"loss", OPTION_STRING, 0, 0, "one of \"softmax\", \"ns\", \"hs\", \"ova\""},
 	{"lrUpdateRate", OPTION_INT, 1, 1000000},
 	{"seed", OPTION_INT, 0, 2147483647},
-	{"thread", OPTION_INT, 1, 1},
+	{"thread", OPTION_INT, 1, FASTTEXT_MAX_THREADS},
 	{"quantize", OPTION_OBJECT, 0, 0},
 };
 
@@ -191,7 +191,7 @@ SetOption(void *target, const char *prefix, const OptionSpec *spec, JsonbValue *
 	else if (strcmp(name, "seed") == 0)
 		f->seed = (uint64) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "thread") == 0)
-		 /* training is single-threaded and so reproducible */ ;
+		f->thread = (int32) OptionNumber(v, prefix, spec);
 	else if (strcmp(name, "method") == 0)
 	{
 		char	   *method = pnstrdup(v->val.string.val, v->val.string.len);
@@ -314,10 +314,10 @@ TrainOptionsJsonb(const TriageTrainOptions *o)
 					 "{\"format\": \"fasttext\", \"source\": \"train\", \"loss\": \"%s\", \"dim\": %d, "
 					 "\"epoch\": %d, \"lr\": %g, \"wordNgrams\": %d, \"minn\": %d, \"maxn\": %d, "
 					 "\"bucket\": %d, \"minCount\": %d, \"neg\": %d, \"lrUpdateRate\": %d, "
-					 "\"seed\": %llu, \"quantized\": %s, \"quantization\": \"%s\"",
+					 "\"seed\": %llu, \"thread\": %d, \"quantized\": %s, \"quantization\": \"%s\"",
 					 losses[f->loss], f->dim, f->epoch, f->lr, f->wordNgrams, f->minn, f->maxn,
 					 f->bucket, f->minCount, f->neg, f->lrUpdateRate,
-					 (unsigned long long) f->seed, o->quantize ? "true" : "false",
+					 (unsigned long long) f->seed, f->thread, o->quantize ? "true" : "false",
 					 !o->quantize ? "none" : o->int8 ? "int8" : "pq");
 	if (o->quantize && o->int8)
 		appendStringInfo(&buf,

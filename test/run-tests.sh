@@ -57,7 +57,7 @@ tap_run "harness self-test" "$WORK/selftest.tap" test/harness/selftest.sh "$WORK
 
 # 1. core unit tests: each "ok"/"not ok"/"ok # SKIP" line counts
 section "core unit tests"
-core_test test_core "$CORE_SRCS -lm" "$ROOT/test/data"
+core_test test_core "$CORE_SRCS -lm -pthread" "$ROOT/test/data"
 
 # quantization and saving: round trips, PQ, pruning, allocation failures;
 # and two models the fasttext tool trains now, quantized by us and by it
@@ -65,7 +65,7 @@ if ! test/harness/quantize_inputs.sh "$WORK/quantize" >"$WORK/quantize_inputs.lo
 	cat "$WORK/quantize_inputs.log"
 	record "test_quantize inputs (test/harness/quantize_inputs.sh)" 1
 fi
-core_test test_quantize "$CORE_SRCS -lm" "$ROOT/test/data" "$WORK/quantize/dense.bin" \
+core_test test_quantize "$CORE_SRCS -lm -pthread" "$ROOT/test/data" "$WORK/quantize/dense.bin" \
 	"$WORK/quantize/lines.txt" "$WORK/quantize/many.bin" "$WORK/quantize/out" "$WORK/quantize/ref"
 
 # the CRF extractor: tokenizer, alignment, training, decoding, model format
