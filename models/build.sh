@@ -33,7 +33,7 @@ CREATE TABLE split AS SELECT row_number() OVER () AS n, review, score FROM food;
 
 SELECT triage.train('sentiment', 'SELECT review, score FROM split WHERE n % 5 <> 0',
   '{"kind": "fasttext", "dim": 50, "epoch": 25, "lr": 0.1, "wordNgrams": 2, "minn": 2, "maxn": 4,
-    "bucket": 200000, "seed": 1,
+    "bucket": 200000, "seed": 1, "thread": 1,
     "quantize": {"cutoff": 20000, "retrain": true, "dsub": 2, "qnorm": true}}') AS version \gset
 -- calibrate on one half of the held-out reviews, report on the other
 SELECT triage.calibrate_temperature('sentiment', 'SELECT review, score FROM split WHERE n % 10 = 0')
