@@ -6,7 +6,7 @@ use warnings;
 
 use Exporter 'import';
 use Test::More ();
-our @EXPORT_OK = qw(triage_worker worker_and_stub split_reviews);
+our @EXPORT_OK = qw(triage_worker worker_and_stub split_reviews parse_prometheus);
 
 # The triage-worker to test: $TRIAGE_WORKER, else the one installed next to
 # pg_config's binaries, else the one built in the tree under $root
@@ -55,6 +55,113 @@ sub split_reviews
 	Test::More::is($node->safe_psql('postgres', q{
 		SELECT count(*) FROM (SELECT review FROM labeled GROUP BY review HAVING count(DISTINCT split) > 1) s}),
 		'0', 'no review is in two parts of the split');
+}
+
+# The Prometheus text exposition format (0.0.4), strictly: HELP and TYPE
+# once per family, before its samples, which are contiguous; names and label
+# names of the allowed characters; label values quoted with only \\, \" and
+# \n escapes; values floats; no series twice; a counter's name ends in
+# _total; a line feed at the end.  A histogram's samples are NAME_bucket
+# (with le, a float or +Inf, the counts cumulative: never smaller at a
+# larger le, and ending with le="+Inf"), NAME_sum and NAME_count (equal to
+# the +Inf bucket), per set of other labels; a summary's NAME, NAME_sum and
+# NAME_count.  Returns the samples as {"name{labels}" => value} with label
+# values unescaped and labels sorted, or (undef, the first error).
+sub parse_prometheus
+{
+	my ($text) = @_;
+	return (undef, 'no final line feed') unless $text =~ /\n\z/;
+	my (%samples, %help, %type, %closed, $current, %hist);
+	my $name_re = qr/[a-zA-Z_:][a-zA-Z0-9_:]*/;
+	my $float_re = qr/^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?Inf$|^NaN$/;
+	my $n = 0;
+	for my $line (split /\n/, $text)
+	{
+		$n++;
+		if ($line =~ /^# HELP ($name_re) ((?:[^\\\n]|\\[\\n])*)$/)
+		{
+			return (undef, "line $n: second HELP of $1") if $help{$1}++;
+			return (undef, "line $n: HELP of $1 after its samples") if exists $samples{"$1\0"} || $closed{$1};
+			$closed{$current} = 1 if defined $current && $current ne $1;
+			$current = $1;
+		}
+		elsif ($line =~ /^# TYPE ($name_re) (counter|gauge|histogram|summary|untyped)$/)
+		{
+			my ($name, $kind) = ($1, $2);
+			return (undef, "line $n: second TYPE of $name") if $type{$name};
+			return (undef, "line $n: TYPE of $name is not with its HELP") unless defined $current && $current eq $name;
+			return (undef, "line $n: counter $name does not end in _total") if $kind eq 'counter' && $name !~ /_total$/;
+			$type{$name} = $kind;
+		}
+		elsif ($line =~ /^($name_re)(?:\{(.*)\})? (\S+)$/)
+		{
+			my ($name, $labels, $value) = ($1, $2 // '', $3);
+			return (undef, "line $n: sample of $name outside a family") unless defined $current;
+			my $kind = $type{$current};
+			my $suffix;
+			if ($name ne $current)
+			{
+				($suffix) = $name =~ /^\Q$current\E(_bucket|_sum|_count)$/;
+				return (undef, "line $n: sample of $name outside its family")
+				  unless $suffix && $kind && ($kind eq 'histogram' || ($kind eq 'summary' && $suffix ne '_bucket'));
+			}
+			return (undef, "line $n: sample of $name without TYPE") unless $kind;
+			return (undef, "line $n: histogram $current has a sample without a suffix")
+			  if $kind eq 'histogram' && !$suffix;
+			return (undef, "line $n: value $value is not a float") unless $value =~ $float_re;
+			my (@pairs, $le);
+			my $rest = $labels;
+			while ($rest ne '')
+			{
+				$rest =~ s/^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(?:,(?=.)|$)//
+				  or return (undef, "line $n: bad labels {$labels}");
+				my ($k, $v) = ($1, $2);
+				$v =~ s/\\(.)/$1 eq 'n' ? "\n" : $1/ge;
+				push @pairs, "$k=$v";
+				$le = $v if $k eq 'le';
+			}
+			my $key = $name . '{' . join(',', sort @pairs) . '}';
+			return (undef, "line $n: series $key twice") if exists $samples{$key};
+			$samples{$key} = $value;
+			$samples{"$current\0"} = 1;
+			next unless $kind eq 'histogram';
+			my $series = $current . '{' . join(',', sort grep { !/^le=/ } @pairs) . '}';
+			my $h = $hist{$series} //= { buckets => [] };
+			if ($suffix eq '_bucket')
+			{
+				return (undef, "line $n: bucket of $series without le") unless defined $le;
+				return (undef, "line $n: le=\"$le\" is not a float") unless $le =~ $float_re && $le ne 'NaN';
+				my $prev = $h->{buckets}[-1];
+				my $at = $le =~ /^\+?Inf$/ ? 9**9**9 : $le;
+				return (undef, "line $n: bucket le=\"$le\" after a larger one")
+				  if $prev && $at <= $prev->[0];
+				return (undef, "line $n: bucket le=\"$le\" counts less than a smaller one")
+				  if $prev && $value < $prev->[1];
+				push @{ $h->{buckets} }, [ $at, $value ];
+			}
+			else
+			{
+				return (undef, "line $n: $name has an le label") if defined $le;
+				$h->{ substr($suffix, 1) } = $value;
+			}
+		}
+		else
+		{
+			return (undef, "line $n: not a HELP, TYPE or sample line: $line");
+		}
+	}
+	for my $series (sort keys %hist)
+	{
+		my $h = $hist{$series};
+		my $last = $h->{buckets}[-1];
+		return (undef, "histogram $series has no le=\"+Inf\" bucket") unless $last && $last->[0] == 9**9**9;
+		return (undef, "histogram $series has no _count") unless defined $h->{count};
+		return (undef, "histogram $series has no _sum") unless defined $h->{sum};
+		return (undef, "histogram $series: _count $h->{count} is not its +Inf bucket $last->[1]")
+		  unless $h->{count} == $last->[1];
+	}
+	delete $samples{$_} for grep { /\0$/ } keys %samples;
+	return (\%samples, undef);
 }
 
 1;

@@ -598,6 +598,7 @@ read_file(BatchRun *r, Batch *b, const char *file_id)
 		{
 			const char *outcome = PQgetvalue(res, 0, 0);
 
+			metrics_job(outcome);
 			if (strcmp(outcome, "done") == 0)
 				r->done++;
 			else if (strcmp(outcome, "invalid") == 0 || strcmp(outcome, "retry") == 0 ||

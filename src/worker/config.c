@@ -42,7 +42,8 @@ static const char *help_text =
 "                  [--mode interactive|batch] [--batch-file-requests N]\n"
 "                  [--batch-file-bytes BYTES] [--batch-poll SECONDS]\n"
 "                  [--batch-poll-max SECONDS] [--batch-interval SECONDS]\n"
-"                  [--once] [--help] [--version]\n"
+"                  [--metrics-listen [HOST]:PORT] [--once] [--help]\n"
+"                  [--version]\n"
 "\n"
 "DESCRIPTION\n"
 "    triage-worker takes escalated rows from the pg_triage queue with\n"
@@ -173,6 +174,16 @@ static const char *help_text =
 "    --batch-interval SECONDS\n"
 "        How often to look for rows for a new batch (default 300; at once\n"
 "        after a full file).\n"
+"    --metrics-listen [HOST]:PORT\n"
+"        Serve the worker's own metrics at http://HOST:PORT/metrics in the\n"
+"        Prometheus text format: jobs by outcome, requests by HTTP status,\n"
+"        request durations (a histogram), tokens, requests in flight, the\n"
+"        circuit breaker and the pause after a 429.  Without HOST (\":9187\")\n"
+"        it listens on 127.0.0.1 only; any other address (0.0.0.0, a LAN\n"
+"        address) must be given, and then anyone who can reach it reads the\n"
+"        worker's name and counters (no secrets, no row text).  An IPv6\n"
+"        address is written [::1]:9187.  Port 0 takes a free port, which the\n"
+"        log names.  Off by default.\n"
 "    --once\n"
 "        Drain the jobs claimable now, then exit.  A job to be retried later is\n"
 "        left to the next run.\n"
@@ -188,7 +199,8 @@ static const char *help_text =
 "    TRIAGE_BATCH, TRIAGE_VISIBILITY, TRIAGE_MAX_RETRY_AFTER,\n"
 "    TRIAGE_LOG_FILE, TRIAGE_RESPONSE_FORMAT, TRIAGE_MODE,\n"
 "    TRIAGE_BATCH_FILE_REQUESTS, TRIAGE_BATCH_FILE_BYTES, TRIAGE_BATCH_POLL,\n"
-"    TRIAGE_BATCH_POLL_MAX, TRIAGE_BATCH_INTERVAL, TRIAGE_ONCE (1, true or yes)\n"
+"    TRIAGE_BATCH_POLL_MAX, TRIAGE_BATCH_INTERVAL, TRIAGE_METRICS_LISTEN,\n"
+"    TRIAGE_ONCE (1, true or yes)\n"
 "        Defaults of the options of the same names; a flag wins.\n"
 "    PGHOST, PGPORT, PGUSER, PGPASSFILE, ...\n"
 "        As for every libpq client.\n"
@@ -293,6 +305,7 @@ enum
 	OPT_BATCH_POLL,
 	OPT_BATCH_POLL_MAX,
 	OPT_BATCH_INTERVAL,
+	OPT_METRICS_LISTEN,
 	OPT_HELP,
 	OPT_VERSION
 };
@@ -329,6 +342,7 @@ static const struct
 	{OPT_BATCH_POLL, "TRIAGE_BATCH_POLL", "--batch-poll"},
 	{OPT_BATCH_POLL_MAX, "TRIAGE_BATCH_POLL_MAX", "--batch-poll-max"},
 	{OPT_BATCH_INTERVAL, "TRIAGE_BATCH_INTERVAL", "--batch-interval"},
+	{OPT_METRICS_LISTEN, "TRIAGE_METRICS_LISTEN", "--metrics-listen"},
 };
 
 /* Applies one option; what names its source for error messages */
@@ -416,6 +430,20 @@ set_option(WorkerConfig *cfg, int code, const char *value, const char *what)
 		case OPT_BATCH_INTERVAL:
 			cfg->batch_interval = parse_double(value, what, 0.05, 86400);
 			break;
+		case OPT_METRICS_LISTEN:
+			if (value[0] == '\0')
+				cfg->metrics_listen = NULL;
+			else
+			{
+				char		host[256];
+				char		err[256];
+				int			port;
+
+				if (!metrics_parse_listen(value, host, sizeof(host), &port, err, sizeof(err)))
+					usage_error("invalid value for %s: %s", what, err);
+				cfg->metrics_listen = strdup(value);
+			}
+			break;
 	}
 }
 
@@ -451,6 +479,7 @@ config_parse(WorkerConfig *cfg, int argc, char **argv)
 		{"batch-poll", required_argument, NULL, OPT_BATCH_POLL},
 		{"batch-poll-max", required_argument, NULL, OPT_BATCH_POLL_MAX},
 		{"batch-interval", required_argument, NULL, OPT_BATCH_INTERVAL},
+		{"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
 		{"help", no_argument, NULL, OPT_HELP},
 		{"version", no_argument, NULL, OPT_VERSION},
 		{NULL, 0, NULL, 0}

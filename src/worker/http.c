@@ -299,28 +299,28 @@ parse_retry_after(const char *value, time_t now)
 }
 
 /*
- * The reply's usage.total_tokens, or -1.  A key in the reply's text: the
- * model's answer is a JSON string inside it, where a quote is escaped, so
- * it cannot forge one.
+ * The reply's usage.KEY (key: "\"total_tokens\"", quotes included), or -1.
+ * The last such key in the reply's text: the model's answer is a JSON
+ * string inside it, where a quote is escaped, so it cannot forge one.
  */
 long
-usage_tokens(const char *reply, size_t len)
+usage_count(const char *reply, size_t len, const char *key)
 {
-	static const char key[] = "\"total_tokens\"";
+	size_t		keylen = strlen(key);
 	const char *p = reply;
 	const char *found = NULL;
 	const char *end = reply + len;
 
 	if (reply == NULL)
 		return -1;
-	while ((p = memmem(p, end - p, key, sizeof(key) - 1)) != NULL)
+	while ((p = memmem(p, end - p, key, keylen)) != NULL)
 	{
 		found = p;
-		p += sizeof(key) - 1;
+		p += keylen;
 	}
 	if (found == NULL)
 		return -1;
-	p = found + sizeof(key) - 1;
+	p = found + keylen;
 	while (p < end && isspace((unsigned char) *p))
 		p++;
 	if (p >= end || *p != ':')
@@ -331,6 +331,13 @@ usage_tokens(const char *reply, size_t len)
 	if (p >= end || !isdigit((unsigned char) *p))
 		return -1;
 	return strtol(p, NULL, 10);
+}
+
+/* The reply's usage.total_tokens, or -1 */
+long
+usage_tokens(const char *reply, size_t len)
+{
+	return usage_count(reply, len, "\"total_tokens\"");
 }
 
 /* The job's error: what, then an excerpt of the (masked) reply */
@@ -370,6 +377,8 @@ finish(CURLM *multi, Job *job, CURLcode result, const WorkerConfig *cfg)
 	if (job->retry_after > cfg->max_retry_after)
 		job->retry_after = cfg->max_retry_after;
 	job->error[0] = '\0';
+	job->prompt_tokens = -1;
+	job->completion_tokens = -1;
 	http_cleanup(multi, job);
 	if (job->reply != NULL)
 		redact_text(job->reply, job->reply_len);
@@ -411,6 +420,8 @@ finish(CURLM *multi, Job *job, CURLcode result, const WorkerConfig *cfg)
 	{
 		job->action = JOB_COMPLETE;
 		job->tokens = usage_tokens(job->reply, job->reply_len);
+		job->prompt_tokens = usage_count(job->reply, job->reply_len, "\"prompt_tokens\"");
+		job->completion_tokens = usage_count(job->reply, job->reply_len, "\"completion_tokens\"");
 		verdict = VERDICT_OK;
 	}
 	else if (status == 429)

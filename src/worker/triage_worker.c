@@ -322,6 +322,7 @@ record_finished(Worker *w)
 		if (st == DB_LOST)
 			return;				/* kept: recorded after reconnecting */
 		queue_pop(&w->finished);
+		metrics_job(outcome);
 		if (strcmp(outcome, "done") == 0)
 			w->jobs_done++;
 		else if (strcmp(outcome, "invalid") == 0 || strcmp(outcome, "retry") == 0 ||
@@ -566,6 +567,8 @@ collect(Worker *w)
 		w->running--;
 
 		v = http_finish(w->multi, job, result, &w->cfg);
+		metrics_request(job->http_status, job->elapsed_ms, job->prompt_tokens,
+						job->completion_tokens);
 
 		/* the estimate was charged at the start: settle with the real count */
 		if (job->tokens > 0)
@@ -591,6 +594,7 @@ collect(Worker *w)
 			log_msg("warning", "circuit breaker open, next probe in %.1f s: %s",
 					(double) (w->breaker.retry_at_ms - now) / 1000.0, job->error);
 			release_queued(w, "circuit breaker open");
+			metrics_breaker_opened();
 			/* the probe goes as soon as the breaker allows */
 			w->claim_wanted = true;
 			w->breaker_openings++;
@@ -705,11 +709,30 @@ main(int argc, char **argv)
 	if (w.cfg.max_attempts > 0)
 		log_msg("info", "--max-attempts %d is only logged: each policy's max_attempts decides",
 				w.cfg.max_attempts);
+	if (w.cfg.metrics_listen)
+	{
+		int			port;
+		int			asked;
+
+		if (!metrics_start(&w.cfg, &port, err, sizeof(err)))
+		{
+			log_msg("error", "%s", err);
+			return EXIT_FATAL;
+		}
+		/* parsed once already by config_parse(): cannot fail */
+		metrics_parse_listen(w.cfg.metrics_listen, host, sizeof(host), &asked, err, sizeof(err));
+		log_msg("info", "metrics at http://%s%s%s:%d/metrics", strchr(host, ':') ? "[" : "",
+				host, strchr(host, ':') ? "]" : "", port);
+		if (!host_is_loopback(host))
+			log_msg("warning", "--metrics-listen %s is not a loopback address: whoever can reach"
+					" it reads this worker's name and counters", host);
+	}
 
 	if (w.cfg.batch_mode)
 	{
 		batch_worker = &w;
 		w.exit_code = batch_run(&w.cfg, &w.api_key, &w.db);
+		metrics_stop();
 		db_close(&w.db);
 		curl_multi_cleanup(w.multi);
 		curl_global_cleanup();
@@ -830,6 +853,7 @@ main(int argc, char **argv)
 			fds[nfds].revents = 0;
 			nfds++;
 		}
+		metrics_gauges(w.running, w.queued.count, &w.breaker, w.pause_until);
 		curl_multi_poll(w.multi, fds, nfds, (int) wait, NULL);
 		while (wake_pipe[0] >= 0 && read(wake_pipe[0], drain, sizeof(drain)) > 0)
 			;
@@ -838,6 +862,7 @@ main(int argc, char **argv)
 	}
 
 	log_msg("info", "stopped: %ld jobs done, %ld failed", w.jobs_done, w.jobs_failed);
+	metrics_stop();
 	db_close(&w.db);
 	curl_multi_cleanup(w.multi);
 	curl_global_cleanup();

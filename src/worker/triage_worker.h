@@ -14,7 +14,8 @@
  * API key), db.c (libpq), dsn.c (the connection string), http.c (libcurl),
  * url.c (the endpoint URL), limiter.c (rate limits and the circuit
  * breaker), log.c (one logfmt line per event), redact.c (secrets kept out
- * of the log and the queue).
+ * of the log and the queue), metrics.c (--metrics-listen: GET /metrics, on
+ * a thread of its own).
  *
  *-------------------------------------------------------------------------
  */
@@ -66,6 +67,7 @@ typedef struct WorkerConfig
 	double		batch_poll;		/* seconds before the first poll */
 	double		batch_poll_max; /* seconds between polls, at most */
 	double		batch_interval; /* seconds between claims of new batches */
+	char	   *metrics_listen; /* HOST:PORT of GET /metrics, or NULL */
 } WorkerConfig;
 
 /* What the database is told about a job once its request is over */
@@ -120,6 +122,8 @@ typedef struct Job
 	long		http_status;
 	long		elapsed_ms;
 	long		tokens;			/* from the reply's usage, else the estimate */
+	long		prompt_tokens;	/* from the reply's usage, else -1 */
+	long		completion_tokens;	/* from the reply's usage, else -1 */
 	double		retry_after;	/* seconds, at most --max-retry-after; < 0
 								 * when the endpoint gave none */
 	char		error[512];
@@ -172,6 +176,7 @@ extern Verdict http_finish(CURLM *multi, Job *job, CURLcode result, const Worker
 extern void http_abort(CURLM *multi, Job *job);
 extern double parse_retry_after(const char *value, time_t now);
 extern long usage_tokens(const char *reply, size_t len);
+extern long usage_count(const char *reply, size_t len, const char *key);
 
 /* limiter.c */
 typedef struct Bucket
@@ -245,6 +250,16 @@ extern DbStatus db_record(Db *db, Job *job, const char **outcome);
 extern DbStatus db_heartbeat(Db *db, long jobs_done, long jobs_failed);
 extern DbStatus db_query(Db *db, const char *sql, int nparams, const char *const *params,
 						 struct pg_result **res, const char *what);
+
+/* metrics.c */
+extern bool metrics_parse_listen(const char *value, char *host, size_t hostlen, int *port,
+								 char *err, size_t errlen);
+extern bool metrics_start(const WorkerConfig *cfg, int *bound_port, char *err, size_t errlen);
+extern void metrics_stop(void);
+extern void metrics_job(const char *outcome);
+extern void metrics_request(long http_status, long elapsed_ms, long prompt, long completion);
+extern void metrics_breaker_opened(void);
+extern void metrics_gauges(int in_flight, int queued, const Breaker *br, int64_t pause_until_ms);
 
 /* batch.c */
 extern int	batch_run(const WorkerConfig *cfg, char *const *api_key, Db *db);

@@ -5,9 +5,10 @@
 # The page is parsed as XML (python3's xml.etree, a strict parser: python3
 # is already a dependency); headless Chromium is not used: the Debian
 # package is 290 MB installed with its libraries, too much for CI's budget
-# for one check. The Prometheus text is checked by a strict parser below,
-# not by promtool: Debian ships promtool only inside the prometheus server
-# package (96 MB installed, with a dozen JavaScript packages).
+# for one check. The Prometheus text is checked by a strict parser
+# (parse_prometheus in test/TriageTest.pm, shared with 023), not by
+# promtool: Debian ships promtool only inside the prometheus server package
+# (96 MB installed, with a dozen JavaScript packages).
 #
 # Each assertion was checked to fail on a feature broken on purpose (a
 # copy of this file that replaces one function after CREATE EXTENSION):
@@ -21,6 +22,7 @@ use JSON::PP qw(decode_json);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use TriageTest qw(parse_prometheus);
 
 my $root = abs_path(dirname(__FILE__) . '/../..');
 my $tmp = PostgreSQL::Test::Utils::tempdir;
@@ -194,65 +196,6 @@ my ($ret, $out, $stderr) = $node->psql('postgres', "SELECT triage.report('nope')
 like($stderr, qr/policy "nope" does not exist/, 'an unknown policy is an error');
 
 # --- metrics() -----------------------------------------------------------------
-
-# The text exposition format, strictly: HELP and TYPE once per family, before
-# its samples, which are contiguous; names and label names of the allowed
-# characters; label values quoted with only \\, \" and \n escapes; values
-# floats; no series twice; a line feed at the end.  Returns the samples as
-# {"name{labels}" => value} with label values unescaped, or an error.
-sub parse_prometheus
-{
-	my ($text) = @_;
-	return (undef, 'no final line feed') unless $text =~ /\n\z/;
-	my (%samples, %help, %type, %closed, $current);
-	my $name_re = qr/[a-zA-Z_:][a-zA-Z0-9_:]*/;
-	my $n = 0;
-	for my $line (split /\n/, $text)
-	{
-		$n++;
-		if ($line =~ /^# HELP ($name_re) ((?:[^\\\n]|\\[\\n])*)$/)
-		{
-			return (undef, "line $n: second HELP of $1") if $help{$1}++;
-			return (undef, "line $n: HELP of $1 after its samples") if exists $samples{"$1\0"} || $closed{$1};
-			$closed{$current} = 1 if defined $current && $current ne $1;
-			$current = $1;
-		}
-		elsif ($line =~ /^# TYPE ($name_re) (counter|gauge|histogram|summary|untyped)$/)
-		{
-			return (undef, "line $n: second TYPE of $1") if $type{$1}++;
-			return (undef, "line $n: TYPE of $1 is not with its HELP") unless defined $current && $current eq $1;
-			return (undef, "line $n: counter $1 does not end in _total") if $2 eq 'counter' && $1 !~ /_total$/;
-		}
-		elsif ($line =~ /^($name_re)(?:\{(.*)\})? (\S+)$/)
-		{
-			my ($name, $labels, $value) = ($1, $2 // '', $3);
-			return (undef, "line $n: sample of $name outside its family") unless defined $current && $current eq $name;
-			return (undef, "line $n: sample of $name without TYPE") unless $type{$name};
-			return (undef, "line $n: value $value is not a float")
-			  unless $value =~ /^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?Inf$|^NaN$/;
-			my @pairs;
-			my $rest = $labels;
-			while ($rest ne '')
-			{
-				$rest =~ s/^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(?:,(?=.)|$)//
-				  or return (undef, "line $n: bad labels {$labels}");
-				my ($k, $v) = ($1, $2);
-				$v =~ s/\\(.)/$1 eq 'n' ? "\n" : $1/ge;
-				push @pairs, "$k=$v";
-			}
-			my $key = $name . '{' . join(',', sort @pairs) . '}';
-			return (undef, "line $n: series $key twice") if exists $samples{$key};
-			$samples{$key} = $value;
-			$samples{"$name\0"} = 1;
-		}
-		else
-		{
-			return (undef, "line $n: not a HELP, TYPE or sample line: $line");
-		}
-	}
-	delete $samples{$_} for grep { /\0$/ } keys %samples;
-	return (\%samples, undef);
-}
 
 # the parser itself rejects what the format forbids
 for my $bad ([ "# HELP a x\n# TYPE a gauge\na{p=\"x\"y\"} 1\n", 'an unescaped quote' ],
