@@ -26,6 +26,7 @@
 #include <stdio.h>
 
 #include "crf_internal.h"
+#include "triage_bytes.h"
 
 #define HEADER_SIZE 64
 #define MAX_TRANSITION 100.0f
@@ -119,48 +120,13 @@ CrfChecksum(const uint8_t *bytes, size_t len)
  * Writing
  * --------------------------------------------------------------------- */
 
-typedef struct Writer
-{
-	uint8_t    *p;
-	size_t		pos;
-} Writer;
-
-static void
-PutU8(Writer *w, uint8_t v)
-{
-	w->p[w->pos++] = v;
-}
-
-static void
-PutU32(Writer *w, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		w->p[w->pos++] = (uint8_t) (v >> (8 * i));
-}
-
-static void
-PutU64(Writer *w, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		w->p[w->pos++] = (uint8_t) (v >> (8 * i));
-}
-
-static void
-PutF32(Writer *w, float f)
-{
-	uint32_t	v;
-
-	memcpy(&v, &f, 4);
-	PutU32(w, v);
-}
-
 TriageStatus
 CrfSave(const CrfModel *m, const TriageAllocator *allocator, uint8_t **bytes, size_t *len,
 		char *errbuf, size_t errlen)
 {
 	int32_t		L;
 	size_t		size;
-	Writer		w;
+	TriageWriter		w;
 
 	*bytes = NULL;
 	*len = 0;
@@ -180,42 +146,42 @@ CrfSave(const CrfModel *m, const TriageAllocator *allocator, uint8_t **bytes, si
 	if (w.p == NULL)
 		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory saving a model of %zu bytes", size);
 
-	PutU32(&w, CRF_MAGIC);
-	PutU32(&w, CRF_FORMAT_VERSION);
-	PutU32(&w, HEADER_SIZE);
-	PutU32(&w, (uint32_t) m->nfields);
-	PutU32(&w, m->features);
-	PutU32(&w, (uint32_t) m->max_tokens);
-	PutU64(&w, (uint64_t) m->nfeatures);
-	PutU64(&w, (uint64_t) m->npairs);
-	PutU64(&w, (uint64_t) m->nlex);
-	PutU64(&w, 0);
-	PutU64(&w, 0);
+	TriagePutU32(&w, CRF_MAGIC);
+	TriagePutU32(&w, CRF_FORMAT_VERSION);
+	TriagePutU32(&w, HEADER_SIZE);
+	TriagePutU32(&w, (uint32_t) m->nfields);
+	TriagePutU32(&w, m->features);
+	TriagePutU32(&w, (uint32_t) m->max_tokens);
+	TriagePutU64(&w, (uint64_t) m->nfeatures);
+	TriagePutU64(&w, (uint64_t) m->npairs);
+	TriagePutU64(&w, (uint64_t) m->nlex);
+	TriagePutU64(&w, 0);
+	TriagePutU64(&w, 0);
 	for (int32_t f = 0; f < m->nfields; f++)
 	{
 		size_t		n = strlen(m->names[f]);
 
-		PutU8(&w, (uint8_t) n);
+		TriagePutU8(&w, (uint8_t) n);
 		memcpy(w.p + w.pos, m->names[f], n);
 		w.pos += n;
 	}
 	for (int32_t i = 0; i < L * L; i++)
-		PutF32(&w, m->trans[i]);
+		TriagePutF32(&w, m->trans[i]);
 	for (int32_t i = 0; i < L; i++)
-		PutF32(&w, m->start[i]);
+		TriagePutF32(&w, m->start[i]);
 	for (int32_t i = 0; i < L; i++)
-		PutF32(&w, m->end[i]);
+		TriagePutF32(&w, m->end[i]);
 	for (int64_t i = 0; i < m->nlex; i++)
 	{
-		PutU64(&w, m->lex_keys[i]);
-		PutU64(&w, m->lex_masks[i]);
+		TriagePutU64(&w, m->lex_keys[i]);
+		TriagePutU64(&w, m->lex_masks[i]);
 	}
 	for (int64_t i = 0; i < m->nfeatures; i++)
-		PutU64(&w, m->keys[i]);
+		TriagePutU64(&w, m->keys[i]);
 	for (int64_t i = 0; i < m->nfeatures; i++)
-		PutU32(&w, m->offsets[i + 1] - m->offsets[i]);
+		TriagePutU32(&w, m->offsets[i + 1] - m->offsets[i]);
 	for (int64_t i = 0; i < m->nfeatures; i++)
-		PutF32(&w, m->scales[i]);
+		TriagePutF32(&w, m->scales[i]);
 	if (m->npairs > 0)
 	{
 		memcpy(w.p + w.pos, m->labels, (size_t) m->npairs);
@@ -223,7 +189,7 @@ CrfSave(const CrfModel *m, const TriageAllocator *allocator, uint8_t **bytes, si
 		memcpy(w.p + w.pos, m->weights, (size_t) m->npairs);
 		w.pos += (size_t) m->npairs;
 	}
-	PutU64(&w, CrfChecksum(w.p, w.pos));
+	TriagePutU64(&w, CrfChecksum(w.p, w.pos));
 	*bytes = w.p;
 	*len = w.pos;
 	return TRIAGE_OK;
@@ -250,33 +216,22 @@ Has(const Reader *r, uint64_t count, uint64_t size)
 static inline uint32_t
 GetU32(Reader *r)
 {
-	uint32_t	v = 0;
-
-	for (int i = 3; i >= 0; i--)
-		v = (v << 8) | r->p[r->pos + i];
 	r->pos += 4;
-	return v;
+	return TriageLoadU32(r->p + r->pos - 4);
 }
 
 static inline uint64_t
 GetU64(Reader *r)
 {
-	uint64_t	v = 0;
-
-	for (int i = 7; i >= 0; i--)
-		v = (v << 8) | r->p[r->pos + i];
 	r->pos += 8;
-	return v;
+	return TriageLoadU64(r->p + r->pos - 8);
 }
 
 static inline float
 GetF32(Reader *r)
 {
-	uint32_t	v = GetU32(r);
-	float		f;
-
-	memcpy(&f, &v, 4);
-	return f;
+	r->pos += 4;
+	return TriageLoadF32(r->p + r->pos - 4);
 }
 
 static TriageStatus

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 
 #include "linear_internal.h"
+#include "triage_bytes.h"
 
 LinearModel *
 LinearModelAlloc(const TriageAllocator *allocator)
@@ -164,57 +165,6 @@ LinearBuildIndex(LinearModel *m, char *errbuf, size_t errlen)
  * Writing
  * --------------------------------------------------------------------- */
 
-typedef struct Writer
-{
-	uint8_t    *p;
-	size_t		pos;
-} Writer;
-
-static void
-PutU8(Writer *w, uint8_t v)
-{
-	w->p[w->pos++] = v;
-}
-
-static void
-PutU16(Writer *w, uint16_t v)
-{
-	PutU8(w, (uint8_t) v);
-	PutU8(w, (uint8_t) (v >> 8));
-}
-
-static void
-PutU32(Writer *w, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		w->p[w->pos++] = (uint8_t) (v >> (8 * i));
-}
-
-static void
-PutU64(Writer *w, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		w->p[w->pos++] = (uint8_t) (v >> (8 * i));
-}
-
-static void
-PutF32(Writer *w, float f)
-{
-	uint32_t	v;
-
-	memcpy(&v, &f, 4);
-	PutU32(w, v);
-}
-
-static void
-PutF64(Writer *w, double f)
-{
-	uint64_t	v;
-
-	memcpy(&v, &f, 8);
-	PutU64(w, v);
-}
-
 static uint32_t
 Flags(const LinearModel *m)
 {
@@ -236,7 +186,7 @@ LinearSave(const LinearModel *m, const TriageAllocator *allocator, uint8_t **dat
 	const LinearOptions *o;
 	size_t		size;
 	size_t		nw;
-	Writer		w;
+	TriageWriter		w;
 
 	*data = NULL;
 	*len = 0;
@@ -258,51 +208,51 @@ LinearSave(const LinearModel *m, const TriageAllocator *allocator, uint8_t **dat
 
 	memcpy(w.p, LINEAR_MAGIC, 8);
 	w.pos = 8;
-	PutU32(&w, LINEAR_VERSION);
-	PutU32(&w, LINEAR_HEADER_SIZE);
-	PutU32(&w, (uint32_t) m->nlabels);
-	PutU32(&w, (uint32_t) m->nfeatures);
-	PutU32(&w, (uint32_t) o->buckets);
-	PutU32(&w, Flags(m));
-	PutU8(&w, (uint8_t) o->ngram_min);
-	PutU8(&w, (uint8_t) o->ngram_max);
-	PutU8(&w, (uint8_t) o->char_min);
-	PutU8(&w, (uint8_t) o->char_max);
-	PutU32(&w, (uint32_t) o->min_df);
-	PutU32(&w, (uint32_t) o->folds);
-	PutU32(&w, (uint32_t) o->max_iterations);
-	PutF64(&w, o->c);
-	PutF64(&w, o->l1);
-	PutU64(&w, o->seed);
+	TriagePutU32(&w, LINEAR_VERSION);
+	TriagePutU32(&w, LINEAR_HEADER_SIZE);
+	TriagePutU32(&w, (uint32_t) m->nlabels);
+	TriagePutU32(&w, (uint32_t) m->nfeatures);
+	TriagePutU32(&w, (uint32_t) o->buckets);
+	TriagePutU32(&w, Flags(m));
+	TriagePutU8(&w, (uint8_t) o->ngram_min);
+	TriagePutU8(&w, (uint8_t) o->ngram_max);
+	TriagePutU8(&w, (uint8_t) o->char_min);
+	TriagePutU8(&w, (uint8_t) o->char_max);
+	TriagePutU32(&w, (uint32_t) o->min_df);
+	TriagePutU32(&w, (uint32_t) o->folds);
+	TriagePutU32(&w, (uint32_t) o->max_iterations);
+	TriagePutF64(&w, o->c);
+	TriagePutF64(&w, o->l1);
+	TriagePutU64(&w, o->seed);
 	while (w.pos < LINEAR_HEADER_SIZE)
-		PutU8(&w, 0);
+		TriagePutU8(&w, 0);
 
 	for (int32_t l = 0; l < m->nlabels; l++)
 	{
 		size_t		n;
 		const char *name = LinearLabelName(m, l, &n);
 
-		PutU16(&w, (uint16_t) n);
+		TriagePutU16(&w, (uint16_t) n);
 		memcpy(w.p + w.pos, name, n);
 		w.pos += n;
 	}
 	for (int32_t l = 0; l < m->nlabels; l++)
-		PutF32(&w, m->bias[l]);
+		TriagePutF32(&w, m->bias[l]);
 	for (int32_t r = 0; r < m->nfeatures; r++)
-		PutU32(&w, m->buckets[r]);
+		TriagePutU32(&w, m->buckets[r]);
 	for (int32_t r = 0; r < m->nfeatures; r++)
-		PutF32(&w, m->idf[r]);
+		TriagePutF32(&w, m->idf[r]);
 	if (m->quantized)
 	{
 		for (int32_t r = 0; r < m->nfeatures; r++)
-			PutF32(&w, m->scale[r]);
+			TriagePutF32(&w, m->scale[r]);
 		for (size_t i = 0; i < nw; i++)
-			PutU8(&w, (uint8_t) m->qweights[i]);
+			TriagePutU8(&w, (uint8_t) m->qweights[i]);
 	}
 	else
 		for (size_t i = 0; i < nw; i++)
-			PutF32(&w, m->weights[i]);
-	PutU64(&w, LinearChecksum(w.p, w.pos));
+			TriagePutF32(&w, m->weights[i]);
+	TriagePutU64(&w, LinearChecksum(w.p, w.pos));
 	if (w.pos != size)
 	{
 		TriageFree(allocator, w.p);
@@ -317,44 +267,6 @@ LinearSave(const LinearModel *m, const TriageAllocator *allocator, uint8_t **dat
 /* ---------------------------------------------------------------------
  * Reading
  * --------------------------------------------------------------------- */
-
-static uint16_t
-GetU16(const uint8_t *p)
-{
-	return (uint16_t) (p[0] | (p[1] << 8));
-}
-
-static uint32_t
-GetU32(const uint8_t *p)
-{
-	return (uint32_t) p[0] | ((uint32_t) p[1] << 8) | ((uint32_t) p[2] << 16) | ((uint32_t) p[3] << 24);
-}
-
-static uint64_t
-GetU64(const uint8_t *p)
-{
-	return (uint64_t) GetU32(p) | ((uint64_t) GetU32(p + 4) << 32);
-}
-
-static float
-GetF32(const uint8_t *p)
-{
-	uint32_t	v = GetU32(p);
-	float		f;
-
-	memcpy(&f, &v, 4);
-	return f;
-}
-
-static double
-GetF64(const uint8_t *p)
-{
-	uint64_t	v = GetU64(p);
-	double		f;
-
-	memcpy(&f, &v, 8);
-	return f;
-}
 
 typedef struct LabelRef
 {
@@ -421,11 +333,11 @@ LinearLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator, Li
 	if (memcmp(data, LINEAR_MAGIC, 8) != 0)
 		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
 						   "not a linear model (no \"%s\" magic)", LINEAR_MAGIC);
-	version = GetU32(data + 8);
+	version = TriageLoadU32(data + 8);
 	if (version != LINEAR_VERSION)
 		return TriageError(TRIAGE_UNSUPPORTED, errbuf, errlen,
 						   "linear model version %u is not supported (only %d)", version, LINEAR_VERSION);
-	header = GetU32(data + 12);
+	header = TriageLoadU32(data + 12);
 	if (header != LINEAR_HEADER_SIZE)
 		return TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
 						   "linear model header size %u is not %d", header, LINEAR_HEADER_SIZE);
@@ -439,22 +351,22 @@ LinearLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator, Li
 		return TriageError(TRIAGE_OUT_OF_MEMORY, errbuf, errlen, "out of memory loading a linear model");
 	o = &m->opt;
 	LinearDefaults(o);
-	nlabels = GetU32(data + 16);
-	nfeatures = GetU32(data + 20);
-	o->buckets = (int32_t) (GetU32(data + 24) & 0x7FFFFFFF);
-	if (GetU32(data + 24) > (uint32_t) LINEAR_MAX_BUCKETS)
+	nlabels = TriageLoadU32(data + 16);
+	nfeatures = TriageLoadU32(data + 20);
+	o->buckets = (int32_t) (TriageLoadU32(data + 24) & 0x7FFFFFFF);
+	if (TriageLoadU32(data + 24) > (uint32_t) LINEAR_MAX_BUCKETS)
 		o->buckets = 0;			/* out of range: LinearCheckOptions says so */
-	flags = GetU32(data + 28);
+	flags = TriageLoadU32(data + 28);
 	o->ngram_min = data[32];
 	o->ngram_max = data[33];
 	o->char_min = data[34];
 	o->char_max = data[35];
-	o->min_df = (int32_t) (GetU32(data + 36) > 1000000 ? 0 : GetU32(data + 36));
-	o->folds = (int32_t) (GetU32(data + 40) > 20 ? 0 : GetU32(data + 40));
-	o->max_iterations = (int32_t) (GetU32(data + 44) > 10000 ? 0 : GetU32(data + 44));
-	o->c = GetF64(data + 48);
-	o->l1 = GetF64(data + 56);
-	o->seed = GetU64(data + 64);
+	o->min_df = (int32_t) (TriageLoadU32(data + 36) > 1000000 ? 0 : TriageLoadU32(data + 36));
+	o->folds = (int32_t) (TriageLoadU32(data + 40) > 20 ? 0 : TriageLoadU32(data + 40));
+	o->max_iterations = (int32_t) (TriageLoadU32(data + 44) > 10000 ? 0 : TriageLoadU32(data + 44));
+	o->c = TriageLoadF64(data + 48);
+	o->l1 = TriageLoadF64(data + 56);
+	o->seed = TriageLoadU64(data + 64);
 	o->quantize = (flags & LINEAR_FLAG_QUANTIZED) != 0;
 	o->sublinear_tf = (flags & LINEAR_FLAG_SUBLINEAR_TF) != 0;
 	o->nb = (flags & LINEAR_FLAG_NB) != 0;
@@ -505,7 +417,7 @@ LinearLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator, Li
 			st = TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen, "linear model is cut inside its labels");
 			goto fail;
 		}
-		n = GetU16(data + pos);
+		n = TriageLoadU16(data + pos);
 		pos += 2;
 		if (n > len - 8 - pos)
 		{
@@ -532,7 +444,7 @@ LinearLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator, Li
 						 len, nlabels, nfeatures);
 		goto fail;
 	}
-	if (LinearChecksum(data, len - 8) != GetU64(data + len - 8))
+	if (LinearChecksum(data, len - 8) != TriageLoadU64(data + len - 8))
 	{
 		st = TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen, "linear model checksum does not match: the file is corrupt");
 		goto fail;
@@ -585,12 +497,12 @@ LinearLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator, Li
 	}
 	for (uint32_t l = 0; l < nlabels; l++, pos += 4)
 	{
-		m->bias[l] = GetF32(data + pos);
+		m->bias[l] = TriageLoadF32(data + pos);
 		CHECK_FLOAT(m->bias[l], LINEAR_MAX_WEIGHT, "bias", l);
 	}
 	for (uint32_t r = 0; r < nfeatures; r++, pos += 4)
 	{
-		m->buckets[r] = GetU32(data + pos);
+		m->buckets[r] = TriageLoadU32(data + pos);
 		if (m->buckets[r] >= (uint32_t) o->buckets || (r > 0 && m->buckets[r] <= m->buckets[r - 1]))
 		{
 			st = TriageError(TRIAGE_INVALID_MODEL, errbuf, errlen,
@@ -601,14 +513,14 @@ LinearLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator, Li
 	}
 	for (uint32_t r = 0; r < nfeatures; r++, pos += 4)
 	{
-		m->idf[r] = GetF32(data + pos);
+		m->idf[r] = TriageLoadF32(data + pos);
 		CHECK_FLOAT(m->idf[r], LINEAR_MAX_IDF, "idf", r);
 	}
 	if (m->quantized)
 	{
 		for (uint32_t r = 0; r < nfeatures; r++, pos += 4)
 		{
-			m->scale[r] = GetF32(data + pos);
+			m->scale[r] = TriageLoadF32(data + pos);
 			CHECK_FLOAT(m->scale[r], LINEAR_MAX_WEIGHT, "scale", r);
 			if (m->scale[r] < 0.0f)
 			{
@@ -631,7 +543,7 @@ LinearLoad(const uint8_t *data, size_t len, const TriageAllocator *allocator, Li
 	else
 		for (size_t i = 0; i < nw; i++, pos += 4)
 		{
-			m->weights[i] = GetF32(data + pos);
+			m->weights[i] = TriageLoadF32(data + pos);
 			CHECK_FLOAT(m->weights[i], LINEAR_MAX_WEIGHT, "weight", i);
 		}
 	if (pos != len - 8)
