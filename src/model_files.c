@@ -16,10 +16,11 @@
  * RemoveUnusedModelFiles.  The file holds a header, padding, then the
  * stored bytes, laid out so that the model's large float matrix starts on
  * a 64-byte boundary of the mapping and can be read in place
- * (FastTextLoadInPlace).  The loader validates the bytes when the file is
- * built, as it does any stored model; later loads trust the file, which
- * only the server's own processes can write, like any file of the data
- * directory.  Files are not WAL-logged: a standby builds its own.
+ * (FastTextLoadInPlace).  Every load still parses and checks the file's
+ * structure, as for any stored model (the dictionary, sizes, offsets): only
+ * the large matrix is read where it lies instead of copied.  The header
+ * names the version it holds, so a file is never taken for another
+ * version's.  Files are not WAL-logged: a standby builds its own.
  *
  * Only models of at least triage.shared_model_min_bytes are shared this
  * way: a small model costs less to copy than to map.
