@@ -139,6 +139,12 @@ SELECT round(avg((label = gold)::int), 3) AS "accuracy of the table's labels now
 SELECT policy, rows_seen, rows_kept, escalated, answered, tokens, llm_cost AS "large-model cost",
        all_llm_cost AS "cost if every row went to it"
   FROM triage.escalation_stats;
+\echo the same answers through the Batch API (triage-worker --mode batch, a policy with rules latency "batch"),
+\echo at the batch prices: triage.llm_batch_*_price_per_1k, unset here, so half the interactive ones
+SELECT s.answered, s.tokens, s.llm_cost AS "large-model cost, interactive",
+       round(sum(triage_internal.llm_cost(e.usage, true)), 4) AS "at batch prices"
+  FROM triage.escalation_stats s JOIN triage.escalations e ON e.policy = s.policy AND e.status = 'done'
+ WHERE s.policy = 'reviews' GROUP BY s.answered, s.tokens, s.llm_cost;
 SELECT count(*) AS "new training examples from the large model" FROM triage.examples WHERE source = 'llm';
 SQL
 

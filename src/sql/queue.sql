@@ -242,6 +242,8 @@ DECLARE
 	line bigint;
 	waiting text[];
 	keeping text[];
+	returned integer := 0;
+	closed integer;
 BEGIN
 	IF worker IS NULL OR n IS NULL OR n < 1 OR n > 10000 OR visibility IS NULL OR visibility <= '0'::interval THEN
 		RAISE EXCEPTION 'claim needs a worker name, n between 1 and 10000 and a positive visibility'
@@ -261,71 +263,83 @@ BEGIN
 		   pg_catalog.array_agg(b.policy) FILTER (WHERE b.when_over = 'keep_small')
 	  INTO waiting, keeping
 	  FROM triage_internal.budgets() b WHERE b.over;
-	FOR picked IN
-		SELECT e.id, e.status, e.attempts, e.policy, p.max_attempts, pg_catalog.octet_length(e.input) AS bytes
-		  FROM triage.escalations e JOIN triage.policies p ON p.name = e.policy
-		 WHERE e.status IN ('pending', 'claimed') AND e.visible_at <= now()
-		   AND (claim_rows.policy IS NULL OR e.policy = claim_rows.policy)
-		   AND CASE WHEN for_batch THEN p.rules->>'latency' = 'batch'
-					ELSE p.rules->>'latency' IS DISTINCT FROM 'batch'
-						 OR e.created_at <= now() - coalesce((p.rules->>'max_wait')::interval, '24 hours') END
-		   AND NOT e.policy = ANY (coalesce(waiting, '{}'))
-		 ORDER BY e.visible_at, e.id
-		 LIMIT n
-		   FOR UPDATE OF e SKIP LOCKED
+	-- Rows it closes (dead-lettered, or kept over_budget) do not count: it
+	-- picks again until n rows are leased or a round closes none, so that a
+	-- claim that finds only such rows does not look like an empty queue
+	<<rounds>>
 	LOOP
-		-- A lease that ran out (a worker died) counts as an attempt, so that a
-		-- row that kills workers is dead-lettered instead of looping forever;
-		-- so is a row too large to send
-		IF (picked.status = 'claimed' AND picked.attempts + 1 >= picked.max_attempts)
-		   OR picked.bytes > max_input THEN
-			UPDATE triage.escalations e
-			   SET status = 'dead', attempts = e.attempts + (e.status = 'claimed')::int, done_at = now(),
-				   claimed_role = NULL,
-				   error = CASE WHEN picked.bytes > max_input
-								THEN pg_catalog.format('input of %s bytes is over triage.max_input_bytes', picked.bytes)
-								ELSE 'the lease ran out on the last attempt allowed (the worker died or timed out)' END
-			 WHERE e.id = picked.id;
-			CONTINUE;
-		END IF;
-		-- over budget with when_over "keep_small": the small model's answer
-		-- (already in the source row) stands, and the row is not asked
-		IF picked.policy = ANY (coalesce(keeping, '{}')) THEN
-			UPDATE triage.escalations e
-			   SET status = 'done', outcome = 'over_budget', done_at = now(), claimed_role = NULL,
-				   error = 'over the policy''s budget: the small model''s answer is kept'
-			 WHERE e.id = picked.id;
-			CONTINUE;
-		END IF;
-		-- one row that cannot be turned into a request is dead-lettered, not
-		-- the whole claim failed
-		BEGIN
-			-- built now, so that a prompt edited meanwhile applies to rows still queued
-			SELECT triage_internal.build_request(p, e.input, response_format) INTO built
+		closed := 0;
+		FOR picked IN
+			SELECT e.id, e.status, e.attempts, e.policy, p.max_attempts, pg_catalog.octet_length(e.input) AS bytes
 			  FROM triage.escalations e JOIN triage.policies p ON p.name = e.policy
-			 WHERE e.id = picked.id;
-			line := pg_catalog.octet_length(built::text) + line_overhead;
-			IF max_bytes IS NOT NULL AND total + line > max_bytes THEN
-				-- a row too large for any file is left to the interactive
-				-- workers (after the policy's max_wait); else the file is full
-				CONTINUE WHEN total = 0;
-				EXIT;
+			 WHERE e.status IN ('pending', 'claimed') AND e.visible_at <= now()
+			   AND (claim_rows.policy IS NULL OR e.policy = claim_rows.policy)
+			   AND CASE WHEN for_batch THEN p.rules->>'latency' = 'batch'
+						ELSE p.rules->>'latency' IS DISTINCT FROM 'batch'
+							 OR e.created_at <= now() - coalesce((p.rules->>'max_wait')::interval, '24 hours') END
+			   AND NOT e.policy = ANY (coalesce(waiting, '{}'))
+			 ORDER BY e.visible_at, e.id
+			 LIMIT n - returned
+			   FOR UPDATE OF e SKIP LOCKED
+		LOOP
+			-- A lease that ran out (a worker died) counts as an attempt, so that a
+			-- row that kills workers is dead-lettered instead of looping forever;
+			-- so is a row too large to send
+			IF (picked.status = 'claimed' AND picked.attempts + 1 >= picked.max_attempts)
+			   OR picked.bytes > max_input THEN
+				UPDATE triage.escalations e
+				   SET status = 'dead', attempts = e.attempts + (e.status = 'claimed')::int, done_at = now(),
+					   claimed_role = NULL,
+					   error = CASE WHEN picked.bytes > max_input
+									THEN pg_catalog.format('input of %s bytes is over triage.max_input_bytes', picked.bytes)
+									ELSE 'the lease ran out on the last attempt allowed (the worker died or timed out)' END
+				 WHERE e.id = picked.id;
+				closed := closed + 1;
+				CONTINUE;
 			END IF;
-			total := total + line;
-			UPDATE triage.escalations e
-			   SET status = 'claimed', claimed_by = worker, claimed_role = caller,
-				   visible_at = pg_catalog.clock_timestamp() + visibility,
-				   attempts = e.attempts + (e.status = 'claimed')::int
-			 WHERE e.id = picked.id;
-			id := picked.id;
-			request := built;
-			RETURN NEXT;
-		EXCEPTION WHEN OTHERS THEN
-			UPDATE triage.escalations e
-			   SET status = 'dead', done_at = now(), claimed_role = NULL,
-				   error = pg_catalog.left('could not build the request: ' || SQLERRM, 2000)
-			 WHERE e.id = picked.id;
-		END;
+			-- over budget with when_over "keep_small": the small model's answer
+			-- (already in the source row) stands, and the row is not asked
+			IF picked.policy = ANY (coalesce(keeping, '{}')) THEN
+				UPDATE triage.escalations e
+				   SET status = 'done', outcome = 'over_budget', done_at = now(), claimed_role = NULL,
+					   error = 'over the policy''s budget: the small model''s answer is kept'
+				 WHERE e.id = picked.id;
+				closed := closed + 1;
+				CONTINUE;
+			END IF;
+			-- one row that cannot be turned into a request is dead-lettered, not
+			-- the whole claim failed
+			BEGIN
+				-- built now, so that a prompt edited meanwhile applies to rows still queued
+				SELECT triage_internal.build_request(p, e.input, response_format) INTO built
+				  FROM triage.escalations e JOIN triage.policies p ON p.name = e.policy
+				 WHERE e.id = picked.id;
+				line := pg_catalog.octet_length(built::text) + line_overhead;
+				IF max_bytes IS NOT NULL AND total + line > max_bytes THEN
+					-- a row too large for any file is left to the interactive
+					-- workers (after the policy's max_wait); else the file is full
+					CONTINUE WHEN total = 0;
+					EXIT rounds;
+				END IF;
+				total := total + line;
+				UPDATE triage.escalations e
+				   SET status = 'claimed', claimed_by = worker, claimed_role = caller,
+					   visible_at = pg_catalog.clock_timestamp() + visibility,
+					   attempts = e.attempts + (e.status = 'claimed')::int
+				 WHERE e.id = picked.id;
+				returned := returned + 1;
+				id := picked.id;
+				request := built;
+				RETURN NEXT;
+			EXCEPTION WHEN OTHERS THEN
+				UPDATE triage.escalations e
+				   SET status = 'dead', done_at = now(), claimed_role = NULL,
+					   error = pg_catalog.left('could not build the request: ' || SQLERRM, 2000)
+				 WHERE e.id = picked.id;
+				closed := closed + 1;
+			END;
+		END LOOP;
+		EXIT WHEN closed = 0 OR returned >= n;
 	END LOOP;
 END;
 $$;
