@@ -16,6 +16,7 @@ PACKAGES=(
 	libipc-run-perl
 	fasttext
 	python3
+	chromium		# test/t/024_report_browser.pl renders triage.report() headless
 )
 
 missing=()

@@ -355,6 +355,9 @@ TRIAGE_SOURCE= bash "$ROOT/test/bench/worker.sh" >"$WORK/worker_bench.txt"
 # one copy of a large model per server (test/bench/shared.sh)
 log "bench: a 400 MB model in 10 sessions"
 bash "$ROOT/test/bench/shared.sh" >"$WORK/shared_bench.txt"
+# report() and purge() on a queue of 1,000,000 escalations (test/bench/report.sh)
+log "bench: report() and purge() on 1,000,000 escalations"
+bash "$ROOT/test/bench/report.sh" >"$WORK/report_bench.txt"
 
 # Report --------------------------------------------------------------------
 row() {	# what, seconds, reference md5 seconds
@@ -436,6 +439,9 @@ describe() {	# mode, workers launched
 	echo
 	echo "triage-worker against an instant stub endpoint on 127.0.0.1 (test/bench/worker.sh):"
 	cat "$WORK/worker_bench.txt"
+	echo
+	echo "triage.report() and triage.purge() on 1,000,000 escalations (test/bench/report.sh):"
+	cat "$WORK/report_bench.txt"
 	echo
 	awk -v a="$agree" -v n="$total" -v m="$maxdiff" 'BEGIN {
 		printf "agreement with fasttext predict on %d rows: %d (%.1f%%) same top label; max |probability difference| %s\n",
