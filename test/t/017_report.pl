@@ -2,10 +2,8 @@
 # Prometheus text, and triage.purge()'s retention, on a policy with routed
 # rows and escalations in every state.
 #
-# The page is parsed as XML (python3's xml.etree, a strict parser: python3
-# is already a dependency); headless Chromium is not used: the Debian
-# package is 290 MB installed with its libraries, too much for CI's budget
-# for one check. The Prometheus text is checked by a strict parser
+# The page is parsed as XML (python3's xml.etree, a strict parser);
+# 024_report_browser.pl renders it in headless Chromium. The Prometheus text is checked by a strict parser
 # (parse_prometheus in test/TriageTest.pm, shared with 023), not by
 # promtool: Debian ships promtool only inside the prometheus server package
 # (96 MB installed, with a dozen JavaScript packages).
