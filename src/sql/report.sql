@@ -318,9 +318,14 @@ DECLARE
 	vals jsonb;
 	s record;
 BEGIN
-	-- one pass over the policy's escalations for the queued counts and one for
-	-- the finished ones, not three per bar (4 s a bar on 1,000,000 rows)
-	WITH queued AS (
+	-- one pass over the policy's counters for the rows routed and kept, one
+	-- over its escalations for the queued counts and one for the finished
+	-- ones, not three per bar (4 s a bar on 1,000,000 rows)
+	WITH routed AS (
+		SELECT date_trunc(step, c.hour) AS g, sum(c.seen) AS seen, sum(c.seen - c.escalated) AS kept
+		  FROM triage.policy_counters c
+		 WHERE c.policy = policy AND c.hour >= date_trunc(step, since) GROUP BY 1),
+	queued AS (
 		SELECT date_trunc(step, e.created_at) AS g, count(*) AS n FROM triage.escalations e
 		 WHERE e.policy = policy AND e.created_at >= date_trunc(step, since) GROUP BY 1),
 	finished AS (
@@ -329,16 +334,18 @@ BEGIN
 		  FROM triage.escalations e
 		 WHERE e.policy = policy AND e.status IN ('done', 'dead') AND e.done_at >= date_trunc(step, since) GROUP BY 1)
 	SELECT array_agg(to_char(b.g, CASE WHEN step = 'hour' THEN 'MM-DD HH24:00' ELSE 'YYYY-MM-DD' END) ORDER BY b.g),
-		   jsonb_agg(jsonb_build_array(coalesce(q.n, 0), coalesce(f.answered, 0), coalesce(f.dead, 0)) ORDER BY b.g)
+		   jsonb_agg(jsonb_build_array(coalesce(r.seen, 0), coalesce(r.kept, 0), coalesce(q.n, 0),
+									   coalesce(f.answered, 0), coalesce(f.dead, 0)) ORDER BY b.g)
 	  INTO cats, vals
 	  FROM generate_series(date_trunc(step, since), date_trunc(step, now()), ('1 ' || step)::interval) AS b(g)
+	  LEFT JOIN routed r ON r.g = b.g
 	  LEFT JOIN queued q ON q.g = b.g
 	  LEFT JOIN finished f ON f.g = b.g;
 	SELECT * INTO s FROM triage.escalation_stats x WHERE x.policy = report_volume.policy;
 	RETURN '<section id="volume"><h2>Volume</h2>'
-		|| '<p>Escalations per ' || step || ' since ' || triage_internal.html_escape(to_char(since, 'YYYY-MM-DD HH24:MI TZ'))
-		|| ' (the rows routed are counted per policy without a time: their totals are below).</p>'
-		|| triage_internal.svg_bar_chart(cats, '{queued,answered,dead}', vals, step, 'escalations per ' || step)
+		|| '<p>Rows routed, kept by the small model, and escalated (queued, answered, dead) per ' || step
+		|| ' since ' || triage_internal.html_escape(to_char(since, 'YYYY-MM-DD HH24:MI TZ')) || '; totals below.</p>'
+		|| triage_internal.svg_bar_chart(cats, '{routed,kept,queued,answered,dead}', vals, step, 'rows per ' || step)
 		|| triage_internal.html_table('{"rows seen","kept by the small model",escalated,pending,leased,answered,dead}',
 			jsonb_build_array(jsonb_build_array(s.rows_seen, s.rows_kept, s.escalated, s.pending, s.claimed,
 												s.answered, s.dead)), '')
@@ -394,7 +401,7 @@ BEGIN
 		|| '.grid{stroke:#e4e4e4}.frame{fill:none;stroke:#999}'
 		|| 'polyline{fill:none;stroke-width:2}.s1{stroke:#1f6fb2}circle.s1{fill:#1f6fb2}.ref{stroke:#aaa;stroke-dasharray:4 3}'
 		|| 'circle.mark{fill:none;stroke:#d62728;stroke-width:2}.marklabel{fill:#d62728}'
-		|| 'rect.b1{fill:#1f6fb2}rect.b2{fill:#2ca02c}rect.b3{fill:#d62728}'
+		|| 'rect.b1{fill:#7f7f7f}rect.b2{fill:#2ca02c}rect.b3{fill:#ff7f0e}rect.b4{fill:#1f6fb2}rect.b5{fill:#d62728}'
 		|| '@media print{body{margin:0;max-width:none}section{break-inside:avoid}}'
 		|| '</style></head><body>'
 		|| '<h1>Policy ' || triage_internal.html_escape(p.name) || '</h1>'

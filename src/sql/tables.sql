@@ -9,21 +9,23 @@
 CREATE TABLE triage.policy_counters (
 	policy text NOT NULL REFERENCES triage.policies (name) ON UPDATE CASCADE ON DELETE CASCADE,
 	seen bigint NOT NULL DEFAULT 0,
-	escalated bigint NOT NULL DEFAULT 0
+	escalated bigint NOT NULL DEFAULT 0,
+	-- the hour the rows were routed in, for the report's volume over time
+	hour timestamptz NOT NULL DEFAULT pg_catalog.date_trunc('hour', pg_catalog.now())
 );
 CREATE INDEX policy_counters_policy ON triage.policy_counters (policy);
 SELECT pg_catalog.pg_extension_config_dump('triage.policy_counters', '');
 COMMENT ON TABLE triage.policy_counters IS
-	'Rows routed by attached tables and process_table, and how many of them were escalated: sum per policy.';
+	'Rows routed by attached tables and process_table, and how many of them were escalated, in the hour they were routed: sum per policy (and hour).';
 
 CREATE FUNCTION triage.compact_counters() RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	WITH folded AS (DELETE FROM triage.policy_counters RETURNING *)
-	INSERT INTO triage.policy_counters (policy, seen, escalated)
-	SELECT policy, sum(seen), sum(escalated) FROM folded GROUP BY policy
+	INSERT INTO triage.policy_counters (policy, seen, escalated, hour)
+	SELECT policy, sum(seen), sum(escalated), hour FROM folded GROUP BY policy, hour
 $$;
 COMMENT ON FUNCTION triage.compact_counters() IS
-	'Folds triage.policy_counters into one row per policy (as the extension''s owner: it changes no count).';
+	'Folds triage.policy_counters into one row per policy and hour (as the extension''s owner: it changes no count).';
 
 CREATE TABLE triage.progress (
 	source regclass PRIMARY KEY,

@@ -149,7 +149,7 @@ my $bins = $node->safe_psql('postgres',
 	"SELECT jsonb_array_length(metrics->'evaluation'->'reliability') FROM triage.models WHERE name = 'sentiment'");
 is(scalar(@{ $page->{tables}{reliability}[0] }) - 1, $bins, "the reliability table has the stored $bins bins");
 like($page->{text}, qr/ECE \(expected calibration error, 10 bins\)/, 'the ECE is shown');
-is($volume->{bars}, 3 * 8, 'volume: queued, answered and dead for each of 8 days (the default 7 days back)');
+is($volume->{bars}, 5 * 8, 'volume: routed, kept, queued, answered and dead for each of 8 days (the default 7 days back)');
 
 # the numbers are the tables'
 my ($qhead, $qrow) = @{ $page->{tables}{queue}[0] };
@@ -161,6 +161,13 @@ my %vol;
 @vol{@$vhead} = @$vrow;
 is("$vol{'rows seen'}|$vol{escalated}|$vol{answered}", '300|' . ($pending + 40) . '|20',
 	'volume totals: rows seen, escalated, answered');
+# the routed and kept bars over time add up to the counters (fails if the
+# chart drew escalations only, or counters lost their hour)
+my ($routed_sum, $kept_sum) = (0, 0);
+$routed_sum += $1 while $html =~ / routed: (\d+)<\/title>/g;
+$kept_sum += $1 while $html =~ / kept: (\d+)<\/title>/g;
+is("$routed_sum|$kept_sum", "$vol{'rows seen'}|$vol{'kept by the small model'}",
+	'volume over time: the routed and kept bars add up to rows seen and kept');
 my ($ehead, @errors) = @{ $page->{tables}{queue}[1] };
 is_deeply($errors[0] ? [ @{ $errors[0] }[ 0, 1 ] ] : [], [ $hostile_error, 5 ],
 	'the top dead-letter error, shown as the text it is');
@@ -188,7 +195,7 @@ $page ||= { sections => [], svgs => [], text => '' };
 is(join(',', map { $_->{section} } @{ $page->{svgs} }), 'volume', 'only the volume chart without data for the others');
 like($page->{text}, qr/Not calibrated/, 'it says the policy is not calibrated');
 like($page->{text}, qr/No reliability table is stored for version 1/, 'and that no evaluation is stored');
-is(scalar(@{ $page->{svgs} }) && $page->{svgs}[0]{bars}, 3 * 2, 'an hour back: hourly bars (2 hours)');
+is(scalar(@{ $page->{svgs} }) && $page->{svgs}[0]{bars}, 5 * 2, 'an hour back: hourly bars (2 hours)');
 
 my ($ret, $out, $stderr) = $node->psql('postgres', "SELECT triage.report('nope')");
 like($stderr, qr/policy "nope" does not exist/, 'an unknown policy is an error');

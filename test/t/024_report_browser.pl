@@ -318,7 +318,7 @@ is(join(',', @{ $dom->{sections} }), 'routing,reliability,volume,cost,queue,labe
 is($dom->{scripts}, 0, 'no script element in the DOM');
 is(join(',', map { $_->{section} } @{ $dom->{svgs} }), 'routing,reliability,volume', 'a chart (svg) in routing, reliability and volume');
 is_deeply([ map { join(' | ', @{ $_->{titles} }) } @{ $dom->{svgs} } ],
-	[ 'escalation rate | kept accuracy', 'confidence | accuracy', 'day | escalations per day' ],
+	[ 'escalation rate | kept accuracy', 'confidence | accuracy', 'day | rows per day' ],
 	'each chart has its two axes titled (text elements)');
 ok(!(grep { $_->{texts} < 10 } @{ $dom->{svgs} }), 'each chart has its tick labels and legend (10 texts or more)')
   or diag(explain($dom->{svgs}));
