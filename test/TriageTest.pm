@@ -5,8 +5,11 @@ use strict;
 use warnings;
 
 use Exporter 'import';
+use IPC::Run ();
+use PostgreSQL::Test::Utils ();
 use Test::More ();
-our @EXPORT_OK = qw(triage_worker worker_and_stub split_reviews parse_prometheus);
+use Time::HiRes ();
+our @EXPORT_OK = qw(triage_worker worker_and_stub start_stub split_reviews parse_prometheus);
 
 # The triage-worker to test: $TRIAGE_WORKER, else the one installed next to
 # pg_config's binaries, else the one built in the tree under $root
@@ -33,6 +36,27 @@ sub worker_and_stub
 	Test::More::plan(skip_all => 'python3 is needed for the stub LLM')
 	  if system('python3 -c "import http.server" 2>/dev/null') != 0;
 	return $worker;
+}
+
+# The stub LLM ($stub_py, test/stub/stub_llm.py) on a free port of
+# 127.0.0.1, answering from the gold file $gold with the stub's options
+# @args, its output in $dir/stub_$name.out and .err; it exits by itself after
+# 300 s should the test die.  Waits until it listens and returns
+# { h => its IPC::Run harness, port => its port, name => $name }.
+sub start_stub
+{
+	my ($stub_py, $dir, $name, $gold, @args) = @_;
+	my $out = "$dir/stub_$name.out";
+	my $h = IPC::Run::start([ 'python3', $stub_py, '--gold', $gold, '--port', '0', '--max-seconds', '300', @args ],
+		'>', $out, '2>', "$dir/stub_$name.err");
+	my $deadline = Time::HiRes::time() + 30;
+	while (Time::HiRes::time() < $deadline)
+	{
+		my $text = -e $out ? PostgreSQL::Test::Utils::slurp_file($out) : '';
+		return { h => $h, port => $1, name => $name } if $text =~ /listening on (\d+)/;
+		Time::HiRes::sleep(0.05);
+	}
+	die "the stub did not start: " . PostgreSQL::Test::Utils::slurp_file("$dir/stub_$name.err");
 }
 
 # The shared reviews in table food, and in table labeled (r, review, score,

@@ -32,7 +32,7 @@ use Time::HiRes qw(sleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use TriageTest qw(worker_and_stub);
+use TriageTest qw(start_stub worker_and_stub);
 
 my $root = abs_path(dirname(__FILE__) . '/../..');
 my $stub_py = "$root/test/stub/stub_llm.py";
@@ -71,22 +71,6 @@ sub write_gold
 	print $f JSON::PP->new->canonical->encode({ input => $_, label => 'great' }), "\n" for @inputs;
 	close $f;
 	return $file;
-}
-
-sub start_stub
-{
-	my ($name, $gold) = @_;
-	my $out = "$tmp/stub_$name.out";
-	my $h = start([ 'python3', $stub_py, '--gold', $gold, '--port', '0', '--max-seconds', '300' ],
-		'>', $out, '2>', "$tmp/stub_$name.err");
-	my $deadline = time + 30;
-	while (time < $deadline)
-	{
-		my $text = -e $out ? slurp_file($out) : '';
-		return { h => $h, port => $1, name => $name } if $text =~ /listening on (\d+)/;
-		sleep 0.05;
-	}
-	die "the stub did not start: " . slurp_file("$tmp/stub_$name.err");
 }
 
 sub stub_get
@@ -198,7 +182,7 @@ my $transit = 0.25;
 	my ($rps, $n) = (5, 20);
 	my $burst = $rps > 1 ? $rps : 1;
 	my @inputs = map { "rps case row $_: the tea was lovely" } 1 .. $n;
-	my $stub = start_stub('rps', write_gold('rps', @inputs));
+	my $stub = start_stub($stub_py, $tmp, 'rps', write_gold('rps', @inputs));
 	create_policy('p_rps');
 	enqueue('p_rps', @inputs);
 	my $h = start_worker('rps', $stub, 'p_rps', '--concurrency', '8', '--rps', $rps);
@@ -236,7 +220,7 @@ my $transit = 0.25;
 {
 	my $n = 44;
 	my @inputs = map { sprintf('tpm case row %03d: the marmalade arrived beautifully packaged', $_) } 0 .. $n;
-	my $stub = start_stub('tpm', write_gold('tpm', @inputs));
+	my $stub = start_stub($stub_py, $tmp, 'tpm', write_gold('tpm', @inputs));
 	create_policy('p_tpm');
 	enqueue('p_tpm', $inputs[0]);
 	IPC::Run::run(worker_cmd('tpm_probe', $stub, 'p_tpm', '--once'), '>', \my $out, '2>', \my $err);
@@ -280,7 +264,7 @@ my $transit = 0.25;
 # 1.5 s.
 {
 	my @inputs = map { "notify case row $_: the biscuits were stale" } 0 .. 5;
-	my $stub = start_stub('notify', write_gold('notify', @inputs));
+	my $stub = start_stub($stub_py, $tmp, 'notify', write_gold('notify', @inputs));
 	create_policy('p_notify');
 	my $h = start_worker('notify', $stub, 'p_notify', '--concurrency', '4');
 	enqueue('p_notify', $inputs[0]);
@@ -312,7 +296,7 @@ my $transit = 0.25;
 {
 	my $n = 200;
 	my @inputs = map { "two workers row $_: the honey was superb" } 1 .. $n;
-	my $stub = start_stub('two', write_gold('two', @inputs));
+	my $stub = start_stub($stub_py, $tmp, 'two', write_gold('two', @inputs));
 	create_policy('p_two');
 	sql(qq{
 		CREATE TABLE two_rows (id integer PRIMARY KEY, body text NOT NULL, label text, label_by jsonb);

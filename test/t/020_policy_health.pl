@@ -27,7 +27,7 @@ use Time::HiRes qw(sleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use TriageTest qw(split_reviews worker_and_stub);
+use TriageTest qw(split_reviews start_stub worker_and_stub);
 
 my $root = abs_path(dirname(__FILE__) . '/../..');
 my $tmp = PostgreSQL::Test::Utils::tempdir;
@@ -50,17 +50,8 @@ split_reviews($node, "$root/test/data/fine_foods_train.csv",
 my $gold = "$tmp/gold.csv";
 sql("COPY (SELECT review AS input, score AS label FROM labeled WHERE split LIKE 'inbox%' ORDER BY r)
 	   TO '$gold' WITH (FORMAT csv, HEADER)");
-my $stub_out = "$tmp/stub.out";
-my $stub = start([ 'python3', "$root/test/stub/stub_llm.py", '--gold', $gold, '--port', '0',
-		'--max-seconds', '600' ], '>', $stub_out, '2>', "$tmp/stub.err");
-my $port;
-for (1 .. 300)
-{
-	($port) = (-e $stub_out ? slurp_file($stub_out) : '') =~ /listening on (\d+)/;
-	last if $port;
-	sleep 0.1;
-}
-die 'the stub did not start: ' . slurp_file("$tmp/stub.err") unless $port;
+my $stub_run = start_stub("$root/test/stub/stub_llm.py", $tmp, 'audits', $gold, '--max-seconds', '600');
+my ($stub, $port) = ($stub_run->{h}, $stub_run->{port});
 
 sub drain
 {

@@ -28,7 +28,7 @@ use Time::HiRes qw(sleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use TriageTest qw(worker_and_stub);
+use TriageTest qw(start_stub worker_and_stub);
 
 my $root = abs_path(dirname(__FILE__) . '/../..');
 my $stub_py = "$root/test/stub/stub_llm.py";
@@ -78,22 +78,6 @@ print $g encode_json({ input => $_, label => 'great' }), "\n" for map { @$_ } va
 print $g encode_json({ input => 'order A-10293 from Maria Lopez', fields => { order_id => 'A-10293' } }), "\n";
 close $g;
 
-sub start_stub
-{
-	my ($name, @extra) = @_;
-	my $out = "$tmp/stub_$name.out";
-	my $h = start([ 'python3', $stub_py, '--gold', "$tmp/gold.jsonl", '--port', '0',
-		'--max-seconds', '200', @extra ], '>', $out, '2>', "$tmp/stub_$name.err");
-	my $deadline = time + 30;
-	while (time < $deadline)
-	{
-		return { h => $h, port => $1, name => $name }
-		  if -e $out && slurp_file($out) =~ /listening on (\d+)/;
-		sleep 0.05;
-	}
-	die "the stub did not start: " . slurp_file("$tmp/stub_$name.err");
-}
-
 sub stub_get
 {
 	my ($stub, $what) = @_;
@@ -137,7 +121,7 @@ sub status_of
 					FROM triage.escalations WHERE policy = '$policy'});
 }
 
-my $stub = start_stub('main', '--batch-delay', '0.5');
+my $stub = start_stub($stub_py, $tmp, 'main', "$tmp/gold.jsonl", '--batch-delay', '0.5');
 
 # 1. constrained answers --------------------------------------------------------
 sql(qq{SELECT triage.enqueue('ci', '$_') FROM (VALUES (1)) v}) for @{ $inputs{ci} };
@@ -208,7 +192,7 @@ is(sql(q{SELECT s.llm_cost = round(sum((e.usage->>'prompt_tokens')::numeric * 0.
 	'escalation_stats: the batch answers cost half the interactive price (the default batch price)');
 
 # 3. a batch worker killed while its batch is out resumes polling it -------------
-my $slow = start_stub('slow', '--batch-delay', '4');
+my $slow = start_stub($stub_py, $tmp, 'slow', "$tmp/gold.jsonl", '--batch-delay', '4');
 sql(qq{SELECT triage.enqueue('br', '$_')}) for @{ $inputs{br} };
 my ($out, $err) = ('', '');
 my $h = start(worker_cmd($slow, 'wr', '--mode', 'batch', '--policy', 'br'), '>', \$out, '2>', \$err);
@@ -231,7 +215,7 @@ $slow->{h}->signal('TERM');
 $slow->{h}->finish;
 
 # 4. failed and expired batches give their rows back ----------------------------
-my $fate = start_stub('fate', '--batch-delay', '0.5', '--batch-fail', '1', '--batch-expire', '1');
+my $fate = start_stub($stub_py, $tmp, 'fate', "$tmp/gold.jsonl", '--batch-delay', '0.5', '--batch-fail', '1', '--batch-expire', '1');
 sql(qq{SELECT triage.enqueue('bx', '$_')}) for @{ $inputs{bx} };
 is(run_once($fate, 'bx', '--mode', 'batch', '--policy', 'bx'), 0, 'the batch worker exits 0');
 is(status_of('bx'), join(',', ('done') x 6), 'all 6 rows answered in the end');
@@ -248,7 +232,7 @@ $fate->{h}->signal('TERM');
 $fate->{h}->finish;
 
 # the lines of a batch's error file are failed attempts, with the endpoint's error
-my $errs = start_stub('errs', '--batch-delay', '0.3', '--batch-error-lines', '2');
+my $errs = start_stub($stub_py, $tmp, 'errs', "$tmp/gold.jsonl", '--batch-delay', '0.3', '--batch-error-lines', '2');
 sql(qq{SELECT triage.enqueue('be', '$_')}) for @{ $inputs{be} };
 run_once($errs, 'be', '--mode', 'batch', '--policy', 'be');
 is(sql(q{SELECT string_agg(status || ' ' || attempts || ' ' || coalesce(error, ''), ',' ORDER BY id)

@@ -24,7 +24,7 @@ use Time::HiRes qw(sleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use TriageTest qw(worker_and_stub parse_prometheus);
+use TriageTest qw(start_stub worker_and_stub parse_prometheus);
 
 my $root = abs_path(dirname(__FILE__) . '/../..');
 my $stub_py = "$root/test/stub/stub_llm.py";
@@ -92,17 +92,9 @@ sub settled
 }
 
 # the first 2 requests get a 429 with Retry-After: 3; a slow row takes 2 s
-my $stub_out = "$tmp/stub.out";
-my $stub = start([ 'python3', $stub_py, '--gold', $gold, '--port', '0', '--max-seconds', '300',
-		'--mode', '429:2', '--retry-after', '3', '--slow-seconds', '2' ],
-	'>', $stub_out, '2>', "$tmp/stub.err");
-my $stub_port;
-for (1 .. 600)
-{
-	last if -e $stub_out && slurp_file($stub_out) =~ /listening on (\d+)/ && ($stub_port = $1);
-	sleep 0.05;
-}
-die 'the stub did not start: ' . slurp_file("$tmp/stub.err") unless $stub_port;
+my $stub_run = start_stub($stub_py, $tmp, 'metrics', $gold,
+	'--mode', '429:2', '--retry-after', '3', '--slow-seconds', '2');
+my ($stub, $stub_port) = ($stub_run->{h}, $stub_run->{port});
 
 sub stub_get
 {

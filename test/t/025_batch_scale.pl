@@ -29,7 +29,7 @@ use Time::HiRes qw(sleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use TriageTest qw(worker_and_stub);
+use TriageTest qw(start_stub worker_and_stub);
 
 my $root = abs_path(dirname(__FILE__) . '/../..');
 my $stub_py = "$root/test/stub/stub_llm.py";
@@ -72,22 +72,6 @@ for my $list (values %inputs)
 	print $g encode_json({ input => $list->[$_], label => $_ % 7 ? 'great' : 'other' }), "\n" for 0 .. $#$list;
 }
 close $g;
-
-sub start_stub
-{
-	my ($name, @extra) = @_;
-	my $out = "$tmp/stub_$name.out";
-	my $h = start([ 'python3', $stub_py, '--gold', "$tmp/gold.jsonl", '--port', '0',
-		'--max-seconds', '300', @extra ], '>', $out, '2>', "$tmp/stub_$name.err");
-	my $deadline = time + 30;
-	while (time < $deadline)
-	{
-		return { h => $h, port => $1, name => $name }
-		  if -e $out && slurp_file($out) =~ /listening on (\d+)/;
-		sleep 0.05;
-	}
-	die "the stub did not start: " . slurp_file("$tmp/stub_$name.err");
-}
 
 sub stub_get
 {
@@ -134,7 +118,7 @@ is(sql(q{SELECT count(*) || ' ' || count(DISTINCT source_key) FROM triage.escala
 # the first batch fails, the second expires (half of it answered); the
 # batches complete 2 s after their creation, so that they are out when the
 # worker is killed
-my $stub = start_stub('scale', '--batch-delay', '2', '--batch-fail', '1', '--batch-expire', '1');
+my $stub = start_stub($stub_py, $tmp, 'scale', "$tmp/gold.jsonl", '--batch-delay', '2', '--batch-fail', '1', '--batch-expire', '1');
 my @batch_opts = ('--mode', 'batch', '--policy', 'scale', '--batch-file-requests', '500',
 	'--batch-poll', '0.2', '--batch-poll-max', '0.5', '--batch-interval', '0.5');
 my ($out, $err) = ('', '');
@@ -242,7 +226,7 @@ $stub->{h}->signal('TERM');
 $stub->{h}->finish;
 
 # 2. budgets ----------------------------------------------------------------------
-$stub = start_stub('budget');
+$stub = start_stub($stub_py, $tmp, 'budget', "$tmp/gold.jsonl");
 my @int_opts = ('--concurrency', '4');
 
 # the tokens of one request of these inputs (their lengths differ by a digit or two)

@@ -26,7 +26,7 @@ use Time::HiRes qw(sleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use TriageTest qw(worker_and_stub);
+use TriageTest qw(start_stub worker_and_stub);
 
 my $root = abs_path(dirname(__FILE__) . '/../..');
 my $tmp = PostgreSQL::Test::Utils::tempdir;
@@ -102,16 +102,9 @@ open(my $g, '>', $gold) or die;
 print $g "input,label\n";
 print $g "live review $_ of the coffee,", ($_ % 2 ? 'great' : 'other'), "\n" for 1 .. $n_live;
 close $g;
-my $stub_out = "$tmp/stub.out";
-my $stub = start([ 'python3', "$root/test/stub/stub_llm.py", '--gold', $gold, '--port', '0', '--max-seconds', '300' ],
-	'>', $stub_out, '2>', "$tmp/stub.err");
-my $port;
-for (1 .. 600)
-{
-	last if -e $stub_out && (($port) = slurp_file($stub_out) =~ /listening on (\d+)/);
-	sleep 0.05;
-}
-ok($port, 'the stub LLM listens') or die slurp_file("$tmp/stub.err");
+my $stub_run = start_stub("$root/test/stub/stub_llm.py", $tmp, 'drain', $gold);
+my ($stub, $port) = ($stub_run->{h}, $stub_run->{port});
+ok($port, 'the stub LLM listens');
 
 my $enqueued = 0;
 sub enqueue_live
