@@ -34,28 +34,6 @@ FindClassifierKind(const char *name, bool missing_ok)
 	return NULL;
 }
 
-/*
- * Labels become text values, so they must be valid in the server encoding;
- * a model file is untrusted, so check every one once, when it is loaded.
- * Labels are UTF-8: in another database encoding they must convert.
- */
-void
-CheckLabelEncoding(const ClassifierKind *kind, const void *model)
-{
-	int32		nlabels = kind->label_count(model);
-
-	for (int32 i = 0; i < nlabels; i++)
-	{
-		size_t		len;
-		const char *name = kind->label_name(model, i, &len);
-
-		if (!pg_verify_mbstr(PG_UTF8, name, (int) len, true))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-					 errmsg("invalid %s: label %d is not valid UTF-8", kind->title, i)));
-	}
-}
-
 /* A label as users see it: text in the database encoding */
 text *
 ClassifierLabelText(const ClassifierKind *kind, const void *model, int32 label)

@@ -127,7 +127,6 @@ extern const ClassifierKind LinearKind;
 /* classifier.c */
 extern const ClassifierKind *FindClassifierKind(const char *name, bool missing_ok);
 extern text *ClassifierLabelText(const ClassifierKind *kind, const void *model, int32 label);
-extern void CheckLabelEncoding(const ClassifierKind *kind, const void *model);
 extern bool TrainingProgressDue(TrainingProgress *progress, double *elapsed);
 
 #endif

@@ -40,7 +40,7 @@ LinearKindLoad(const bytea *data, Jsonb *params, MemoryContext context, const ch
 						&allocator, &model, errbuf, sizeof(errbuf));
 	if (status != TRIAGE_OK)
 		ReportLinearError(status, errbuf, psprintf("loading %s", what));
-	CheckLabelEncoding(&LinearKind, model);
+	/* (LinearLoad refused labels that are not UTF-8, which classify converts from) */
 	return model;
 }
 
