@@ -244,6 +244,22 @@ is(sql(qq{SELECT answered || ' ' || rejected $bx_batches AND b.escalation_ids &&
 $errs->{h}->signal('TERM');
 $errs->{h}->finish;
 
+# lines from the endpoint are untrusted: not JSON, not an object, a custom_id
+# that is not a row of this batch, or not one number, are counted as rejected
+# and touch no escalation (no cast of a 20-digit id overflows either)
+my $other = sql(q{SELECT min(id) FROM triage.escalations});
+my $probe = sql(q{INSERT INTO triage.batches (escalation_ids, worker, claimed_role, status)
+				  VALUES ('{}', 'probe', 'llm_worker', 'submitted') RETURNING id});
+my $queue_before = sql(q{SELECT md5(string_agg(e::text, ',' ORDER BY id)) FROM triage.escalations e});
+my @untrusted = ('not json', '[1, 2]', qq({"custom_id": "$other", "response": {"status_code": 200, "body": {}}}),
+	'{"custom_id": "-1"}', '{"custom_id": 7}', '{"custom_id": "99999999999999999999"}');
+is(join(',', map { sql("SET ROLE llm_worker; SELECT triage.batch_result($probe, \$l\$$_\$l\$)") } @untrusted),
+	'malformed,malformed,foreign,foreign,foreign,foreign', 'untrusted lines: malformed or foreign, each refused');
+is(sql("SELECT answered || ' ' || rejected FROM triage.batches WHERE id = $probe"), '0 6', 'and counted as rejected');
+is(sql(q{SELECT md5(string_agg(e::text, ',' ORDER BY id)) FROM triage.escalations e}), $queue_before,
+	'no escalation was touched');
+sql("DELETE FROM triage.batches WHERE id = $probe");
+
 # 5. budgets --------------------------------------------------------------------
 sql(qq{SELECT triage.enqueue('bud', '$inputs{bud}[0]')});
 run_once($stub, 'u1', '--policy', 'bud');
